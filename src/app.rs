@@ -1,0 +1,16 @@
+//! The state both servers share: built once, cheap to clone.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::index::Index;
+use crate::ingest::Ingest;
+use crate::store::BlobStore;
+
+#[derive(Clone, Debug)]
+pub struct App {
+    pub cfg: Arc<Config>,
+    pub index: Index,
+    pub store: BlobStore,
+    pub ingest: Arc<Ingest>,
+}

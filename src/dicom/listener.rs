@@ -1,0 +1,196 @@
+//! The DICOM accept loop: peer checks, a bounded number of associations,
+//! negotiation, and a drain with a deadline at shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::association::server::{DefaultNegotiation, ServerAssociationOptions};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, Pdu,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::access::AeAccess;
+use super::association::{Association, End};
+use super::sop_classes::STORAGE_SOP_CLASSES;
+use crate::config::Config;
+use crate::ingest::Ingest;
+
+type Options = ServerAssociationOptions<'static, AeAccess, DefaultNegotiation>;
+
+/// Everything the DICOM side needs, built once from the configuration.
+pub struct DicomServer {
+    options: Options,
+    ingest: Arc<Ingest>,
+    slots: Arc<Semaphore>,
+    allowed_peers: Vec<IpAddr>,
+    grace: Duration,
+    read_timeout: Duration,
+}
+
+impl DicomServer {
+    pub fn new(cfg: &Config, ingest: Arc<Ingest>) -> DicomServer {
+        let mut options = ServerAssociationOptions::new()
+            .ae_access_control(AeAccess::new(&cfg.allowed_calling_aets))
+            .ae_title(cfg.ae_title.trim().to_owned())
+            .max_pdu_length(cfg.max_pdu_length)
+            .strict(true)
+            .read_timeout(cfg.read_timeout())
+            .write_timeout(cfg.write_timeout())
+            .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION);
+        for class in STORAGE_SOP_CLASSES {
+            options = options.with_abstract_syntax(*class);
+        }
+        for class in &cfg.extra_sop_classes {
+            options = options.with_abstract_syntax(class.clone());
+        }
+        // No transfer syntax list: dicom-ul then accepts every syntax the
+        // registry can parse (with `deflate`, all of them); encapsulated pixel
+        // data is passed through untouched.
+        DicomServer {
+            options,
+            ingest,
+            slots: Arc::new(Semaphore::new(cfg.max_associations)),
+            allowed_peers: cfg.allowed_peers.clone(),
+            grace: cfg.shutdown_grace(),
+            read_timeout: cfg.read_timeout(),
+        }
+    }
+
+    /// Accepts associations until `cancel` fires, then lets the ones in flight
+    /// finish for the grace period and aborts whatever is left.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        loop {
+            let (socket, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = cancel.cancelled() => break,
+            };
+            let server = Arc::clone(&self);
+            let hard_stop = hard_stop.clone();
+            tracker.spawn(async move { server.handle(socket, peer, hard_stop).await });
+        }
+        drop(listener);
+        tracker.close();
+        if !tracker.is_empty() {
+            tracing::info!(associations = tracker.len(), grace = ?self.grace, "waiting for associations to finish");
+        }
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                associations = tracker.len(),
+                "grace period over; aborting associations"
+            );
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, socket: TcpStream, peer: SocketAddr, hard_stop: CancellationToken) {
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        if !self.allowed_peers.is_empty() && !self.allowed_peers.contains(&peer.ip()) {
+            tracing::warn!(%peer, "connection from a peer not in allowed_peers; rejected");
+            let reason =
+                AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
+            reject(
+                socket,
+                AssociationRJResult::Permanent,
+                reason,
+                self.read_timeout,
+            )
+            .await;
+            return;
+        }
+        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            tracing::warn!(%peer, "max_associations reached; association rejected (transient)");
+            let reason = AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            );
+            reject(
+                socket,
+                AssociationRJResult::Transient,
+                reason,
+                self.read_timeout,
+            )
+            .await;
+            return;
+        };
+        let assoc = tokio::select! {
+            assoc = self.options.establish_async(socket) => assoc,
+            () = hard_stop.cancelled() => return,
+        };
+        let assoc = match assoc {
+            Ok(assoc) => assoc,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "association not established");
+                return;
+            }
+        };
+        use dicom_ul::association::Association as _;
+        let calling_ae = assoc.peer_ae_title().trim().to_owned();
+        let span = tracing::info_span!("association", %peer, calling_ae = %calling_ae);
+        async move {
+            tracing::info!(
+                contexts = assoc.presentation_contexts().len(),
+                "association established"
+            );
+            let (end, stored) = Association::new(assoc, calling_ae, &self.ingest)
+                .run(hard_stop)
+                .await;
+            match end {
+                End::Released => tracing::info!(stored, "association released"),
+                End::AbortedByPeer => tracing::info!(stored, "association aborted by peer"),
+                End::Aborted(reason) => tracing::warn!(stored, %reason, "association aborted"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Answers a connection we will not serve with an A-ASSOCIATE-RJ, after
+/// reading (and discarding) its request so the peer sees the answer.
+async fn reject(
+    mut socket: TcpStream,
+    result: AssociationRJResult,
+    source: AssociationRJSource,
+    wait: Duration,
+) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(wait, socket.read(&mut scratch)).await;
+    let mut out = Vec::new();
+    if dicom_ul::write_pdu(
+        &mut out,
+        &Pdu::AssociationRJ(AssociationRJ { result, source }),
+    )
+    .is_ok()
+    {
+        let _ = socket.write_all(&out).await;
+    }
+    let _ = socket.shutdown().await;
+}

@@ -1,0 +1,75 @@
+//! Routes, and the guard in front of the operator API.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+
+use super::api;
+use super::error::ApiError;
+use crate::app::App;
+
+pub fn router(app: App) -> Router {
+    let operator = Router::new()
+        .route("/api/studies", get(api::list_studies))
+        .route("/api/studies/{study}", get(api::get_study))
+        .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .merge(operator)
+        .fallback(|| async { ApiError::NotFound("route".into()) })
+        .with_state(app)
+}
+
+/// With a token configured, requests must carry `Authorization: Bearer
+/// <token>`; without one, only loopback clients get through.
+async fn operator_guard(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match &app.cfg.api_token {
+        Some(token) => {
+            let presented = request
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
+                return Err(ApiError::Unauthorized);
+            }
+        }
+        None if !peer.ip().is_loopback() => return Err(ApiError::LoopbackOnly),
+        None => {}
+    }
+    Ok(next.run(request).await)
+}
+
+/// Compares without an early exit, so timing tells nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, y) in b.iter().enumerate() {
+        let x = a.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

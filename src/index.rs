@@ -1,0 +1,374 @@
+//! The index: sled 0.34, behind this module only (no sled type leaves it).
+//!
+//! Trees (names versioned, so a later layout can live beside this one):
+//! - `v1/instances`: `<study>/<series>/<sop>` → [`InstanceRecord`] (JSON). A
+//!   study's instances are one ordered prefix scan.
+//! - `v1/sops`: `<sop>` → `<study>/<series>/<sop>`, resolving a SOP Instance
+//!   UID to its place in one lookup.
+//! - `v1/studies`: `<study>` → [`StudyRecord`] (JSON) with counts.
+//!
+//! A batch of instances is written in one transaction over the three trees and
+//! made durable with one flush (group commit): callers acknowledge only after
+//! [`Index::put_batch`] returns.
+
+mod records;
+
+use std::path::{Path, PathBuf};
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+pub use records::{InstanceRecord, InstanceTags, NewInstance, PutOutcome, StudyRecord, StudyTags};
+
+use crate::uid::Uid;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("open index at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("index {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("index record {key:?} is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+const SEP: u8 = b'/';
+
+#[derive(Clone)]
+pub struct Index {
+    db: sled::Db,
+    instances: sled::Tree,
+    sops: sled::Tree,
+    studies: sled::Tree,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Index")
+    }
+}
+
+fn db_err(op: &'static str) -> impl FnOnce(sled::Error) -> Error {
+    move |source| Error::Db { op, source }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|source| Error::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn instance_key(study: &Uid, series: &Uid, sop: &Uid) -> Vec<u8> {
+    format!("{study}/{series}/{sop}").into_bytes()
+}
+
+fn study_prefix(study: &Uid) -> Vec<u8> {
+    let mut p = study.as_str().as_bytes().to_vec();
+    p.push(SEP);
+    p
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`.
+    pub fn open(path: &Path) -> Result<Index> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            // We flush explicitly at every commit; no background flusher needed.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ok(Index {
+            instances: tree("v1/instances")?,
+            sops: tree("v1/sops")?,
+            studies: tree("v1/studies")?,
+            db,
+        })
+    }
+
+    /// Writes a batch of instances in one transaction and flushes it to disk.
+    /// Blocking: call from a blocking thread.
+    pub fn put_batch(&self, batch: &[NewInstance]) -> Result<Vec<PutOutcome>> {
+        let outcome = (&self.instances, &self.sops, &self.studies).transaction(
+            |(instances, sops, studies)| {
+                batch
+                    .iter()
+                    .map(|new| put_one(instances, sops, studies, new))
+                    .collect::<Result<Vec<_>, ConflictableTransactionError<Error>>>()
+            },
+        );
+        let outcomes = outcome.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(source) => Error::Db {
+                op: "transaction",
+                source,
+            },
+        })?;
+        self.db.flush().map_err(db_err("flush"))?;
+        Ok(outcomes)
+    }
+
+    pub fn study(&self, study: &Uid) -> Result<Option<StudyRecord>> {
+        let key = study.as_str().as_bytes();
+        match self.studies.get(key).map_err(db_err("read study"))? {
+            Some(v) => decode(key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every study, ordered by Study Instance UID.
+    pub fn studies(&self) -> Result<Vec<StudyRecord>> {
+        self.studies
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("list studies"))?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every instance of a study, ordered by series then SOP Instance UID, in
+    /// one range scan.
+    pub fn instances_of_study(&self, study: &Uid) -> Result<Vec<InstanceRecord>> {
+        self.instances
+            .scan_prefix(study_prefix(study))
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("scan instances"))?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The record of one SOP instance, wherever it lives.
+    pub fn instance(&self, sop: &Uid) -> Result<Option<InstanceRecord>> {
+        let Some(place) = self.sops.get(sop.as_str()).map_err(db_err("read sop"))? else {
+            return Ok(None);
+        };
+        match self
+            .instances
+            .get(&place)
+            .map_err(db_err("read instance"))?
+        {
+            Some(v) => decode(&place, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(drop).map_err(db_err("flush"))
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<Error>>;
+
+fn tx_decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> TxResult<T> {
+    decode(key, value).map_err(ConflictableTransactionError::Abort)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn put_one(
+    instances: &TransactionalTree,
+    sops: &TransactionalTree,
+    studies: &TransactionalTree,
+    new: &NewInstance,
+) -> TxResult<PutOutcome> {
+    let rec = &new.record;
+    let key = instance_key(
+        &rec.study_instance_uid,
+        &rec.series_instance_uid,
+        &rec.sop_instance_uid,
+    );
+    let sop_key = rec.sop_instance_uid.as_str().as_bytes();
+
+    // A SOP Instance UID seen before: take the old entry out of its study's
+    // counts first (it may even have been in another study).
+    let mut outcome = PutOutcome::Added;
+    if let Some(old_place) = sops.get(sop_key)? {
+        if let Some(old) = instances.get(&old_place)? {
+            let old: InstanceRecord = tx_decode(&old_place, &old)?;
+            let study_key = old.study_instance_uid.as_str().as_bytes();
+            if let Some(s) = studies.get(study_key)? {
+                let mut s: StudyRecord = tx_decode(study_key, &s)?;
+                s.instance_count = s.instance_count.saturating_sub(1);
+                s.total_bytes = s.total_bytes.saturating_sub(old.size);
+                if s.instance_count == 0 && old.study_instance_uid != rec.study_instance_uid {
+                    studies.remove(study_key)?;
+                } else {
+                    studies.insert(study_key, encode(&s))?;
+                }
+            }
+            instances.remove(&old_place)?;
+            let moved = old.object_key != rec.object_key;
+            outcome = PutOutcome::Replaced {
+                previous_key: moved.then_some(old.object_key),
+            };
+        }
+    }
+
+    instances.insert(key.as_slice(), encode(rec))?;
+    sops.insert(sop_key, key)?;
+
+    let study_key = rec.study_instance_uid.as_str().as_bytes();
+    let study = match studies.get(study_key)? {
+        Some(v) => {
+            let mut s: StudyRecord = tx_decode(study_key, &v)?;
+            s.tags.merge(&new.study);
+            s.instance_count += 1;
+            s.total_bytes += rec.size;
+            s.last_received = rec.received_at.clone();
+            s
+        }
+        None => StudyRecord {
+            study_instance_uid: rec.study_instance_uid.clone(),
+            tags: new.study.clone(),
+            instance_count: 1,
+            total_bytes: rec.size,
+            first_received: rec.received_at.clone(),
+            last_received: rec.received_at.clone(),
+        },
+    };
+    studies.insert(study_key, encode(&study))?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectKey;
+
+    fn uid(s: &str) -> Uid {
+        Uid::parse(s).unwrap()
+    }
+
+    fn new_instance(study: &str, series: &str, sop: &str, size: u64) -> NewInstance {
+        let (st, se, so) = (uid(study), uid(series), uid(sop));
+        NewInstance {
+            record: InstanceRecord {
+                object_key: ObjectKey::instance(&st, &se, &so),
+                study_instance_uid: st,
+                series_instance_uid: se,
+                sop_instance_uid: so,
+                sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
+                size,
+                transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+                received_at: "2026-11-23T12:00:00Z".into(),
+                source: "TEST".into(),
+                tags: InstanceTags {
+                    modality: Some("CT".into()),
+                    ..Default::default()
+                },
+            },
+            study: StudyTags {
+                patient_id: Some("P1".into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_study_comes_out_of_one_scan_with_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let batch = vec![
+            new_instance("1.2.3", "1.2.3.2", "1.2.3.2.1", 10),
+            new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 20),
+            new_instance("1.2.30", "1.2.30.1", "1.2.30.1.1", 5),
+        ];
+        let out = index.put_batch(&batch).unwrap();
+        assert_eq!(out, vec![PutOutcome::Added; 3]);
+
+        let inst = index.instances_of_study(&uid("1.2.3")).unwrap();
+        let sops: Vec<_> = inst.iter().map(|i| i.sop_instance_uid.as_str()).collect();
+        // Ordered by series, and the prefix scan does not leak study 1.2.30.
+        assert_eq!(sops, ["1.2.3.1.1", "1.2.3.2.1"]);
+        let study = index.study(&uid("1.2.3")).unwrap().unwrap();
+        assert_eq!((study.instance_count, study.total_bytes), (2, 30));
+        assert_eq!(index.studies().unwrap().len(), 2);
+        let found = index.instance(&uid("1.2.30.1.1")).unwrap().unwrap();
+        assert_eq!(found.study_instance_uid.as_str(), "1.2.30");
+    }
+
+    #[test]
+    fn the_same_sop_twice_is_one_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index
+            .put_batch(&[new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 10)])
+            .unwrap();
+        // Again in the same place, and once more within one batch.
+        let out = index
+            .put_batch(&[
+                new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 12),
+                new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 14),
+            ])
+            .unwrap();
+        assert_eq!(out, vec![PutOutcome::Replaced { previous_key: None }; 2]);
+        let study = index.study(&uid("1.2.3")).unwrap().unwrap();
+        assert_eq!((study.instance_count, study.total_bytes), (1, 14));
+    }
+
+    #[test]
+    fn a_sop_that_moves_study_leaves_no_trace_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index
+            .put_batch(&[new_instance("1.2.3", "1.2.3.1", "9.9", 10)])
+            .unwrap();
+        let out = index
+            .put_batch(&[new_instance("1.2.4", "1.2.4.1", "9.9", 10)])
+            .unwrap();
+        let old_key = ObjectKey::instance(&uid("1.2.3"), &uid("1.2.3.1"), &uid("9.9"));
+        assert_eq!(
+            out,
+            vec![PutOutcome::Replaced {
+                previous_key: Some(old_key)
+            }]
+        );
+        assert!(index.study(&uid("1.2.3")).unwrap().is_none());
+        assert!(index.instances_of_study(&uid("1.2.3")).unwrap().is_empty());
+        assert_eq!(
+            index.study(&uid("1.2.4")).unwrap().unwrap().instance_count,
+            1
+        );
+    }
+
+    #[test]
+    fn entries_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path()).unwrap();
+            index
+                .put_batch(&[new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 10)])
+                .unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        assert!(index.instance(&uid("1.2.3.1.1")).unwrap().is_some());
+    }
+}

@@ -1,0 +1,123 @@
+//! What the index keeps per instance and per study. Plain serde structs: the
+//! storage encoding (JSON values in sled trees) is private to `index`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::ObjectKey;
+use crate::uid::Uid;
+
+/// One stored instance: where it is, what it is, and the tags Avara's viewer
+/// needs for its manifest (so answering never reads a blob).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    pub study_instance_uid: Uid,
+    pub series_instance_uid: Uid,
+    pub sop_instance_uid: Uid,
+    pub sop_class_uid: Uid,
+    pub object_key: ObjectKey,
+    /// Size of the stored Part-10 object in bytes.
+    pub size: u64,
+    pub transfer_syntax_uid: Uid,
+    /// RFC 3339, UTC.
+    pub received_at: String,
+    /// Calling AE title of the association, or the upload source.
+    pub source: String,
+    #[serde(flatten)]
+    pub tags: InstanceTags,
+}
+
+/// Series- and image-level tags copied from the header at ingest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTags {
+    pub modality: Option<String>,
+    pub series_description: Option<String>,
+    pub series_number: Option<i64>,
+    pub instance_number: Option<i64>,
+    pub rows: Option<u32>,
+    pub columns: Option<u32>,
+    pub bits_allocated: Option<u32>,
+    pub bits_stored: Option<u32>,
+    pub high_bit: Option<u32>,
+    pub pixel_representation: Option<u32>,
+    pub photometric_interpretation: Option<String>,
+    pub samples_per_pixel: Option<u32>,
+    pub number_of_frames: Option<u32>,
+    pub rescale_slope: Option<f64>,
+    pub rescale_intercept: Option<f64>,
+    pub is_float_pixel_data: bool,
+    pub is_double_float_pixel_data: bool,
+}
+
+/// Patient and study tags, taken from the instances as they arrive (a later
+/// instance's non-empty value replaces an earlier one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StudyTags {
+    pub patient_name: Option<String>,
+    pub patient_id: Option<String>,
+    pub patient_birth_date: Option<String>,
+    pub patient_sex: Option<String>,
+    pub patient_size: Option<f64>,
+    pub patient_weight: Option<f64>,
+    pub study_date: Option<String>,
+    pub study_time: Option<String>,
+    pub study_description: Option<String>,
+    pub accession_number: Option<String>,
+    pub referring_physician_name: Option<String>,
+    pub institution_name: Option<String>,
+}
+
+impl StudyTags {
+    /// Takes every value `newer` has.
+    pub fn merge(&mut self, newer: &StudyTags) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if newer.$f.is_some() { self.$f = newer.$f.clone(); } )* };
+        }
+        take!(
+            patient_name,
+            patient_id,
+            patient_birth_date,
+            patient_sex,
+            patient_size,
+            patient_weight,
+            study_date,
+            study_time,
+            study_description,
+            accession_number,
+            referring_physician_name,
+            institution_name
+        );
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StudyRecord {
+    pub study_instance_uid: Uid,
+    #[serde(flatten)]
+    pub tags: StudyTags,
+    pub instance_count: u64,
+    pub total_bytes: u64,
+    pub first_received: String,
+    pub last_received: String,
+}
+
+/// An instance on its way into the index, with the study tags of its header.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub record: InstanceRecord,
+    pub study: StudyTags,
+}
+
+/// What putting an instance did: an expected outcome, not an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutOutcome {
+    /// A SOP Instance UID the index did not have.
+    Added,
+    /// The same SOP Instance UID was stored before; its entry was replaced.
+    /// `previous_key` is set when the old object lived under another key
+    /// (the instance moved study or series) and must be deleted.
+    Replaced { previous_key: Option<ObjectKey> },
+}

@@ -1,0 +1,237 @@
+//! The one ingest path. C-STORE arrivals (and, later, uploads) are written to
+//! a spool file as they arrive, checked, placed in the object store and
+//! indexed; the caller acknowledges only what [`Ingest::finish`] returned.
+
+mod commit;
+pub mod header;
+pub mod spool;
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::index::{Index, InstanceRecord, NewInstance, PutOutcome};
+use crate::store::{BlobStore, ObjectKey};
+use crate::uid::Uid;
+
+pub use commit::Committer;
+use spool::{Spool, SpoolWriter};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Header(#[from] header::Error),
+    #[error("data set {name} {found} does not match the command's {expected}")]
+    Mismatch {
+        name: &'static str,
+        found: Uid,
+        expected: Uid,
+    },
+    #[error("instance larger than max_instance_size ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("less than min_free_space ({min} bytes) free for the data directory")]
+    DiskFull { min: u64 },
+    #[error("spool: {0}")]
+    Spool(#[source] std::io::Error),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::Error),
+    #[error("index commit failed: {0}")]
+    IndexCommit(String),
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Whether the data itself is at fault (as opposed to the gateway).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Header(_) => ErrorKind::Unparseable,
+            Error::Mismatch { .. } => ErrorKind::Mismatch,
+            _ => ErrorKind::OutOfResources,
+        }
+    }
+}
+
+/// How a failed ingest is reported to the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The data set cannot be parsed or lacks what an instance needs.
+    Unparseable,
+    /// The data set's identity disagrees with what was announced.
+    Mismatch,
+    /// The gateway could not store it (disk, I/O, limits, shutdown).
+    OutOfResources,
+}
+
+/// What the sender announced before the data set arrived.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub sop_class: Uid,
+    pub sop_instance: Uid,
+}
+
+/// A stored instance and what storing it did.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub record: InstanceRecord,
+    pub outcome: PutOutcome,
+}
+
+pub struct Ingest {
+    spool: Spool,
+    committer: Committer,
+    max_instance_size: u64,
+    min_free_space: u64,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("spool", &self.spool)
+            .finish()
+    }
+}
+
+/// An instance being received.
+#[derive(Debug)]
+pub struct Receiving {
+    writer: SpoolWriter,
+    limit: u64,
+    source: String,
+}
+
+impl Receiving {
+    /// Appends data set bytes as they arrive.
+    pub async fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.writer.len() + bytes.len() as u64 > self.limit {
+            return Err(Error::TooLarge { limit: self.limit });
+        }
+        self.writer.write(bytes).await.map_err(Error::Spool)
+    }
+}
+
+impl Ingest {
+    /// Opens the spool (sweeping leftovers) and starts the commit thread.
+    pub fn start(
+        cfg: &Config,
+        store: BlobStore,
+        index: Index,
+    ) -> std::io::Result<(Ingest, std::thread::JoinHandle<()>)> {
+        let (spool, swept) = Spool::open(&cfg.spool_dir())?;
+        if swept > 0 {
+            tracing::warn!(
+                count = swept,
+                "removed unfinished spool files from an earlier run"
+            );
+        }
+        let (committer, thread) = Committer::start(store, index)?;
+        let ingest = Ingest {
+            spool,
+            committer,
+            max_instance_size: cfg.max_instance_size,
+            min_free_space: cfg.min_free_space,
+        };
+        Ok((ingest, thread))
+    }
+
+    /// Starts receiving a DIMSE data set in `transfer_syntax`: the spool file
+    /// begins with the Part-10 header the gateway writes for it.
+    pub async fn begin_dataset(
+        &self,
+        transfer_syntax: &str,
+        expected: &Expected,
+        source_ae: &str,
+    ) -> Result<Receiving> {
+        self.check_free_space()?;
+        let prefix = header::part10_prefix(
+            transfer_syntax,
+            &expected.sop_class,
+            &expected.sop_instance,
+            source_ae,
+        )?;
+        let mut writer = self.spool.create().await.map_err(Error::Spool)?;
+        writer.write(&prefix).await.map_err(Error::Spool)?;
+        Ok(Receiving {
+            writer,
+            limit: self.max_instance_size.saturating_add(prefix.len() as u64),
+            source: source_ae.trim().to_owned(),
+        })
+    }
+
+    /// Checks the received instance against what was announced, makes it
+    /// durable in the store and the index, and says what happened.
+    pub async fn finish(&self, receiving: Receiving, expected: &Expected) -> Result<Stored> {
+        let Receiving { writer, source, .. } = receiving;
+        let spooled = writer.finish().await.map_err(Error::Spool)?;
+        let path = spooled.path().to_owned();
+        let header = tokio::task::spawn_blocking(move || header::read_header(&path))
+            .await
+            .map_err(|e| Error::Spool(std::io::Error::other(e)))??;
+
+        if header.sop_instance != expected.sop_instance {
+            return Err(Error::Mismatch {
+                name: "SOP Instance UID",
+                found: header.sop_instance,
+                expected: expected.sop_instance.clone(),
+            });
+        }
+        if header.sop_class != expected.sop_class {
+            return Err(Error::Mismatch {
+                name: "SOP Class UID",
+                found: header.sop_class,
+                expected: expected.sop_class.clone(),
+            });
+        }
+
+        let record = InstanceRecord {
+            object_key: ObjectKey::instance(&header.study, &header.series, &header.sop_instance),
+            study_instance_uid: header.study,
+            series_instance_uid: header.series,
+            sop_instance_uid: header.sop_instance,
+            sop_class_uid: header.sop_class,
+            size: spooled.len,
+            transfer_syntax_uid: header.transfer_syntax,
+            received_at: now_rfc3339(),
+            source,
+            tags: header.instance,
+        };
+        let new = NewInstance {
+            record: record.clone(),
+            study: header.study_tags,
+        };
+        let outcome = self.committer.commit(spooled, new).await?;
+        Ok(Stored { record, outcome })
+    }
+
+    fn check_free_space(&self) -> Result<()> {
+        match free_space(self.spool.dir()) {
+            Ok(free) if free < self.min_free_space => Err(Error::DiskFull {
+                min: self.min_free_space,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Spool(e)),
+        }
+    }
+}
+
+/// Bytes available to us on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path contains NUL"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stat a writable
+    // statvfs; the struct is initialised when the call returns 0.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let stat = unsafe { stat.assume_init() };
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

@@ -1,0 +1,110 @@
+//! dicom-gateway: a DICOM storage gateway. Modalities push studies over DICOM
+//! (C-STORE); every instance lands byte-exact in an object store, indexed by
+//! Study / Series / SOP Instance UID in sled; an HTTP side serves operators
+//! (and, later, Avara's webhook).
+//!
+//! [`run`] wires the parts together; `main.rs` only parses the command line,
+//! binds the listeners and calls it.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dicom;
+pub mod http;
+pub mod index;
+pub mod ingest;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod uid;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::dicom::DicomServer;
+use crate::index::Index;
+use crate::ingest::Ingest;
+use crate::store::BlobStore;
+
+/// The bound sockets the gateway serves on.
+pub struct Listeners {
+    pub dicom: TcpListener,
+    pub http: TcpListener,
+}
+
+/// Opens the store and index, serves both listeners until `cancel` fires (or
+/// one server fails), drains in-flight work, and flushes the index.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("data directory {} is unusable", cfg.data_dir.display()))?;
+    let store = BlobStore::open_local(&cfg.objects_dir()).with_context(|| {
+        format!(
+            "object store under {} is unusable",
+            cfg.objects_dir().display()
+        )
+    })?;
+    let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
+    let (ingest, commit_thread) = Ingest::start(&cfg, store.clone(), index.clone())
+        .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
+    let app = App {
+        cfg: Arc::clone(&cfg),
+        index: index.clone(),
+        store,
+        ingest: Arc::new(ingest),
+    };
+
+    for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
+        tracing::info!(service, addr = %listener.local_addr()?, "listening");
+    }
+    if cfg.api_token.is_none() {
+        tracing::info!("no API token configured: the operator API answers loopback clients only");
+    }
+
+    let dicom = Arc::new(DicomServer::new(&cfg, Arc::clone(&app.ingest)));
+    let mut dicom_task = tokio::spawn(dicom.serve(listeners.dicom, cancel.clone()));
+    let mut http_task = tokio::spawn(http::serve(
+        listeners.http,
+        app.clone(),
+        cancel.clone(),
+        cfg.shutdown_grace(),
+    ));
+
+    // Either server ending early is a failure that takes the other one down.
+    let first = tokio::select! {
+        r = &mut dicom_task => ("dicom", r),
+        r = &mut http_task => ("http", r),
+    };
+    cancel.cancel();
+    let (second_name, second) = match first.0 {
+        "dicom" => ("http", http_task.await),
+        _ => ("dicom", dicom_task.await),
+    };
+    let mut failure = None;
+    for (name, result) in [first, (second_name, second)] {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(anyhow::anyhow!("{name} server failed: {e}")),
+            Err(e) => failure = Some(anyhow::anyhow!("{name} server panicked: {e}")),
+        }
+    }
+
+    // Every association is done: let the commit thread drain and stop.
+    drop(app);
+    tokio::task::spawn_blocking(move || commit_thread.join())
+        .await
+        .context("joining the commit thread")?
+        .map_err(|_| anyhow::anyhow!("the commit thread panicked"))?;
+    index.flush().context("final index flush")?;
+    tracing::info!("stopped");
+    failure.map_or(Ok(()), Err)
+}
