@@ -35,7 +35,7 @@ enum Sink {
     /// A C-STORE being spooled; `Err` once it failed (the rest is discarded).
     Store {
         expected: Expected,
-        receiving: Result<Receiving, ingest::Error>,
+        receiving: Result<Box<Receiving>, ingest::Error>,
     },
     /// Read and drop the data set, then answer with this status.
     Refuse { status: u16, comment: String },
@@ -253,7 +253,8 @@ impl<'a> Association<'a> {
         let receiving = self
             .ingest
             .begin_dataset(&ctx.transfer_syntax, &expected, &self.calling_ae)
-            .await;
+            .await
+            .map(Box::new);
         Sink::Store {
             expected,
             receiving,
@@ -296,10 +297,10 @@ impl<'a> Association<'a> {
     async fn finish_store(
         &mut self,
         expected: Expected,
-        receiving: Result<Receiving, ingest::Error>,
+        receiving: Result<Box<Receiving>, ingest::Error>,
     ) -> (u16, Option<String>) {
         let result = match receiving {
-            Ok(receiving) => self.ingest.finish(receiving, &expected).await,
+            Ok(receiving) => self.ingest.finish(*receiving, &expected).await,
             Err(e) => Err(e),
         };
         match result {

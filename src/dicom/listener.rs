@@ -12,7 +12,7 @@ use dicom_ul::pdu::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -86,9 +86,11 @@ impl DicomServer {
                 },
                 () = cancel.cancelled() => break,
             };
+            // Slots are taken here, in accept order, not in the spawned task.
+            let slot = Arc::clone(&self.slots).try_acquire_owned().ok();
             let server = Arc::clone(&self);
             let hard_stop = hard_stop.clone();
-            tracker.spawn(async move { server.handle(socket, peer, hard_stop).await });
+            tracker.spawn(async move { server.handle(socket, peer, slot, hard_stop).await });
         }
         drop(listener);
         tracker.close();
@@ -109,7 +111,13 @@ impl DicomServer {
         Ok(())
     }
 
-    async fn handle(&self, socket: TcpStream, peer: SocketAddr, hard_stop: CancellationToken) {
+    async fn handle(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        slot: Option<OwnedSemaphorePermit>,
+        hard_stop: CancellationToken,
+    ) {
         if let Err(e) = socket.set_nodelay(true) {
             tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
@@ -126,7 +134,7 @@ impl DicomServer {
             .await;
             return;
         }
-        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+        let Some(slot) = slot else {
             tracing::warn!(%peer, "max_associations reached; association rejected (transient)");
             let reason = AssociationRJSource::ServiceProviderPresentation(
                 AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
@@ -147,6 +155,7 @@ impl DicomServer {
         let assoc = match assoc {
             Ok(assoc) => assoc,
             Err(e) => {
+                drop(slot);
                 tracing::warn!(%peer, error = %e, "association not established");
                 return;
             }

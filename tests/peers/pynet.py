@@ -60,6 +60,11 @@ def emit(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
 
 
+def usage_error(message: str) -> None:
+    print(f"pynet.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def associate(args: argparse.Namespace, contexts: list[tuple[str, list[str]]]) -> Association:
     """Request an association with `contexts` ((abstract syntax, [ts...]) pairs).
 
@@ -110,11 +115,11 @@ def cmd_store(args: argparse.Namespace) -> None:
         meta = read_file_meta_info(name)
         keywords = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
         if any(kw not in meta for kw in keywords):
-            sys.exit(f"store: {name} has no complete file meta information")
+            usage_error(f"store: {name} has no complete file meta information")
         files.append((name, *(str(meta[kw].value) for kw in keywords)))
     pairs = sorted({(sop_class, ts) for _, sop_class, _, ts in files})
     if len(pairs) > 128:
-        sys.exit("store: more than 128 (SOP class, transfer syntax) combinations")
+        usage_error("store: more than 128 (SOP class, transfer syntax) combinations")
     assoc = associate(args, [(sop_class, [ts]) for sop_class, ts in pairs])
 
     results = []
@@ -124,7 +129,7 @@ def cmd_store(args: argparse.Namespace) -> None:
             result["error"] = "association not established (aborted, or no context accepted)"
         else:
             try:
-                result["status"] = status_of(assoc.send_c_store(Path(name), msg_id=message_id))
+                result["status"] = status_of(assoc.send_c_store(Path(name), msg_id=message_id & 0xFFFF))
             except ValueError as exc:  # no accepted context for this SOP class/TS
                 result["error"] = str(exc)
             else:
@@ -249,8 +254,7 @@ def main() -> None:
     except NoAssociation as exc:
         sys.exit(f"pynet.py: {exc}")
     except (OSError, ValueError, InvalidDicomError) as exc:  # unreadable file, invalid UID, ...
-        print(f"pynet.py: {exc}", file=sys.stderr)
-        sys.exit(2)
+        usage_error(str(exc))
 
 
 if __name__ == "__main__":

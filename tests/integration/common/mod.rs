@@ -1,0 +1,424 @@
+//! The test harness: a real gateway process on port 0 with its own data
+//! directory, and the real peers that talk to it (DCMTK, pynetdicom, dicom-ul).
+//!
+//! A peer that is missing fails the test with instructions; nothing is skipped.
+
+#![allow(dead_code)]
+
+pub mod dul;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long to wait for the gateway to say something before failing a test.
+/// A bound against hangs, not a synchronisation device.
+const LOG_WAIT: Duration = Duration::from_secs(60);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    repo().join("testdata/fixtures")
+}
+
+/// The committed fixture index written by `testdata/generate.py`.
+pub fn fixtures() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures_dir().join("fixtures.json")).expect(
+        "testdata/fixtures/fixtures.json (run testdata/generate.py fixtures testdata/fixtures)",
+    );
+    serde_json::from_str(&text).expect("fixtures.json parses")
+}
+
+pub fn fixture(name_part: &str) -> Value {
+    fixtures()
+        .into_iter()
+        .find(|f| f["file"].as_str().unwrap().contains(name_part))
+        .unwrap_or_else(|| panic!("no fixture matching {name_part}"))
+}
+
+/// Log lines shared with the thread that drains the gateway's stderr.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+pub struct Gateway {
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    pub dicom: SocketAddr,
+    pub http: SocketAddr,
+    log: Arc<Log>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+/// How to start a gateway.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Opts {
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Gateway::start_with(Opts::default())
+    }
+
+    pub fn start_with(opts: Opts) -> Gateway {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut gw = Gateway::spawn(data_dir, opts.args, opts.envs);
+        gw._tmp = Some(tmp);
+        gw
+    }
+
+    fn spawn(data_dir: PathBuf, args: Vec<String>, envs: Vec<(String, String)>) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dicom-gateway"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args([
+                "--dicom-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(&args)
+            .env_remove("DICOM_GATEWAY_API_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start dicom-gateway");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("GATEWAY_TEST_LOG").is_some() {
+                    eprintln!("gateway: {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().push("<stderr closed>".into());
+            sink.changed.notify_all();
+        });
+        let mut gw = Gateway {
+            data_dir,
+            _tmp: None,
+            child: Some(child),
+            dicom: "0.0.0.0:0".parse().unwrap(),
+            http: "0.0.0.0:0".parse().unwrap(),
+            log,
+            args,
+            envs,
+        };
+        gw.dicom = gw.listening("dicom");
+        gw.http = gw.listening("http");
+        gw
+    }
+
+    fn listening(&self, service: &str) -> SocketAddr {
+        let needle = format!("service=\"{service}\" addr=");
+        let line = self.wait_for_log(&needle);
+        let addr = line
+            .split(&needle)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        addr.parse().unwrap()
+    }
+
+    /// Blocks until a log line contains `needle` (or the process ends).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_after(0, needle)
+    }
+
+    /// Like [`wait_for_log`], looking only at lines after the first `skip`.
+    pub fn wait_for_log_after(&self, skip: usize, needle: &str) -> String {
+        let deadline = Instant::now() + LOG_WAIT;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(skip).find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if lines.last().is_some_and(|l| l == "<stderr closed>") {
+                panic!(
+                    "gateway exited before logging {needle:?}:\n{}",
+                    lines.join("\n")
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needle:?} within {LOG_WAIT:?}:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().unwrap().len()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Peak resident set size of the gateway so far, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// Waits for the process to exit by itself (after a signal sent earlier).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+
+    /// SIGKILL: no chance to flush or clean anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts a new process on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            assert!(self.stop().success());
+        }
+        let tmp = self._tmp.take();
+        let mut next = Gateway::spawn(self.data_dir.clone(), self.args.clone(), self.envs.clone());
+        next._tmp = tmp;
+        *self = next;
+    }
+
+    pub fn objects(&self) -> PathBuf {
+        self.data_dir.join("objects")
+    }
+
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        files_under(&self.data_dir.join("spool"))
+    }
+
+    pub fn object_files(&self) -> Vec<PathBuf> {
+        files_under(&self.objects())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// GET returning (status, JSON body).
+    pub fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent.get(&self.url(path));
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req.call().expect("HTTP request");
+        let status = resp.status().as_u16();
+        let body: Value = resp.body_mut().read_json().expect("JSON body");
+        (status, body)
+    }
+
+    pub fn study(&self, uid: &str) -> Value {
+        let (status, body) = self.get_json(&format!("/api/studies/{uid}"), None);
+        assert_eq!(status, 200, "study {uid}: {body}");
+        body
+    }
+
+    pub fn studies(&self) -> Vec<Value> {
+        let (status, body) = self.get_json("/api/studies", None);
+        assert_eq!(status, 200, "{body}");
+        body.as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A program the tests need; fails (never skips) with what to install.
+pub fn require(program: &str) -> PathBuf {
+    let path = PathBuf::from(program);
+    assert!(
+        path.exists(),
+        "{program} is missing: run scripts/test.sh (it installs DCMTK, pydicom and pynetdicom)"
+    );
+    path
+}
+
+/// The Python with pydicom and pynetdicom: `.venv` made by scripts/test.sh, or
+/// `$GATEWAY_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    let py = std::env::var_os("GATEWAY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    require(py.to_str().unwrap())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// DCMTK storescu (by absolute path: pynetdicom installs a `storescu` too).
+pub fn storescu(gw: &Gateway, flags: &[&str], files: &[&Path]) -> Output {
+    run(Command::new(require("/usr/bin/storescu"))
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "DCMTKSCU", "-aec", "DICOMGW"])
+        .args(flags)
+        .arg(gw.dicom.ip().to_string())
+        .arg(gw.dicom.port().to_string())
+        .args(files))
+}
+
+pub fn echoscu(gw: &Gateway, called: &str) -> Output {
+    run(Command::new(require("/usr/bin/echoscu"))
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "DCMTKSCU", "-aec", called])
+        .arg(gw.dicom.ip().to_string())
+        .arg(gw.dicom.port().to_string()))
+}
+
+/// `tests/peers/pynet.py` (pynetdicom); returns its JSON answer.
+pub fn pynet(gw: &Gateway, args: &[&str]) -> Value {
+    let out = run(Command::new(python())
+        .arg(repo().join("tests/peers/pynet.py"))
+        .args([
+            "--host",
+            &gw.dicom.ip().to_string(),
+            "--port",
+            &gw.dicom.port().to_string(),
+        ])
+        .args(["--aet", "PYSCU", "--called", "DICOMGW"])
+        .args(args));
+    assert!(
+        out.status.success(),
+        "pynet.py {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("pynet.py prints JSON")
+}
+
+/// Runs a Python snippet with pydicom; returns stdout.
+pub fn pydicom(script: &str, args: &[&str]) -> String {
+    let out = run(Command::new(python()).arg("-c").arg(script).args(args));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The data set bytes of a Part-10 file (what follows the File Meta group).
+pub fn dataset_bytes(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(
+        &bytes[128..132],
+        b"DICM",
+        "{} is not Part-10",
+        path.display()
+    );
+    // (0002,0000) UL group length, explicit VR LE: tag(4) VR(2) len(2) value(4).
+    assert_eq!(&bytes[132..136], &[0x02, 0x00, 0x00, 0x00]);
+    let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+    bytes[144 + group_len..].to_vec()
+}
+
+/// The transfer syntax in a Part-10 file's meta group (via dcmdump-free parse in pydicom).
+pub fn meta_transfer_syntax(path: &Path) -> String {
+    pydicom(
+        "import sys, pydicom; print(pydicom.dcmread(sys.argv[1], stop_before_pixels=True).file_meta.TransferSyntaxUID)",
+        &[path.to_str().unwrap()],
+    )
+    .trim()
+    .to_owned()
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real gateway binary, driven by real peers.
+
+mod common;
+
+mod dimse;
+mod durability;
+mod http_api;
+mod lifecycle;
+mod peers;
