@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests need (idempotently) and runs every test.
+#
+#   scripts/test.sh            # as CI runs it
+#
+# Installs: Debian's dcmtk (storescu, echoscu, dcmdump), and a Python venv in
+# .venv with pydicom and pynetdicom. Then: rustfmt check, clippy, and
+# `cargo test` (unit tests and the integration tests against real peers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+step() { printf '\n== %s\n' "$*"; }
+
+if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ]; then
+    step "installing DCMTK"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    step "creating .venv"
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt; then
+    echo "pip could not install tests/requirements.txt" >&2
+    exit 1
+fi
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --locked --all-targets
