@@ -113,12 +113,8 @@ impl Receiving {
 }
 
 impl Ingest {
-    /// Opens the spool (sweeping leftovers) and starts the commit thread.
-    pub fn start(
-        cfg: &Config,
-        store: BlobStore,
-        index: Index,
-    ) -> std::io::Result<(Ingest, std::thread::JoinHandle<()>)> {
+    /// Opens the spool, sweeping what an earlier process left in it.
+    pub fn start(cfg: &Config, store: BlobStore, index: Index) -> std::io::Result<Ingest> {
         let (spool, swept) = Spool::open(&cfg.spool_dir())?;
         if swept > 0 {
             tracing::warn!(
@@ -126,14 +122,12 @@ impl Ingest {
                 "removed unfinished spool files from an earlier run"
             );
         }
-        let (committer, thread) = Committer::start(store, index)?;
-        let ingest = Ingest {
+        Ok(Ingest {
             spool,
-            committer,
+            committer: Committer::new(store, index),
             max_instance_size: cfg.max_instance_size,
             min_free_space: cfg.min_free_space,
-        };
-        Ok((ingest, thread))
+        })
     }
 
     /// Starts receiving a DIMSE data set in `transfer_syntax`: the spool file
@@ -164,45 +158,42 @@ impl Ingest {
     /// durable in the store and the index, and says what happened.
     pub async fn finish(&self, receiving: Receiving, expected: &Expected) -> Result<Stored> {
         let Receiving { writer, source, .. } = receiving;
-        let spooled = writer.finish().await.map_err(Error::Spool)?;
-        let path = spooled.path().to_owned();
-        let header = tokio::task::spawn_blocking(move || header::read_header(&path))
+        let committer = self.committer.clone();
+        let expected = expected.clone();
+        writer
+            .finish(move |spooled| {
+                let header = header::read_header(spooled.path())?;
+                check(
+                    &header.sop_instance,
+                    &expected.sop_instance,
+                    "SOP Instance UID",
+                )?;
+                check(&header.sop_class, &expected.sop_class, "SOP Class UID")?;
+                let record = InstanceRecord {
+                    object_key: ObjectKey::instance(
+                        &header.study,
+                        &header.series,
+                        &header.sop_instance,
+                    ),
+                    study_instance_uid: header.study,
+                    series_instance_uid: header.series,
+                    sop_instance_uid: header.sop_instance,
+                    sop_class_uid: header.sop_class,
+                    size: spooled.len,
+                    transfer_syntax_uid: header.transfer_syntax,
+                    received_at: now_rfc3339(),
+                    source,
+                    tags: header.instance,
+                };
+                let new = NewInstance {
+                    record: record.clone(),
+                    study: header.study_tags,
+                };
+                let outcome = committer.commit(spooled, new)?;
+                Ok(Stored { record, outcome })
+            })
             .await
-            .map_err(|e| Error::Spool(std::io::Error::other(e)))??;
-
-        if header.sop_instance != expected.sop_instance {
-            return Err(Error::Mismatch {
-                name: "SOP Instance UID",
-                found: header.sop_instance,
-                expected: expected.sop_instance.clone(),
-            });
-        }
-        if header.sop_class != expected.sop_class {
-            return Err(Error::Mismatch {
-                name: "SOP Class UID",
-                found: header.sop_class,
-                expected: expected.sop_class.clone(),
-            });
-        }
-
-        let record = InstanceRecord {
-            object_key: ObjectKey::instance(&header.study, &header.series, &header.sop_instance),
-            study_instance_uid: header.study,
-            series_instance_uid: header.series,
-            sop_instance_uid: header.sop_instance,
-            sop_class_uid: header.sop_class,
-            size: spooled.len,
-            transfer_syntax_uid: header.transfer_syntax,
-            received_at: now_rfc3339(),
-            source,
-            tags: header.instance,
-        };
-        let new = NewInstance {
-            record: record.clone(),
-            study: header.study_tags,
-        };
-        let outcome = self.committer.commit(spooled, new).await?;
-        Ok(Stored { record, outcome })
+            .map_err(Error::Spool)?
     }
 
     fn check_free_space(&self) -> Result<()> {
@@ -214,6 +205,17 @@ impl Ingest {
             Err(e) => Err(Error::Spool(e)),
         }
     }
+}
+
+fn check(found: &Uid, expected: &Uid, name: &'static str) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(Error::Mismatch {
+        name,
+        found: found.clone(),
+        expected: expected.clone(),
+    })
 }
 
 /// Bytes available to us on the filesystem holding `dir`.

@@ -54,7 +54,7 @@ pub async fn run(
         )
     })?;
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
-    let (ingest, commit_thread) = Ingest::start(&cfg, store.clone(), index.clone())
+    let ingest = Ingest::start(&cfg, store.clone(), index.clone())
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
     let app = App {
         cfg: Arc::clone(&cfg),
@@ -98,12 +98,9 @@ pub async fn run(
         }
     }
 
-    // Every association is done: let the commit thread drain and stop.
+    // Every association and request is done (each commit flushed the index
+    // before it was acknowledged); one last flush for good measure.
     drop(app);
-    tokio::task::spawn_blocking(move || commit_thread.join())
-        .await
-        .context("joining the commit thread")?
-        .map_err(|_| anyhow::anyhow!("the commit thread panicked"))?;
     index.flush().context("final index flush")?;
     tracing::info!("stopped");
     failure.map_or(Ok(()), Err)

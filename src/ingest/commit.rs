@@ -1,15 +1,15 @@
-//! Group commit: one thread places spooled objects and writes their index
-//! entries in batches.
+//! Group commit without a committer thread.
 //!
-//! Every association hands its finished instance to this thread and waits.
-//! The thread takes whatever has queued up meanwhile, renames the batch into
-//! the store, fsyncs each touched directory once, writes all index entries in
-//! one transaction and flushes once. A lone instance pays the same syncs as
-//! without batching; concurrent ones share them.
+//! Every ingest ends on a blocking thread that has just fsynced its spool
+//! file. It queues its instance here; if no commit is running it leads one:
+//! it takes everything queued, renames the batch into the store, fsyncs each
+//! touched directory once, writes all index entries in one transaction and
+//! flushes once. Threads that queued meanwhile wait, and one of them leads the
+//! next batch. A lone instance pays no thread hop for this; concurrent ones
+//! share the directory syncs and the index flush.
 
-use std::sync::mpsc;
-
-use tokio::sync::oneshot;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::Error;
 use super::spool::Spooled;
@@ -20,104 +20,126 @@ use crate::store::{BlobStore, ObjectKey};
 const MAX_BATCH: usize = 256;
 
 struct Job {
+    id: u64,
     spooled: Spooled,
     new: NewInstance,
-    reply: oneshot::Sender<Result<PutOutcome, Error>>,
 }
 
-/// Handle to the commit thread. Dropping every handle ends the thread once
-/// the queued work is done.
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    queue: Vec<Job>,
+    leading: bool,
+    done: HashMap<u64, Result<PutOutcome, Error>>,
+}
+
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: BlobStore,
+    index: Index,
+    state: Mutex<State>,
+    changed: Condvar,
 }
 
 impl Committer {
-    pub fn start(
-        store: BlobStore,
-        index: Index,
-    ) -> std::io::Result<(Committer, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let handle = std::thread::Builder::new()
-            .name("ingest-commit".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    commit_batch(&store, &index, batch);
-                }
-            })?;
-        Ok((Committer { tx }, handle))
+    pub fn new(store: BlobStore, index: Index) -> Committer {
+        Committer {
+            inner: Arc::new(Inner {
+                store,
+                index,
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }),
+        }
     }
 
     /// Places `spooled` under the record's key and indexes it; returns once
-    /// both are durable.
-    pub async fn commit(&self, spooled: Spooled, new: NewInstance) -> Result<PutOutcome, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job {
-                spooled,
-                new,
-                reply,
-            })
-            .map_err(|_| Error::ShuttingDown)?;
-        answer.await.map_err(|_| Error::ShuttingDown)?
+    /// both are durable. Blocking.
+    pub fn commit(&self, spooled: Spooled, new: NewInstance) -> Result<PutOutcome, Error> {
+        let inner = &*self.inner;
+        let mut state = inner.state.lock().expect("commit lock");
+        let id = state.next_id;
+        state.next_id += 1;
+        state.queue.push(Job { id, spooled, new });
+        loop {
+            if let Some(result) = state.done.remove(&id) {
+                return result;
+            }
+            if !state.leading {
+                state.leading = true;
+                let take = state.queue.len().min(MAX_BATCH);
+                let batch: Vec<Job> = state.queue.drain(..take).collect();
+                drop(state);
+                let results = commit_batch(&inner.store, &inner.index, batch);
+                state = inner.state.lock().expect("commit lock");
+                state.done.extend(results);
+                state.leading = false;
+                inner.changed.notify_all();
+                continue;
+            }
+            state = inner.changed.wait(state).expect("commit lock");
+        }
     }
 }
 
-fn commit_batch(store: &BlobStore, index: &Index, batch: Vec<Job>) {
+fn commit_batch(
+    store: &BlobStore,
+    index: &Index,
+    batch: Vec<Job>,
+) -> Vec<(u64, Result<PutOutcome, Error>)> {
     let items: Vec<_> = batch
         .iter()
         .map(|job| (job.spooled.path(), &job.new.record.object_key))
         .collect();
     let placed = store.place_batch(&items);
 
+    let mut results = Vec::with_capacity(batch.len());
     let mut committed = Vec::with_capacity(batch.len());
     for (job, result) in batch.into_iter().zip(placed) {
         match result {
             Ok(()) => {
                 job.spooled.guard.disarm();
-                committed.push((job.new, job.reply));
+                committed.push((job.id, job.new));
             }
             // The spool file is still in the spool; dropping the job removes it.
-            Err(e) => {
-                let _ = job.reply.send(Err(Error::Store(e)));
-            }
+            Err(e) => results.push((job.id, Err(Error::Store(e)))),
         }
     }
     if committed.is_empty() {
-        return;
+        return results;
     }
 
-    let news: Vec<NewInstance> = committed.iter().map(|(new, _)| new.clone()).collect();
+    let news: Vec<NewInstance> = committed.iter().map(|(_, new)| new.clone()).collect();
     match index.put_batch(&news) {
         Ok(outcomes) => {
-            for ((new, reply), outcome) in committed.into_iter().zip(outcomes) {
+            for ((id, new), outcome) in committed.into_iter().zip(outcomes) {
                 if let PutOutcome::Replaced {
                     previous_key: Some(old),
                 } = &outcome
                 {
                     remove_moved_object(store, old, &new.record.object_key);
                 }
-                let _ = reply.send(Ok(outcome));
+                results.push((id, Ok(outcome)));
             }
         }
         Err(e) => {
             // Not acknowledged, so not visible: the objects are already in
-            // place but no index entry points at them. They are complete and a
-            // resend replaces them; `verify` reports them.
+            // place but no index entry points at them. They are complete, and
+            // a resend replaces them.
             tracing::error!(error = %e, count = committed.len(), "index commit failed");
             let message = e.to_string();
-            for (_, reply) in committed {
-                let _ = reply.send(Err(Error::IndexCommit(message.clone())));
-            }
+            results.extend(
+                committed
+                    .into_iter()
+                    .map(|(id, _)| (id, Err(Error::IndexCommit(message.clone())))),
+            );
         }
     }
+    results
 }
 
 fn remove_moved_object(store: &BlobStore, old: &ObjectKey, new: &ObjectKey) {

@@ -246,8 +246,14 @@ impl Gateway {
         self.data_dir.join("objects")
     }
 
+    /// Spool files holding data. (The gateway keeps a pool of empty,
+    /// pre-created spool files; a file in use starts with its Part-10 header,
+    /// so it is never empty.)
     pub fn spool_files(&self) -> Vec<PathBuf> {
         files_under(&self.data_dir.join("spool"))
+            .into_iter()
+            .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+            .collect()
     }
 
     pub fn object_files(&self) -> Vec<PathBuf> {

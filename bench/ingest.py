@@ -1,0 +1,728 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: dicom-gateway vs DCMTK storescp, side by side.
+
+    python3 bench/ingest.py                       # all sets, 3 runs each (~15 min)
+    python3 bench/ingest.py --sets small9 --quick # one set, one run
+
+Must run as root (it creates a private network namespace).  Python 3.11,
+standard library only; the test data generator is run with .venv/bin/python.
+
+Method
+------
+* Data: testdata/generate.py builds each set once into WORK/sets/<set>/all
+  (reused when present).  WORK/sets/<set>/part0..3 hold hard links to four
+  equal, contiguous quarters of the set, so every storescu process gets one
+  directory (`+sd DIR`, no file lists, no ARG_MAX trouble).  All set files are
+  read once before the first run, so every run sends from the page cache.
+* Sets: ct512 (1000 x ~512 KiB CT), small9 (5000 x ~9 KiB), mf100 (4 x 100 MiB
+  multi-frame).  Modes: "1 assoc" = one storescu sending the whole set;
+  "4 parallel" = four storescu processes at once, one quarter each.
+* Receivers: DCMTK `/usr/bin/storescp --fork -od OUT PORT` (always --fork, as
+  in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
+  and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
+  does not fsync).  Each run gets a fresh, empty output directory under WORK
+  (same filesystem as the repo), deleted after the run, followed by sync(2) so
+  that writeback of one run does not leak into the next.
+* Network: the whole benchmark re-executes itself inside a private network
+  namespace (`unshare -n`, loopback up), because storescp cannot bind to
+  127.0.0.1 only.  Receivers and senders therefore share one isolated
+  loopback.  TCP_NODELAY=1 is exported for every DCMTK program (Debian's DCMTK
+  leaves Nagle on otherwise).
+* Timing: wall time from starting the first storescu to the exit of the last
+  one.  storescu exits only after every C-STORE response (and the release), so
+  this is the time until all instances were acknowledged.  inst/s = N / wall;
+  MB/s = bytes of the Part-10 files sent / wall, MB = 10^6 bytes.
+* Peak RSS: gateway = VmHWM of its single process, read after the senders
+  exit.  storescp --fork = maximum over time of the summed VmRSS of the parent
+  and all its children, sampled every 20 ms (pages shared copy-on-write
+  between parent and children are counted once per process, so this slightly
+  overstates; very short peaks between samples are missed).  The same sampler
+  runs during gateway runs too, so both sides pay the same sampling cost.
+* Correctness: any storescu exit code other than 0 fails the run; afterwards
+  the DCMTK output directory must hold N files, and the gateway's
+  GET /api/studies must report sum(instanceCount) == N.
+* Each (set, mode, receiver) runs --runs times (default 3, --quick = 1);
+  receivers alternate which goes first.  Reported: the median wall time (and
+  throughput derived from it), median peak RSS, and every run's wall time.
+  Results go to stdout and to bench/results/ingest-<date>.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+GATEWAY_AE = "DICOMGW"
+DCMTK_PORT = 11113
+GATEWAY_DICOM_PORT = 11112
+GATEWAY_HTTP_PORT = 18080
+
+# name -> (instance count, approximate set size in bytes, for the disk check)
+SETS = {
+    "ct512": (1000, 530_000_000),
+    "small9": (5000, 48_000_000),
+    "mf100": (4, 420_000_000),
+}
+MODES = {"1 assoc": 1, "4 parallel": 4}
+RECEIVERS = ("dcmtk", "gateway")
+PARTS = 4
+SAMPLE_INTERVAL = 0.02  # seconds between RSS samples
+READY_TIMEOUT = 15.0  # seconds for a receiver to start listening
+VERIFY_TIMEOUT = 10.0  # seconds to wait for the stored count to match
+DISK_MARGIN = 2_000_000_000  # bytes kept free besides data and one run's output
+NETNS_MARKER = "INGEST_BENCH_IN_NETNS"
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def command_output(*argv: str) -> str:
+    """First line of a command's output, or '?' when it cannot run."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return "?"
+    lines = (result.stdout or result.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def dcmtk_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def gateway_env() -> dict[str, str]:
+    """Environment without DICOM_GATEWAY_* settings that could change the run."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DICOM_GATEWAY_")}
+
+
+def proc_status_field(pid: int, name: str) -> int:
+    """A /proc/PID/status memory field (e.g. VmRSS) in bytes; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of every thread of `pid`."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children.extend(int(c) for c in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return children
+
+
+def tree_rss(pid: int) -> int:
+    return sum(proc_status_field(p, "VmRSS") for p in [pid, *child_pids(pid)])
+
+
+def listening(port: int) -> bool:
+    """Whether some socket in this network namespace listens on TCP `port`."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    """Poll `predicate` until true; return the seconds waited."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def count_files(directory: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(directory))
+
+
+def mib(n_bytes: float) -> float:
+    return n_bytes / (1024 * 1024)
+
+
+# --------------------------------------------------------------------------
+# network namespace
+
+
+def enter_private_netns() -> None:
+    """Re-execute this script under `unshare -n` once, then bring lo up."""
+    if os.environ.get(NETNS_MARKER) != "1":
+        if os.geteuid() != 0:
+            sys.exit("bench/ingest.py must run as root (it uses unshare -n)")
+        env = {**os.environ, NETNS_MARKER: "1"}
+        argv = ["unshare", "--net", "--", sys.executable, *sys.argv]
+        os.execvpe("unshare", argv, env)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+# --------------------------------------------------------------------------
+# benchmark data
+
+
+@dataclass
+class BenchSet:
+    name: str
+    count: int
+    total_bytes: int
+    all_dir: Path
+    part_dirs: list[Path]
+
+    def dirs(self, senders: int) -> list[Path]:
+        return [self.all_dir] if senders == 1 else self.part_dirs
+
+
+def generator_python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def build_set(name: str, set_dir: Path) -> None:
+    """Generate the set into set_dir/all and hard-link quarters into partN."""
+    log(f"generating {name} into {set_dir}")
+    shutil.rmtree(set_dir, ignore_errors=True)
+    all_dir = set_dir / "all"
+    generator = [generator_python(), str(REPO / "testdata" / "generate.py")]
+    subprocess.run([*generator, "bench", str(all_dir), "--set", name], check=True)
+    files = sorted(all_dir.iterdir())
+    if len(files) % PARTS:
+        sys.exit(f"{name}: {len(files)} files cannot be split into {PARTS} equal parts")
+    size = len(files) // PARTS
+    for part in range(PARTS):
+        part_dir = set_dir / f"part{part}"
+        part_dir.mkdir()
+        for path in files[part * size : (part + 1) * size]:
+            os.link(path, part_dir / path.name)
+    manifest = {"count": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    (set_dir / "set.json").write_text(json.dumps(manifest))
+
+
+def load_set(name: str, work_dir: Path) -> BenchSet:
+    """The set from work_dir, generated first if missing or incomplete."""
+    set_dir = work_dir / "sets" / name
+    manifest_path = set_dir / "set.json"
+    if not manifest_path.exists():
+        build_set(name, set_dir)
+    manifest = json.loads(manifest_path.read_text())
+    bench_set = BenchSet(
+        name,
+        manifest["count"],
+        manifest["bytes"],
+        set_dir / "all",
+        [set_dir / f"part{p}" for p in range(PARTS)],
+    )
+    if count_files(bench_set.all_dir) != bench_set.count:
+        log(f"{name}: file count does not match set.json, regenerating")
+        build_set(name, set_dir)
+        return load_set(name, work_dir)
+    return bench_set
+
+
+def warm_page_cache(bench_set: BenchSet) -> None:
+    for path in bench_set.all_dir.iterdir():
+        with open(path, "rb") as f:
+            while f.read(8 << 20):
+                pass
+
+
+def check_disk(work_dir: Path, set_names: list[str]) -> None:
+    """Exit unless there is room for missing sets plus one run's output."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in set_names if not (work_dir / "sets" / n / "set.json").exists()]
+    need = sum(SETS[n][1] for n in missing) + 2 * max(SETS[n][1] for n in set_names)
+    free = shutil.disk_usage(work_dir).free
+    log(f"disk: {free / 1e9:.1f} GB free at {work_dir}, need ~{(need + DISK_MARGIN) / 1e9:.1f} GB")
+    if free < need + DISK_MARGIN:
+        sys.exit("not enough free disk space")
+
+
+# --------------------------------------------------------------------------
+# receivers
+
+
+class RssSampler(threading.Thread):
+    """Tracks the maximum summed VmRSS of a process and its direct children."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, tree_rss(self.pid))
+            if self._stop_event.wait(SAMPLE_INTERVAL):
+                return
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        self.peak = max(self.peak, tree_rss(self.pid))
+        return self.peak
+
+
+class Receiver:
+    """A storage SCP under test, started fresh for every run."""
+
+    name = ""
+    port = 0
+    called_ae = ""
+
+    def __init__(self, out_dir: Path, log_path: Path):
+        self.out_dir = out_dir
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log_file, stderr=subprocess.STDOUT, env=self.env()
+            )
+        wait_for(self.ready, READY_TIMEOUT, f"{self.name} to listen")
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited early with {self.process.returncode}")
+        return listening(self.port)
+
+    def stored_count(self) -> int:
+        raise NotImplementedError
+
+    def peak_rss(self, sampled: int) -> int:
+        return sampled
+
+    def stop(self) -> list[str]:
+        """Stop the receiver; return problems worth reporting."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return [f"{self.name} ignored SIGTERM for 30 s and was killed"]
+        return self.check_exit(code)
+
+    def check_exit(self, code: int) -> list[str]:
+        return []
+
+    def log_problems(self) -> list[str]:
+        return []
+
+
+class DcmtkReceiver(Receiver):
+    name = "dcmtk"
+    port = DCMTK_PORT
+    called_ae = "STORESCP"
+
+    def command(self) -> list[str]:
+        return [STORESCP, "--fork", "-od", str(self.out_dir), str(self.port)]
+
+    def env(self) -> dict[str, str]:
+        return dcmtk_env()
+
+    def stored_count(self) -> int:
+        return count_files(self.out_dir)
+
+    def stop(self) -> list[str]:
+        # Forked children finish their association before storescu exits, but
+        # give them a moment to be reaped before stopping the parent.
+        try:
+            wait_for(lambda: not child_pids(self.process.pid), 5.0, "storescp children")
+        except RuntimeError:
+            pass
+        return super().stop()
+
+    def check_exit(self, code: int) -> list[str]:
+        return [] if code in (0, -signal.SIGTERM) else [f"storescp exited with {code}"]
+
+
+class GatewayReceiver(Receiver):
+    name = "gateway"
+    port = GATEWAY_DICOM_PORT
+    called_ae = GATEWAY_AE
+    binary = REPO / "target" / "release" / "dicom-gateway"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "serve",
+            "--data-dir", str(self.out_dir),
+            "--dicom-listen", f"127.0.0.1:{GATEWAY_DICOM_PORT}",
+            "--http-listen", f"127.0.0.1:{GATEWAY_HTTP_PORT}",
+            "--ae-title", GATEWAY_AE,
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return gateway_env()
+
+    def ready(self) -> bool:
+        return super().ready() and listening(GATEWAY_HTTP_PORT)
+
+    def stored_count(self) -> int:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/api/studies"
+        with opener.open(url, timeout=10) as response:
+            return sum(study["instanceCount"] for study in json.load(response))
+
+    def peak_rss(self, sampled: int) -> int:
+        return proc_status_field(self.process.pid, "VmHWM") or sampled
+
+    def check_exit(self, code: int) -> list[str]:
+        return [] if code == 0 else [f"gateway exited with {code} after SIGTERM"]
+
+    def log_problems(self) -> list[str]:
+        """WARN/ERROR lines of the gateway log (tracing's level column)."""
+        text = self.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
+
+
+RECEIVER_CLASSES = {"dcmtk": DcmtkReceiver, "gateway": GatewayReceiver}
+
+
+# --------------------------------------------------------------------------
+# one run
+
+
+@dataclass
+class RunResult:
+    set: str
+    mode: str
+    receiver: str
+    run: int
+    ok: bool = False
+    wall_s: float = 0.0
+    peak_rss_bytes: int = 0
+    verify_wait_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+def send(receiver: Receiver, dirs: list[Path], log_dir: Path) -> tuple[float, list[str]]:
+    """Run one storescu per directory concurrently; return wall time and errors."""
+    logs = [open(log_dir / f"storescu{i}.log", "wb") for i in range(len(dirs))]
+    try:
+        start = time.perf_counter()
+        senders = [
+            subprocess.Popen(
+                [STORESCU, "-aec", receiver.called_ae, "+sd", "127.0.0.1", str(receiver.port), str(d)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=dcmtk_env(),
+            )
+            for d, log_file in zip(dirs, logs)
+        ]
+        codes = [p.wait() for p in senders]
+        wall = time.perf_counter() - start
+    finally:
+        for log_file in logs:
+            log_file.close()
+    errors = []
+    for i, code in enumerate(codes):
+        if code != 0:
+            tail = (log_dir / f"storescu{i}.log").read_text(errors="replace").strip()[-300:]
+            errors.append(f"storescu {i} exited with {code}: {tail}")
+    return wall, errors
+
+
+def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_dir: Path) -> RunResult:
+    result = RunResult(bench_set.name, mode, receiver_name, run)
+    tag = f"{bench_set.name}-{mode.replace(' ', '')}-{receiver_name}-{run}"
+    out_dir = work_dir / f"rx-{tag}"
+    log_dir = work_dir / "logs" / tag
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    receiver = RECEIVER_CLASSES[receiver_name](out_dir, log_dir / f"{receiver_name}.log")
+    try:
+        receiver.start()
+        sampler = RssSampler(receiver.process.pid)
+        sampler.start()
+        result.wall_s, errors = send(receiver, bench_set.dirs(MODES[mode]), log_dir)
+        result.peak_rss_bytes = receiver.peak_rss(sampler.stop())
+        result.problems += errors
+        result.verify_wait_s = verify(receiver, bench_set.count, result.problems)
+    except RuntimeError as error:
+        result.problems.append(str(error))
+    finally:
+        result.problems += receiver.stop()
+        result.problems += receiver.log_problems()
+        os.sync()
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.sync()
+    result.ok = not result.problems
+    return result
+
+
+def verify(receiver: Receiver, expected: int, problems: list[str]) -> float:
+    """Check the receiver stored `expected` instances; return seconds waited."""
+    def count() -> int | str:
+        try:
+            return receiver.stored_count()
+        except OSError as error:  # includes urllib's URLError
+            return f"unknown ({error})"
+
+    try:
+        return wait_for(lambda: count() == expected, VERIFY_TIMEOUT, "stored count")
+    except RuntimeError:
+        problems.append(f"{receiver.name} stored {count()} of {expected} instances")
+        return VERIFY_TIMEOUT
+
+
+# --------------------------------------------------------------------------
+# summary and report
+
+
+def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver: str) -> dict:
+    runs = [r for r in results if (r.set, r.mode, r.receiver) == (bench_set.name, mode, receiver)]
+    good = [r for r in runs if r.ok]
+    summary = {
+        "runs": len(runs),
+        "failed": len(runs) - len(good),
+        "wall_s": [round(r.wall_s, 3) for r in runs],
+    }
+    if good:
+        wall = statistics.median(r.wall_s for r in good)
+        summary |= {
+            "median_wall_s": wall,
+            "inst_per_s": bench_set.count / wall,
+            "mb_per_s": bench_set.total_bytes / wall / 1e6,
+            "peak_rss_mib": mib(statistics.median(r.peak_rss_bytes for r in good)),
+            "spread_pct": 100 * (max(r.wall_s for r in good) - min(r.wall_s for r in good)) / wall,
+        }
+    return summary
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "FAIL" if value is None else f"{value:,.{digits}f}"
+
+
+def results_table(summaries: dict) -> str:
+    header = (
+        "| set | mode | DCMTK inst/s | gateway inst/s | gateway/DCMTK | DCMTK MB/s | gateway MB/s "
+        "| DCMTK peak RSS MiB | gateway peak RSS MiB |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    rows = []
+    for (set_name, mode), pair in summaries.items():
+        d, g = pair["dcmtk"], pair["gateway"]
+        ratio = g["inst_per_s"] / d["inst_per_s"] if "inst_per_s" in d and "inst_per_s" in g else None
+        rows.append(
+            f"| {set_name} | {mode} | {fmt(d.get('inst_per_s'), 1)} | {fmt(g.get('inst_per_s'), 1)} "
+            f"| {fmt(ratio, 2)} | {fmt(d.get('mb_per_s'), 1)} | {fmt(g.get('mb_per_s'), 1)} "
+            f"| {fmt(d.get('peak_rss_mib'), 1)} | {fmt(g.get('peak_rss_mib'), 1)} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def runs_table(summaries: dict) -> str:
+    header = "| set | mode | receiver | wall time per run (s) | spread (max-min)/median |\n|---|---|---|---|--:|\n"
+    rows = []
+    for (set_name, mode), pair in summaries.items():
+        for receiver, s in pair.items():
+            walls = ", ".join(f"{w:.2f}" for w in s["wall_s"])
+            spread = f"{s['spread_pct']:.0f} %" if "spread_pct" in s else "-"
+            failed = f" ({s['failed']} failed)" if s["failed"] else ""
+            rows.append(f"| {set_name} | {mode} | {receiver} | {walls}{failed} | {spread} |")
+    return header + "\n".join(rows) + "\n"
+
+
+def load_average() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def machine_info() -> dict[str, str]:
+    df = subprocess.run(["df", "-T", "/work"], capture_output=True, text=True).stdout.splitlines()
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        "?",
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    binary = GatewayReceiver.binary
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB",
+        "kernel": os.uname().release,
+        "filesystem of /work": " ".join(df[-1].split()[:2]) if df else "?",
+        "rustc": command_output("rustc", "--version"),
+        "DCMTK": command_output(STORESCP, "--version").strip("$ "),
+        "gateway commit": command_output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+        + (" (src/Cargo.* modified)" if dirty else ""),
+        "gateway binary built": datetime.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(
+            timespec="seconds"
+        ),
+    }
+
+
+def problems_section(results: list[RunResult]) -> str:
+    lines = []
+    for r in results:
+        for problem in r.problems:
+            lines.append(f"- {r.set} / {r.mode} / {r.receiver} run {r.run}: {problem.strip()[:400]}")
+    slow = [r for r in results if r.ok and r.verify_wait_s > 0.05]
+    for r in slow:
+        lines.append(
+            f"- {r.set} / {r.mode} / {r.receiver} run {r.run}: stored count matched only "
+            f"{r.verify_wait_s:.2f} s after the senders exited"
+        )
+    return "\n".join(lines) if lines else "None: every storescu exited 0, every count matched, no gateway WARN/ERROR."
+
+
+def write_report(results, summaries, info, command, elapsed, args, results_dir: Path) -> Path:
+    date = datetime.date.today().isoformat()
+    suffix = "-quick" if args.runs == 1 else ""
+    md_path = results_dir / f"ingest-{date}{suffix}.md"
+    machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    method = __doc__.split("Method\n------\n", 1)[1].strip()
+    text = (
+        f"# Ingest benchmark, gateway vs DCMTK storescp ({date})\n\n"
+        f"Command: `{command}` (run as root, from `{os.getcwd()}`)\n\n"
+        f"Total run time: {elapsed / 60:.1f} min; {args.runs} run(s) per cell, medians shown.\n\n"
+        f"## Results\n\n{results_table(summaries)}\n"
+        f"## Per-run wall times\n\n{runs_table(summaries)}\n"
+        f"## Problems\n\n{problems_section(results)}\n\n"
+        f"## Machine\n\n{machine}\n\n"
+        f"## Method\n\n{method}\n"
+    )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(text)
+    data = {
+        "date": date,
+        "command": command,
+        "elapsed_s": elapsed,
+        "machine": info,
+        "summaries": [
+            {"set": s, "mode": m, **{rx: pair[rx] for rx in pair}} for (s, m), pair in summaries.items()
+        ],
+        "runs": [asdict(r) for r in results],
+    }
+    md_path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    return md_path
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of %(default)s")
+    parser.add_argument("--runs", type=int, default=3, help="runs per (set, mode, receiver); default 3")
+    parser.add_argument("--quick", action="store_true", help="one run each (same as --runs 1)")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = set(args.sets) - set(SETS)
+    if unknown:
+        parser.error(f"unknown set(s): {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.runs = 1
+    args.work_dir = args.work_dir.resolve()
+    return args
+
+
+def check_tools() -> None:
+    for tool in (STORESCU, STORESCP, GatewayReceiver.binary):
+        if not os.access(tool, os.X_OK):
+            sys.exit(f"missing {tool} (build the gateway with `cargo build --release`)")
+    newest_src = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.rs"))
+    if newest_src > GatewayReceiver.binary.stat().st_mtime:
+        log("warning: src/ is newer than target/release/dicom-gateway; results are for the old build")
+
+
+def main() -> None:
+    command = shlex.join([sys.executable, *sys.argv])
+    args = parse_args()
+    enter_private_netns()
+    check_tools()
+    check_disk(args.work_dir, args.sets)
+    load_at_start = load_average()
+    if float(load_at_start.split()[0]) > 1.0:
+        log(f"warning: load average {load_at_start} before the benchmark; results will be noisy")
+    started = time.monotonic()
+    bench_sets = [load_set(name, args.work_dir) for name in args.sets]
+    for bench_set in bench_sets:
+        warm_page_cache(bench_set)
+    os.sync()
+
+    results: list[RunResult] = []
+    summaries: dict[tuple[str, str], dict] = {}
+    for bench_set in bench_sets:
+        for mode in MODES:
+            for run in range(1, args.runs + 1):
+                order = RECEIVERS if run % 2 else RECEIVERS[::-1]
+                for receiver in order:
+                    r = run_once(receiver, bench_set, mode, run, args.work_dir)
+                    status = "ok" if r.ok else "FAILED: " + "; ".join(r.problems)[:300]
+                    log(
+                        f"{bench_set.name:6} {mode:10} {receiver:7} run {run}: {r.wall_s:7.2f} s "
+                        f"{bench_set.count / r.wall_s if r.wall_s else 0:8.1f} inst/s "
+                        f"peak RSS {mib(r.peak_rss_bytes):7.1f} MiB  {status}"
+                    )
+                    results.append(r)
+            summaries[(bench_set.name, mode)] = {
+                rx: summarize(results, bench_set, mode, rx) for rx in RECEIVERS
+            }
+
+    elapsed = time.monotonic() - started
+    info = machine_info() | {"load average (1/5/15 min) at start, end": f"{load_at_start}; {load_average()}"}
+    report = write_report(results, summaries, info, command, elapsed, args, args.results_dir)
+    print()
+    print(results_table(summaries))
+    print(runs_table(summaries))
+    print(f"total {elapsed / 60:.1f} min; report: {report.relative_to(REPO)} (+ .json)")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
