@@ -251,3 +251,32 @@ fn the_same_instance_twice_is_one_instance() {
     assert_eq!(gw.object_files().len(), 1);
     assert!(gw.log_text().contains("instance received again; replaced"));
 }
+
+#[test]
+fn calling_ae_and_peer_allow_lists_are_enforced() {
+    let gw = Gateway::start_with(
+        crate::common::Opts::default()
+            .arg("--allowed-calling-aets")
+            .arg("CT01,MR01"),
+    );
+    // DCMTKSCU is not on the list.
+    let refused = common::echoscu(&gw, "DICOMGW");
+    assert!(!refused.status.success());
+    let out = Command::new(common::require("/usr/bin/echoscu"))
+        .env("TCP_NODELAY", "1")
+        .args(["-aet", "CT01", "-aec", "DICOMGW"])
+        .arg(gw.dicom.ip().to_string())
+        .arg(gw.dicom.port().to_string())
+        .output()
+        .unwrap();
+    common::assert_ok(&out, "echoscu as CT01");
+
+    // Only 10.9.9.9 may connect: loopback is turned away before negotiation.
+    let gw = Gateway::start_with(
+        crate::common::Opts::default()
+            .arg("--allowed-peers")
+            .arg("10.9.9.9"),
+    );
+    assert!(!common::echoscu(&gw, "DICOMGW").status.success());
+    gw.wait_for_log("not in allowed_peers");
+}
