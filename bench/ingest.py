@@ -21,8 +21,18 @@ Method
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
   does not fsync).  Each run gets a fresh, empty output directory under WORK
-  (same filesystem as the repo), deleted after the run, followed by sync(2) so
-  that writeback of one run does not leak into the next.
+  (same filesystem as the repo) and ends with sync(2), so that writeback of
+  one run does not leak into the next.
+* Deleting outputs: the outputs of a set are deleted only after all its runs,
+  and no set starts within 65 s of such a deletion (also across invocations:
+  WORK/.outputs-deleted records when).  Reason: on ext4 without a
+  journal (as /work here) the inode allocator skips every inode deleted less
+  than 60 s ago (300 s while its inode table block is dirty), checking each
+  one, so creating thousands of files right after deleting thousands costs
+  ~0.7 ms of CPU per file and would distort whichever run comes next.
+* Page cache: the files of a set are re-read right before every run (untimed),
+  so every run sends from memory even if the host's memory reclaim dropped
+  them (page cache untouched for 60 s is paged out on this VM).
 * Network: the whole benchmark re-executes itself inside a private network
   namespace (`unshare -n`, loopback up), because storescp cannot bind to
   127.0.0.1 only.  Receivers and senders therefore share one isolated
@@ -85,7 +95,10 @@ PARTS = 4
 SAMPLE_INTERVAL = 0.02  # seconds between RSS samples
 READY_TIMEOUT = 15.0  # seconds for a receiver to start listening
 VERIFY_TIMEOUT = 10.0  # seconds to wait for the stored count to match
-DISK_MARGIN = 2_000_000_000  # bytes kept free besides data and one run's output
+DISK_MARGIN = 2_000_000_000  # bytes kept free besides sets and one set's outputs
+# ext4 without a journal avoids reusing inodes deleted in the last 60 s
+# (fs/ext4/ialloc.c: recently_deleted, RECENTCY_MIN); wait that out.
+INODE_REUSE_PAUSE = 65.0
 NETNS_MARKER = "INGEST_BENCH_IN_NETNS"
 
 
@@ -261,15 +274,39 @@ def warm_page_cache(bench_set: BenchSet) -> None:
                 pass
 
 
-def check_disk(work_dir: Path, set_names: list[str]) -> None:
-    """Exit unless there is room for missing sets plus one run's output."""
+def check_disk(work_dir: Path, set_names: list[str], runs: int) -> None:
+    """Exit unless there is room for missing sets plus one set's outputs."""
     work_dir.mkdir(parents=True, exist_ok=True)
     missing = [n for n in set_names if not (work_dir / "sets" / n / "set.json").exists()]
-    need = sum(SETS[n][1] for n in missing) + 2 * max(SETS[n][1] for n in set_names)
+    outputs_per_set = runs * len(MODES) * len(RECEIVERS)
+    need = sum(SETS[n][1] for n in missing) + outputs_per_set * max(SETS[n][1] for n in set_names)
     free = shutil.disk_usage(work_dir).free
     log(f"disk: {free / 1e9:.1f} GB free at {work_dir}, need ~{(need + DISK_MARGIN) / 1e9:.1f} GB")
     if free < need + DISK_MARGIN:
         sys.exit("not enough free disk space")
+
+
+def remove_outputs(work_dir: Path) -> None:
+    """Delete every receiver output directory (rx-*) and note when."""
+    out_dirs = list(work_dir.glob("rx-*"))
+    for out_dir in out_dirs:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    os.sync()
+    if out_dirs:
+        (work_dir / ".outputs-deleted").touch()
+
+
+def wait_for_inode_reuse(work_dir: Path) -> None:
+    """Sleep until INODE_REUSE_PAUSE has passed since outputs were deleted
+    (by this or an earlier invocation)."""
+    try:
+        deleted = (work_dir / ".outputs-deleted").stat().st_mtime
+    except FileNotFoundError:
+        return
+    remaining = INODE_REUSE_PAUSE - (time.time() - deleted)
+    if remaining > 0:
+        log(f"outputs deleted recently; waiting {remaining:.0f} s before creating files again")
+        time.sleep(remaining)
 
 
 # --------------------------------------------------------------------------
@@ -473,10 +510,10 @@ def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_
     tag = f"{bench_set.name}-{mode.replace(' ', '')}-{receiver_name}-{run}"
     out_dir = work_dir / f"rx-{tag}"
     log_dir = work_dir / "logs" / tag
-    shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     receiver = RECEIVER_CLASSES[receiver_name](out_dir, log_dir / f"{receiver_name}.log")
+    warm_page_cache(bench_set)
     try:
         receiver.start()
         sampler = RssSampler(receiver.process.pid)
@@ -490,9 +527,7 @@ def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_
     finally:
         result.problems += receiver.stop()
         result.problems += receiver.log_problems()
-        os.sync()
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.sync()
+        os.sync()  # the output directory stays until remove_outputs()
     result.ok = not result.problems
     return result
 
@@ -679,36 +714,47 @@ def check_tools() -> None:
         log("warning: src/ is newer than target/release/dicom-gateway; results are for the old build")
 
 
+def run_set(bench_set: BenchSet, runs: int, work_dir: Path) -> list[RunResult]:
+    """All modes x runs x receivers of one set; receivers alternate going first."""
+    results = []
+    for mode in MODES:
+        for run in range(1, runs + 1):
+            for receiver in RECEIVERS if run % 2 else RECEIVERS[::-1]:
+                r = run_once(receiver, bench_set, mode, run, work_dir)
+                status = "ok" if r.ok else "FAILED: " + "; ".join(r.problems)[:300]
+                log(
+                    f"{bench_set.name:6} {mode:10} {receiver:7} run {run}: {r.wall_s:7.2f} s "
+                    f"{bench_set.count / r.wall_s if r.wall_s else 0:8.1f} inst/s "
+                    f"peak RSS {mib(r.peak_rss_bytes):7.1f} MiB  {status}"
+                )
+                results.append(r)
+    return results
+
+
 def main() -> None:
     command = shlex.join([sys.executable, *sys.argv])
     args = parse_args()
     enter_private_netns()
     check_tools()
-    check_disk(args.work_dir, args.sets)
+    check_disk(args.work_dir, args.sets, args.runs)
+    shutil.rmtree(args.work_dir / "logs", ignore_errors=True)
+    remove_outputs(args.work_dir)  # left behind by an interrupted run
     load_at_start = load_average()
     if float(load_at_start.split()[0]) > 1.0:
         log(f"warning: load average {load_at_start} before the benchmark; results will be noisy")
     started = time.monotonic()
     bench_sets = [load_set(name, args.work_dir) for name in args.sets]
-    for bench_set in bench_sets:
-        warm_page_cache(bench_set)
     os.sync()
 
     results: list[RunResult] = []
     summaries: dict[tuple[str, str], dict] = {}
     for bench_set in bench_sets:
+        wait_for_inode_reuse(args.work_dir)
+        try:
+            results += run_set(bench_set, args.runs, args.work_dir)
+        finally:
+            remove_outputs(args.work_dir)
         for mode in MODES:
-            for run in range(1, args.runs + 1):
-                order = RECEIVERS if run % 2 else RECEIVERS[::-1]
-                for receiver in order:
-                    r = run_once(receiver, bench_set, mode, run, args.work_dir)
-                    status = "ok" if r.ok else "FAILED: " + "; ".join(r.problems)[:300]
-                    log(
-                        f"{bench_set.name:6} {mode:10} {receiver:7} run {run}: {r.wall_s:7.2f} s "
-                        f"{bench_set.count / r.wall_s if r.wall_s else 0:8.1f} inst/s "
-                        f"peak RSS {mib(r.peak_rss_bytes):7.1f} MiB  {status}"
-                    )
-                    results.append(r)
             summaries[(bench_set.name, mode)] = {
                 rx: summarize(results, bench_set, mode, rx) for rx in RECEIVERS
             }

@@ -152,9 +152,8 @@ fn c_echo_answers_with_the_request_message_id() {
     scu.release();
 }
 
-#[test]
-fn abort_mid_instance_leaves_nothing_behind() {
-    let gw = Gateway::start();
+/// An association with half an instance sent.
+fn half_an_instance(gw: &Gateway) -> Scu {
     let (sop, dataset) = ct_dataset();
     let mut scu = Scu::connect(gw.dicom, CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
     let (_, cmd) = scu.command(0x0001, CT_IMAGE_STORAGE, &sop, true);
@@ -163,28 +162,31 @@ fn abort_mid_instance_leaves_nothing_behind() {
         scu.pdv(Data, false, &dataset[..dataset.len() / 2]),
     );
     scu.send(vec![c, d]);
-    let mark = gw.log_len();
-    scu.abort();
-    gw.wait_for_log_after(mark, "association aborted by peer");
+    scu
+}
+
+fn assert_nothing_kept(gw: &Gateway) {
     assert!(gw.spool_files().is_empty(), "spool: {:?}", gw.spool_files());
     assert!(gw.object_files().is_empty());
     assert!(gw.studies().is_empty());
 }
 
 #[test]
+fn abort_mid_instance_leaves_nothing_behind() {
+    let gw = Gateway::start();
+    let scu = half_an_instance(&gw);
+    let mark = gw.log_len();
+    scu.abort();
+    gw.wait_for_log_after(mark, "association aborted by peer");
+    assert_nothing_kept(&gw);
+}
+
+#[test]
 fn dropped_connection_mid_instance_leaves_nothing_behind() {
     let gw = Gateway::start();
-    let (sop, dataset) = ct_dataset();
-    let mut scu = Scu::connect(gw.dicom, CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
-    let (_, cmd) = scu.command(0x0001, CT_IMAGE_STORAGE, &sop, true);
-    let (c, d) = (
-        scu.pdv(Command, true, &cmd),
-        scu.pdv(Data, false, &dataset[..dataset.len() / 2]),
-    );
-    scu.send(vec![c, d]);
+    let scu = half_an_instance(&gw);
     let mark = gw.log_len();
     drop(scu); // TCP closed, no A-ABORT
     gw.wait_for_log_after(mark, "connection closed without release");
-    assert!(gw.spool_files().is_empty());
-    assert!(gw.object_files().is_empty());
+    assert_nothing_kept(&gw);
 }

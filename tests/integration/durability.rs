@@ -81,6 +81,21 @@ fn a_storage_failure_is_a700_and_the_gateway_keeps_serving() {
     assert_eq!(gw.study(&study1_uid())["instanceCount"], files.len());
 }
 
+/// storescu sends one instance, which must be refused with 0xA700 and leave
+/// nothing behind.
+fn assert_refused_out_of_resources(gw: &Gateway) {
+    let files = study1_files();
+    let out = common::storescu(gw, &["-v"], &[files[0].as_path()]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Received Store Response (Refused: OutOfResources)"),
+        "{text}"
+    );
+    assert!(gw.object_files().is_empty());
+    assert!(gw.spool_files().is_empty());
+}
+
 #[test]
 fn a_full_disk_is_refused_with_a700_before_anything_is_written() {
     // min_free_space above what any disk has: the gateway sees a full disk.
@@ -89,32 +104,14 @@ fn a_full_disk_is_refused_with_a700_before_anything_is_written() {
             .arg("--min-free-space")
             .arg(&u64::MAX.to_string()),
     );
-    let files = study1_files();
-    let out = common::storescu(&gw, &["-v"], &[files[0].as_path()]);
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("Received Store Response (Refused: OutOfResources)"),
-        "{text}"
-    );
-    assert!(gw.object_files().is_empty());
-    assert!(gw.spool_files().is_empty());
+    assert_refused_out_of_resources(&gw);
     assert!(gw.log_text().contains("min_free_space"));
 }
 
 #[test]
 fn an_oversized_instance_is_a700_and_nothing_is_kept() {
     let gw = Gateway::start_with(Opts::default().arg("--max-instance-size").arg("1000"));
-    let files = study1_files();
-    let out = common::storescu(&gw, &["-v"], &[files[0].as_path()]);
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("Received Store Response (Refused: OutOfResources)"),
-        "{text}"
-    );
-    assert!(gw.object_files().is_empty());
-    assert!(gw.spool_files().is_empty());
+    assert_refused_out_of_resources(&gw);
 }
 
 #[test]
