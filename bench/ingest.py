@@ -12,8 +12,7 @@ Method
 * Data: testdata/generate.py builds each set once into WORK/sets/<set>/all
   (reused when present).  WORK/sets/<set>/part0..3 hold hard links to four
   equal, contiguous quarters of the set, so every storescu process gets one
-  directory (`+sd DIR`, no file lists, no ARG_MAX trouble).  All set files are
-  read once before the first run, so every run sends from the page cache.
+  directory (`+sd DIR`, no file lists, no ARG_MAX trouble).
 * Sets: ct512 (1000 x ~512 KiB CT), small9 (5000 x ~9 KiB), mf100 (4 x 100 MiB
   multi-frame).  Modes: "1 assoc" = one storescu sending the whole set;
   "4 parallel" = four storescu processes at once, one quarter each.
@@ -48,6 +47,13 @@ Method
   between parent and children are counted once per process, so this slightly
   overstates; very short peaks between samples are missed).  The same sampler
   runs during gateway runs too, so both sides pay the same sampling cost.
+* Interference: during the timed window the script also records how much CPU
+  the rest of the machine used (busy time from /proc/stat minus the CPU time
+  of receiver, senders and this script) and hypervisor steal time, both as a
+  percentage of all cores; the per-run table shows the maximum per cell.
+  Kernel threads working for the benchmark (writeback, softirq) count as
+  "other", so a few percent is normal; runs with much more were disturbed by
+  other work on the (shared) machine.
 * Correctness: any storescu exit code other than 0 fails the run; afterwards
   the DCMTK output directory must hold N files, and the gateway's
   GET /api/studies must report sum(instanceCount) == N.
@@ -63,6 +69,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -155,6 +162,42 @@ def child_pids(pid: int) -> list[int]:
 
 def tree_rss(pid: int) -> int:
     return sum(proc_status_field(p, "VmRSS") for p in [pid, *child_pids(pid)])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of a process plus its reaped children (utime+stime+cutime+cstime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def system_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU counters taken at the start and the end of the timed window."""
+
+    busy: float  # whole machine, excluding steal
+    steal: float  # time the hypervisor ran something else on our vCPUs
+    ours: float  # receiver (and its children), senders, this script
+
+    @classmethod
+    def take(cls, receiver_pid: int) -> "CpuSnapshot":
+        busy, steal = system_cpu_seconds()
+        ours = sum(process_cpu_seconds(p) for p in [receiver_pid, *child_pids(receiver_pid)])
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            ours += usage.ru_utime + usage.ru_stime
+        return cls(busy, steal, ours)
 
 
 def listening(port: int) -> bool:
@@ -475,13 +518,18 @@ class RunResult:
     wall_s: float = 0.0
     peak_rss_bytes: int = 0
     verify_wait_s: float = 0.0
+    own_cpu_s: float = 0.0  # receiver + senders + this script during the window
+    other_cpu_pct: float = 0.0  # other processes, % of all cores over the window
+    steal_pct: float = 0.0  # hypervisor steal, % of all cores over the window
     problems: list[str] = field(default_factory=list)
 
 
-def send(receiver: Receiver, dirs: list[Path], log_dir: Path) -> tuple[float, list[str]]:
-    """Run one storescu per directory concurrently; return wall time and errors."""
+def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult) -> None:
+    """Run one storescu per directory concurrently; record wall time, CPU
+    accounting and errors in `result`."""
     logs = [open(log_dir / f"storescu{i}.log", "wb") for i in range(len(dirs))]
     try:
+        cpu_start = CpuSnapshot.take(receiver.process.pid)
         start = time.perf_counter()
         senders = [
             subprocess.Popen(
@@ -493,16 +541,20 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path) -> tuple[float, li
             for d, log_file in zip(dirs, logs)
         ]
         codes = [p.wait() for p in senders]
-        wall = time.perf_counter() - start
+        result.wall_s = time.perf_counter() - start
+        cpu_end = CpuSnapshot.take(receiver.process.pid)
     finally:
         for log_file in logs:
             log_file.close()
-    errors = []
+    capacity = result.wall_s * os.cpu_count() / 100  # CPU seconds per percent
+    result.own_cpu_s = cpu_end.ours - cpu_start.ours
+    other = cpu_end.busy - cpu_start.busy - result.own_cpu_s
+    result.other_cpu_pct = max(0.0, other / capacity)
+    result.steal_pct = (cpu_end.steal - cpu_start.steal) / capacity
     for i, code in enumerate(codes):
         if code != 0:
             tail = (log_dir / f"storescu{i}.log").read_text(errors="replace").strip()[-300:]
-            errors.append(f"storescu {i} exited with {code}: {tail}")
-    return wall, errors
+            result.problems.append(f"storescu {i} exited with {code}: {tail}")
 
 
 def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_dir: Path) -> RunResult:
@@ -518,9 +570,8 @@ def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_
         receiver.start()
         sampler = RssSampler(receiver.process.pid)
         sampler.start()
-        result.wall_s, errors = send(receiver, bench_set.dirs(MODES[mode]), log_dir)
+        send(receiver, bench_set.dirs(MODES[mode]), log_dir, result)
         result.peak_rss_bytes = receiver.peak_rss(sampler.stop())
-        result.problems += errors
         result.verify_wait_s = verify(receiver, bench_set.count, result.problems)
     except RuntimeError as error:
         result.problems.append(str(error))
@@ -558,6 +609,8 @@ def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver
         "runs": len(runs),
         "failed": len(runs) - len(good),
         "wall_s": [round(r.wall_s, 3) for r in runs],
+        "max_other_cpu_pct": max((r.other_cpu_pct for r in runs), default=0.0),
+        "max_steal_pct": max((r.steal_pct for r in runs), default=0.0),
     }
     if good:
         wall = statistics.median(r.wall_s for r in good)
@@ -594,14 +647,20 @@ def results_table(summaries: dict) -> str:
 
 
 def runs_table(summaries: dict) -> str:
-    header = "| set | mode | receiver | wall time per run (s) | spread (max-min)/median |\n|---|---|---|---|--:|\n"
+    header = (
+        "| set | mode | receiver | wall time per run (s) | spread (max-min)/median "
+        "| other CPU load, max | steal, max |\n|---|---|---|---|--:|--:|--:|\n"
+    )
     rows = []
     for (set_name, mode), pair in summaries.items():
         for receiver, s in pair.items():
             walls = ", ".join(f"{w:.2f}" for w in s["wall_s"])
             spread = f"{s['spread_pct']:.0f} %" if "spread_pct" in s else "-"
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
-            rows.append(f"| {set_name} | {mode} | {receiver} | {walls}{failed} | {spread} |")
+            rows.append(
+                f"| {set_name} | {mode} | {receiver} | {walls}{failed} | {spread} "
+                f"| {s['max_other_cpu_pct']:.0f} % | {s['max_steal_pct']:.0f} % |"
+            )
     return header + "\n".join(rows) + "\n"
 
 
@@ -725,7 +784,8 @@ def run_set(bench_set: BenchSet, runs: int, work_dir: Path) -> list[RunResult]:
                 log(
                     f"{bench_set.name:6} {mode:10} {receiver:7} run {run}: {r.wall_s:7.2f} s "
                     f"{bench_set.count / r.wall_s if r.wall_s else 0:8.1f} inst/s "
-                    f"peak RSS {mib(r.peak_rss_bytes):7.1f} MiB  {status}"
+                    f"peak RSS {mib(r.peak_rss_bytes):7.1f} MiB  other CPU {r.other_cpu_pct:3.0f} %  "
+                    f"steal {r.steal_pct:3.0f} %  {status}"
                 )
                 results.append(r)
     return results

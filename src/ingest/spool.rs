@@ -146,9 +146,9 @@ impl Drop for SpoolGuard {
 ///
 /// Double-buffered: while one buffer is written to the file on a blocking
 /// thread, the association fills the other, so receiving and writing overlap
-/// and memory stays at two buffers whatever the instance size. Every
-/// [`WRITEBACK_EVERY`] bytes the kernel is asked to start writing back, so the
-/// final fsync of a large instance has little left to do.
+/// and memory stays at two buffers whatever the instance size. Each buffer
+/// written is handed to the kernel's writeback at once, so the disk works
+/// while the network does and the final fsync has little left to do.
 #[derive(Debug)]
 pub struct SpoolWriter {
     buf: Vec<u8>,
@@ -159,15 +159,10 @@ pub struct SpoolWriter {
     len: u64,
     /// Bytes handed to the file so far.
     written: u64,
-    /// Where the last writeback request ended.
-    writeback_from: u64,
 }
 
 /// A buffer being written: gives back the file and the emptied buffer.
 type InFlight = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
-
-/// Start writeback (without waiting) every this many bytes.
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl SpoolWriter {
     fn new(path: PathBuf, file: std::fs::File) -> SpoolWriter {
@@ -179,7 +174,6 @@ impl SpoolWriter {
             guard: SpoolGuard(Some(path)),
             len: 0,
             written: 0,
-            writeback_from: 0,
         }
     }
 
@@ -220,18 +214,12 @@ impl SpoolWriter {
     async fn write_behind(&mut self) -> std::io::Result<()> {
         let mut file = self.settle().await?;
         let data = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        let offset = self.written;
         self.written += data.len() as u64;
-        let writeback = (self.written - self.writeback_from >= WRITEBACK_EVERY).then(|| {
-            let range = (self.writeback_from, self.written - self.writeback_from);
-            self.writeback_from = self.written;
-            range
-        });
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             use std::io::Write;
             file.write_all(&data)?;
-            if let Some((offset, len)) = writeback {
-                start_writeback(&file, offset, len);
-            }
+            start_writeback(&file, offset, data.len() as u64);
             Ok((file, data))
         }));
         Ok(())

@@ -143,3 +143,18 @@ fn a_bad_config_file_is_refused_with_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn an_association_still_open_after_the_grace_period_is_aborted() {
+    let mut gw = Gateway::start_with(common::Opts::default().arg("--shutdown-grace").arg("1"));
+    let mut scu = Scu::connect(gw.dicom, CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    gw.wait_for_log("association established");
+    gw.signal("TERM");
+    // The peer keeps the association open and idle; the gateway gives up on
+    // it when the grace period is over and still exits cleanly.
+    gw.wait_for_log("grace period over; aborting associations");
+    let status = gw.wait_exit();
+    assert!(status.success(), "exit status {status}");
+    assert!(gw.log_text().contains("shutdown grace period over"));
+    assert!(scu.receive_abort(), "the peer was not sent an A-ABORT");
+}

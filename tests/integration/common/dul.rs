@@ -140,6 +140,12 @@ impl Scu {
     pub fn abort(self) {
         self.assoc.abort().expect("abort");
     }
+
+    /// Whether the next thing from the gateway is an A-ABORT (or the end of
+    /// the connection right after one).
+    pub fn receive_abort(&mut self) -> bool {
+        matches!(self.assoc.receive(), Ok(Pdu::AbortRQ { .. }))
+    }
 }
 
 fn parse_response(bytes: &[u8]) -> Response {
