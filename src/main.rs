@@ -28,6 +28,7 @@ fn try_main() -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::init();
+    tune_allocator();
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let listeners = Listeners {
@@ -44,4 +45,19 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::n
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// PDUs and spool buffers are 128 KiB–1 MiB: above glibc's default mmap
+/// threshold, so every one would be a fresh mapping, faulted in page by page
+/// and unmapped again, for every instance. Serve them from the heap instead
+/// (and keep freed heap memory around); memory stays bounded by the number of
+/// associations times their buffers.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
 }
