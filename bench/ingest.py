@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ingest benchmark: dicom-gateway vs DCMTK storescp, side by side.
 
-    python3 bench/ingest.py                       # all sets, 3 runs each (~15 min)
+    python3 bench/ingest.py                       # all sets, 3 runs each (~5 min)
     python3 bench/ingest.py --sets small9 --quick # one set, one run
 
 Must run as root (it creates a private network namespace).  Python 3.11,
@@ -19,7 +19,8 @@ Method
 * Receivers: DCMTK `/usr/bin/storescp --fork -od OUT PORT` (always --fork, as
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
-  does not fsync).  Each run gets a fresh, empty output directory under WORK
+  does not fsync), run from a copy of target/release/dicom-gateway taken at
+  start, so a rebuild during the benchmark cannot mix two builds.  Each run gets a fresh, empty output directory under WORK
   (same filesystem as the repo) and ends with sync(2), so that writeback of
   one run does not leak into the next.
 * Deleting outputs: the outputs of a set are deleted only after all its runs,
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import resource
@@ -85,6 +87,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
+GATEWAY_BUILD = REPO / "target" / "release" / "dicom-gateway"
 GATEWAY_AE = "DICOMGW"
 DCMTK_PORT = 11113
 GATEWAY_DICOM_PORT = 11112
@@ -275,7 +278,8 @@ def build_set(name: str, set_dir: Path) -> None:
     shutil.rmtree(set_dir, ignore_errors=True)
     all_dir = set_dir / "all"
     generator = [generator_python(), str(REPO / "testdata" / "generate.py")]
-    subprocess.run([*generator, "bench", str(all_dir), "--set", name], check=True)
+    count = str(SETS[name][0])
+    subprocess.run([*generator, "bench", str(all_dir), "--set", name, "--count", count], check=True)
     files = sorted(all_dir.iterdir())
     if len(files) % PARTS:
         sys.exit(f"{name}: {len(files)} files cannot be split into {PARTS} equal parts")
@@ -465,7 +469,7 @@ class GatewayReceiver(Receiver):
     name = "gateway"
     port = GATEWAY_DICOM_PORT
     called_ae = GATEWAY_AE
-    binary = REPO / "target" / "release" / "dicom-gateway"
+    binary = GATEWAY_BUILD  # replaced by a private copy in main()
 
     def command(self) -> list[str]:
         return [
@@ -680,6 +684,7 @@ def machine_info() -> dict[str, str]:
         text=True,
     ).stdout.strip()
     binary = GatewayReceiver.binary
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:12]
     return {
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
@@ -690,9 +695,9 @@ def machine_info() -> dict[str, str]:
         "DCMTK": command_output(STORESCP, "--version").strip("$ "),
         "gateway commit": command_output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
         + (" (src/Cargo.* modified)" if dirty else ""),
-        "gateway binary built": datetime.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(
-            timespec="seconds"
-        ),
+        "gateway binary": f"target/release/dicom-gateway built "
+        f"{datetime.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(timespec='seconds')}, "
+        f"sha256 {digest}… (run from a copy taken at start)",
     }
 
 
@@ -752,7 +757,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per (set, mode, receiver); default 3")
     parser.add_argument("--quick", action="store_true", help="one run each (same as --runs 1)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
-    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results", help="report dir")
     args = parser.parse_args()
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = set(args.sets) - set(SETS)
@@ -765,12 +770,20 @@ def parse_args() -> argparse.Namespace:
 
 
 def check_tools() -> None:
-    for tool in (STORESCU, STORESCP, GatewayReceiver.binary):
+    for tool in (STORESCU, STORESCP, GATEWAY_BUILD):
         if not os.access(tool, os.X_OK):
             sys.exit(f"missing {tool} (build the gateway with `cargo build --release`)")
     newest_src = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.rs"))
-    if newest_src > GatewayReceiver.binary.stat().st_mtime:
+    if newest_src > GATEWAY_BUILD.stat().st_mtime:
         log("warning: src/ is newer than target/release/dicom-gateway; results are for the old build")
+
+
+def snapshot_gateway(work_dir: Path) -> None:
+    """Run a private copy of the gateway binary, so that a `cargo build`
+    during the benchmark cannot mix two builds in one report."""
+    copy = work_dir / "dicom-gateway"
+    shutil.copy2(GATEWAY_BUILD, copy)
+    GatewayReceiver.binary = copy
 
 
 def run_set(bench_set: BenchSet, runs: int, work_dir: Path) -> list[RunResult]:
@@ -797,11 +810,11 @@ def main() -> None:
     enter_private_netns()
     check_tools()
     check_disk(args.work_dir, args.sets, args.runs)
+    snapshot_gateway(args.work_dir)
+    info = machine_info()
+    load_at_start = load_average()
     shutil.rmtree(args.work_dir / "logs", ignore_errors=True)
     remove_outputs(args.work_dir)  # left behind by an interrupted run
-    load_at_start = load_average()
-    if float(load_at_start.split()[0]) > 1.0:
-        log(f"warning: load average {load_at_start} before the benchmark; results will be noisy")
     started = time.monotonic()
     bench_sets = [load_set(name, args.work_dir) for name in args.sets]
     os.sync()
@@ -820,12 +833,12 @@ def main() -> None:
             }
 
     elapsed = time.monotonic() - started
-    info = machine_info() | {"load average (1/5/15 min) at start, end": f"{load_at_start}; {load_average()}"}
+    info["load average (1/5/15 min) at start; end"] = f"{load_at_start}; {load_average()}"
     report = write_report(results, summaries, info, command, elapsed, args, args.results_dir)
     print()
     print(results_table(summaries))
     print(runs_table(summaries))
-    print(f"total {elapsed / 60:.1f} min; report: {report.relative_to(REPO)} (+ .json)")
+    print(f"total {elapsed / 60:.1f} min; report: {report} (+ .json)")
     if not all(r.ok for r in results):
         sys.exit(1)
 
