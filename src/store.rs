@@ -96,21 +96,18 @@ impl BlobStore {
                 Ok(())
             })
             .collect();
-        // A rename is durable only once its directory is; an error here fails
-        // every item that put something in this batch.
-        for dir in &dirty {
-            if let Err(e) = sync_dir(dir) {
-                return results
-                    .into_iter()
-                    .map(|r| {
-                        r.and(Err(Error::Io {
-                            op: "fsync directory",
-                            path: dir.clone(),
-                            source: std::io::Error::new(e.kind(), e.to_string()),
-                        }))
-                    })
-                    .collect();
-            }
+        // A rename is durable only once its directory is: if one cannot be
+        // synced, nothing in this batch may be acknowledged.
+        if let Some((dir, e)) = dirty.iter().find_map(|d| sync_dir(d).err().map(|e| (d, e))) {
+            let failed = || Error::Io {
+                op: "fsync directory",
+                path: dir.clone(),
+                source: std::io::Error::new(e.kind(), e.to_string()),
+            };
+            return results
+                .into_iter()
+                .map(|r| r.and_then(|()| Err(failed())))
+                .collect();
         }
         results
     }

@@ -135,8 +135,13 @@ impl SpoolGuard {
 impl Drop for SpoolGuard {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove spool file");
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                // Already renamed into the store by a batch that then failed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove spool file")
+                }
             }
         }
     }
