@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod uid;
+pub mod webhook;
 
 use std::sync::Arc;
 
