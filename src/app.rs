@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;
+use crate::store::signer::UrlSigner;
 
 #[derive(Clone, Debug)]
 pub struct App {
@@ -13,4 +14,5 @@ pub struct App {
     pub index: Index,
     pub store: BlobStore,
     pub ingest: Arc<Ingest>,
+    pub signer: UrlSigner,
 }

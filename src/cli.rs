@@ -22,6 +22,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
+    /// Print a signed download URL for a stored object (e.g. to share one
+    /// instance), using the data directory's signing keys.
+    SignUrl(SignUrlArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignUrlArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Seconds the URL stays valid (at most 7 days).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Object key, e.g. studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -34,12 +48,9 @@ pub struct ServeArgs {
 }
 
 impl Cli {
-    /// The serve arguments, whether given after `serve` or bare.
-    pub fn serve_args(self) -> ServeArgs {
-        match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
-        }
+    /// What to do; a bare invocation serves.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
     }
 }
 
@@ -55,9 +66,14 @@ mod tests {
 
     #[test]
     fn bare_and_serve_take_the_same_flags() {
-        let bare = Cli::parse_from(["dicom-gateway", "--ae-title", "X"]).serve_args();
-        let serve = Cli::parse_from(["dicom-gateway", "serve", "--ae-title", "X"]).serve_args();
-        assert_eq!(bare.overrides.ae_title.as_deref(), Some("X"));
-        assert_eq!(serve.overrides.ae_title.as_deref(), Some("X"));
+        for argv in [
+            &["dicom-gateway", "--ae-title", "X"][..],
+            &["dicom-gateway", "serve", "--ae-title", "X"],
+        ] {
+            let Command::Serve(args) = Cli::parse_from(argv).into_command() else {
+                panic!("{argv:?} does not serve");
+            };
+            assert_eq!(args.overrides.ae_title.as_deref(), Some("X"));
+        }
     }
 }

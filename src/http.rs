@@ -2,6 +2,7 @@
 
 mod api;
 mod error;
+mod files;
 mod router;
 
 use std::net::SocketAddr;

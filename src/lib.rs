@@ -31,6 +31,7 @@ use crate::dicom::DicomServer;
 use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;
+use crate::store::signer::UrlSigner;
 
 /// The bound sockets the gateway serves on.
 pub struct Listeners {
@@ -57,11 +58,14 @@ pub async fn run(
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone())
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
+    let signer =
+        UrlSigner::load_or_create(&cfg.data_dir, &cfg.public_url).context("URL signing keys")?;
     let app = App {
         cfg: Arc::clone(&cfg),
         index: index.clone(),
         store,
         ingest: Arc::new(ingest),
+        signer,
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {

@@ -2,9 +2,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use dicom_gateway::cli::Cli;
+use dicom_gateway::cli::{Cli, Command, SignUrlArgs};
 use dicom_gateway::config::Config;
+use dicom_gateway::store::ObjectKey;
+use dicom_gateway::store::signer::UrlSigner;
 use dicom_gateway::{Listeners, shutdown, telemetry};
+use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -18,7 +21,10 @@ fn main() -> ExitCode {
 }
 
 fn try_main() -> anyhow::Result<()> {
-    let args = Cli::parse().serve_args();
+    let args = match Cli::parse().into_command() {
+        Command::Serve(args) => args,
+        Command::SignUrl(args) => return sign_url(args),
+    };
     let cfg = Config::load(
         &args.overrides,
         std::env::var("DICOM_GATEWAY_API_TOKEN").ok(),
@@ -39,6 +45,24 @@ fn try_main() -> anyhow::Result<()> {
         shutdown::on_signals(cancel.clone()).context("installing signal handlers")?;
         dicom_gateway::run(cfg, listeners, cancel).await
     })
+}
+
+fn sign_url(args: SignUrlArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.overrides, None)?;
+    let key = ObjectKey::parse(&args.key)
+        .with_context(|| format!("{:?} is not an object key", args.key))?;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let signer = UrlSigner::load_or_create(&cfg.data_dir, &cfg.public_url)?;
+    println!(
+        "{}",
+        signer.sign(
+            "GET",
+            &key,
+            Duration::from_secs(args.ttl),
+            SystemTime::now()
+        )
+    );
+    Ok(())
 }
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -8,6 +8,7 @@
 //! renames are durable before anything is acknowledged.
 
 pub mod keys;
+pub mod signer;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -15,6 +15,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("the operator API answers loopback clients only when no API token is configured")]
     LoopbackOnly,
+    /// Every signed-URL failure (tampered, expired, other key or method)
+    /// looks the same from outside.
+    #[error("invalid or expired signed URL")]
+    Forbidden,
     #[error("internal error")]
     Internal(#[source] BoxedError),
 }
@@ -29,7 +33,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::LoopbackOnly => StatusCode::FORBIDDEN,
+            ApiError::LoopbackOnly | ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -41,6 +45,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::LoopbackOnly => "loopback_only",
+            ApiError::Forbidden => "forbidden",
             ApiError::Internal(_) => "internal",
         }
     }

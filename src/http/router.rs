@@ -9,8 +9,8 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 
-use super::api;
 use super::error::ApiError;
+use super::{api, files};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -18,9 +18,16 @@ pub fn router(app: App) -> Router {
         .route("/api/studies", get(api::list_studies))
         .route("/api/studies/{study}", get(api::get_study))
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));
+    let files = Router::new()
+        .route(
+            "/files/{*key}",
+            get(files::get_file).options(files::preflight),
+        )
+        .layer(middleware::from_fn(files::cors));
     Router::new()
         .route("/healthz", get(api::healthz))
         .merge(operator)
+        .merge(files)
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .with_state(app)
 }

@@ -13,6 +13,29 @@ impl ObjectKey {
         ObjectKey(format!("studies/{study}/{series}/{sop}.dcm"))
     }
 
+    /// A key named by a request, if it is one of ours: `studies/<study>/<series>/<sop>.dcm`
+    /// with valid UIDs (so it cannot point anywhere else).
+    pub fn parse(raw: &str) -> Option<ObjectKey> {
+        let rest = raw.strip_prefix("studies/")?;
+        let mut parts = rest.split('/');
+        let (study, series, file) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let sop = file.strip_suffix(".dcm")?;
+        let (study, series, sop) = (
+            Uid::parse(study).ok()?,
+            Uid::parse(series).ok()?,
+            Uid::parse(sop).ok()?,
+        );
+        Some(ObjectKey::instance(&study, &series, &sop))
+    }
+
+    /// The last path segment, for Content-Disposition.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -41,5 +64,22 @@ mod tests {
         );
         assert_eq!(key.as_str(), "studies/1.2.3/1.2.3.4/1.2.3.4.5.dcm");
         assert_eq!(key.to_path().as_ref(), key.as_str());
+        assert_eq!(ObjectKey::parse(key.as_str()), Some(key.clone()));
+        assert_eq!(key.file_name(), "1.2.3.4.5.dcm");
+    }
+
+    #[test]
+    fn parse_refuses_anything_that_is_not_an_instance_key() {
+        for bad in [
+            "studies/1.2/1.3/../../etc/passwd",
+            "studies/1.2/1.3/1.4.dcm/x",
+            "studies/1.2/1.3/1.4",
+            "/studies/1.2/1.3/1.4.dcm",
+            "spool/1.2/1.3/1.4.dcm",
+            "studies/1.2/1.3/1.04.dcm",
+            "url-signing-keys",
+        ] {
+            assert_eq!(ObjectKey::parse(bad), None, "{bad}");
+        }
     }
 }

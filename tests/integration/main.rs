@@ -4,6 +4,7 @@ mod common;
 
 mod dimse;
 mod durability;
+mod files;
 mod http_api;
 mod lifecycle;
 mod peers;

@@ -1,0 +1,192 @@
+//! The signed file route: `GET`/`HEAD /files/{key}?exp&kid&sig`, authorised
+//! only by the URL's signature, streamed from disk with ranges, ETags and CORS
+//! for a viewer running on another origin.
+
+use std::io::SeekFrom;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::store::ObjectKey;
+use crate::store::signer::Signature;
+
+pub async fn get_file(
+    State(app): State<App>,
+    Path(raw_key): Path<String>,
+    Query(signature): Query<Signature>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = ObjectKey::parse(&raw_key).ok_or(ApiError::Forbidden)?;
+    // A HEAD is allowed by a GET URL: it reveals nothing the GET would not.
+    if let Err(refusal) = app
+        .signer
+        .verify("GET", &key, &signature, SystemTime::now())
+    {
+        tracing::debug!(%refusal, "signed URL refused");
+        return Err(ApiError::Forbidden);
+    }
+    let path = app.store.local_path(&key);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::NotFound("object".into()));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let meta = file.metadata().await.map_err(ApiError::internal)?;
+    let size = meta.len();
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(UNIX_EPOCH).ok());
+    let etag = format!("\"{size:x}-{:x}\"", modified.map_or(0, |d| d.as_nanos()));
+
+    let mut out = HeaderMap::new();
+    out.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ASCII"));
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/dicom"),
+    );
+    let disposition = format!("attachment; filename=\"{}\"", key.file_name());
+    out.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).expect("UID file names are ASCII"),
+    );
+
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+    }
+
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(spec) => match parse_range(spec, size) {
+            Ok(range) => range,
+            Err(()) => {
+                out.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{size}")).expect("ASCII"),
+                );
+                return Ok((StatusCode::RANGE_NOT_SATISFIABLE, out).into_response());
+            }
+        },
+    };
+    let (status, start, len) = match range {
+        Some((start, end)) => {
+            let value = format!("bytes {start}-{end}/{size}");
+            out.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("ASCII"),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if method == Method::HEAD {
+        return Ok((status, out).into_response());
+    }
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(ApiError::internal)?;
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), 256 * 1024));
+    Ok((status, out, body).into_response())
+}
+
+/// One `bytes=` range within `size`: `Ok(None)` to serve everything (several
+/// ranges are answered whole, as RFC 9110 allows), `Err` when unsatisfiable.
+fn parse_range(spec: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(set) = spec.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if set.contains(',') {
+        return Ok(None);
+    }
+    let (first, last) = set.trim().split_once('-').ok_or(())?;
+    let (start, end) = match (first.trim(), last.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size.checked_sub(1).ok_or(())?)
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, size.checked_sub(1).ok_or(())?),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+            (a, b.min(size.saturating_sub(1)))
+        }
+    };
+    if start >= size || start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// CORS preflight for the file (and, later, upload) routes: the signature in
+/// the URL is the authorisation, so any origin may ask.
+pub async fn preflight() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "GET, HEAD, PUT, OPTIONS",
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Range, If-None-Match, Content-Type",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+        ],
+    )
+}
+
+/// Adds the CORS headers every file response carries.
+pub async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "Content-Length, Content-Range, Content-Disposition, ETag, Accept-Ranges",
+        ),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(Some((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range("bytes=-1000", 100), Ok(Some((0, 99))));
+        assert_eq!(parse_range("bytes=50-1000", 100), Ok(Some((50, 99))));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ok(None));
+        assert_eq!(parse_range("items=0-1", 100), Ok(None));
+        assert_eq!(parse_range("bytes=100-", 100), Err(()));
+        assert_eq!(parse_range("bytes=9-3", 100), Err(()));
+        assert_eq!(parse_range("bytes=-0", 100), Err(()));
+        assert_eq!(parse_range("bytes=x-3", 100), Err(()));
+    }
+}

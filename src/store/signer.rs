@@ -1,0 +1,309 @@
+//! Signed URLs for objects the gateway serves itself (the local store).
+//!
+//! A URL is `{public_url}/files/{key}?exp=<unix>&kid=<key id>&sig=<base64url>`
+//! where `sig` is HMAC-SHA256 over `"v1\n{METHOD}\n{key}\n{exp}\n{kid}"`. The
+//! method is bound, so a GET URL cannot be used for anything else. Keys carry
+//! an id so the signing key can be rotated while older URLs stay valid. The
+//! key ring is generated once and kept in the data directory
+//! (`url-signing-keys`, mode 0600): one `kid base64key` per line, the first
+//! one signs.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::ObjectKey;
+
+/// The longest validity a URL may have (S3's limit too).
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub const KEY_FILE: &str = "url-signing-keys";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("signing key file {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signing key file {path} line {line} is not `kid base64key`")]
+    Malformed {
+        path: std::path::PathBuf,
+        line: usize,
+    },
+}
+
+/// Why a presented URL is refused. Callers answer every one of them the same
+/// way (403); the variants are for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("URL expired")]
+    Expired,
+    #[error("URL validity longer than allowed")]
+    TooLong,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+}
+
+/// The signature parameters of a URL, as received (missing ones are empty,
+/// and refused like wrong ones).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Signature {
+    pub exp: u64,
+    pub kid: String,
+    pub sig: String,
+}
+
+#[derive(Clone)]
+pub struct UrlSigner {
+    /// (kid, key); the first signs.
+    keys: Vec<(String, Vec<u8>)>,
+    public_url: String,
+}
+
+impl std::fmt::Debug for UrlSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UrlSigner({} keys, redacted)", self.keys.len())
+    }
+}
+
+impl UrlSigner {
+    /// Loads the key ring from `data_dir`, creating it on first use.
+    pub fn load_or_create(data_dir: &Path, public_url: &str) -> Result<UrlSigner, Error> {
+        let path = data_dir.join(KEY_FILE);
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            let mut kid = [0u8; 4];
+            read_random(&mut key).map_err(io)?;
+            read_random(&mut kid).map_err(io)?;
+            let line = format!("{} {}\n", hex(&kid), STANDARD.encode(key));
+            write_private(&path, line.as_bytes()).map_err(io)?;
+            tracing::info!(path = %path.display(), "generated a URL signing key");
+        }
+        let text = std::fs::read_to_string(&path).map_err(io)?;
+        let mut keys = Vec::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let malformed = || Error::Malformed {
+                path: path.clone(),
+                line: n + 1,
+            };
+            let (kid, b64) = line.trim().split_once(' ').ok_or_else(malformed)?;
+            let key = STANDARD.decode(b64.trim()).map_err(|_| malformed())?;
+            if kid.is_empty() || key.len() < 16 {
+                return Err(malformed());
+            }
+            keys.push((kid.to_owned(), key));
+        }
+        if keys.is_empty() {
+            return Err(Error::Malformed { path, line: 1 });
+        }
+        Ok(UrlSigner {
+            keys,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// A URL for `method` on `key`, valid for `ttl` (at most [`MAX_TTL`]) from `now`.
+    pub fn sign(&self, method: &str, key: &ObjectKey, ttl: Duration, now: SystemTime) -> String {
+        let exp = unix(now) + ttl.min(MAX_TTL).as_secs();
+        let (kid, secret) = &self.keys[0];
+        let sig =
+            URL_SAFE_NO_PAD.encode(mac(secret, method, key, exp, kid).finalize().into_bytes());
+        format!(
+            "{}/files/{}?exp={exp}&kid={kid}&sig={sig}",
+            self.public_url,
+            key.as_str()
+        )
+    }
+
+    /// Checks a presented signature in constant time.
+    pub fn verify(
+        &self,
+        method: &str,
+        key: &ObjectKey,
+        s: &Signature,
+        now: SystemTime,
+    ) -> Result<(), Refusal> {
+        let now = unix(now);
+        if now > s.exp {
+            return Err(Refusal::Expired);
+        }
+        if s.exp - now > MAX_TTL.as_secs() {
+            return Err(Refusal::TooLong);
+        }
+        let (_, secret) = self
+            .keys
+            .iter()
+            .find(|(kid, _)| *kid == s.kid)
+            .ok_or(Refusal::UnknownKey)?;
+        let presented = URL_SAFE_NO_PAD
+            .decode(&s.sig)
+            .map_err(|_| Refusal::BadSignature)?;
+        mac(secret, method, key, s.exp, &s.kid)
+            .verify_slice(&presented)
+            .map_err(|_| Refusal::BadSignature)
+    }
+}
+
+fn mac(secret: &[u8], method: &str, key: &ObjectKey, exp: u64, kid: &str) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("v1\n{method}\n{}\n{exp}\n{kid}", key.as_str()).as_bytes());
+    mac
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_random(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// Writes a new file only its owner can read, durably.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        super::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uid::Uid;
+
+    fn key() -> ObjectKey {
+        let u = |s| Uid::parse(s).unwrap();
+        ObjectKey::instance(&u("1.2.3"), &u("1.2.3.4"), &u("1.2.3.4.5"))
+    }
+
+    fn parse(url: &str) -> Signature {
+        let query = url.split_once('?').unwrap().1;
+        let get = |k: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap()
+                .to_owned()
+        };
+        Signature {
+            exp: get("exp").parse().unwrap(),
+            kid: get("kid"),
+            sig: get("sig"),
+        }
+    }
+
+    #[test]
+    fn signs_and_verifies_and_refuses_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = UrlSigner::load_or_create(dir.path(), "https://gw.example/").unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let url = signer.sign("GET", &key(), Duration::from_secs(3600), now);
+        assert!(url.starts_with(
+            "https://gw.example/files/studies/1.2.3/1.2.3.4/1.2.3.4.5.dcm?exp=1800003600&kid="
+        ));
+        let s = parse(&url);
+        assert_eq!(signer.verify("GET", &key(), &s, now), Ok(()));
+        assert_eq!(
+            signer.verify("HEAD", &key(), &s, now),
+            Err(Refusal::BadSignature)
+        );
+        let u = |x| Uid::parse(x).unwrap();
+        let other = ObjectKey::instance(&u("1.2.3"), &u("1.2.3.4"), &u("1.2.3.4.6"));
+        assert_eq!(
+            signer.verify("GET", &other, &s, now),
+            Err(Refusal::BadSignature)
+        );
+        let later = now + Duration::from_secs(3601);
+        assert_eq!(
+            signer.verify("GET", &key(), &s, later),
+            Err(Refusal::Expired)
+        );
+        let stretched = Signature {
+            exp: s.exp + 1,
+            ..s.clone()
+        };
+        assert_eq!(
+            signer.verify("GET", &key(), &stretched, now),
+            Err(Refusal::BadSignature)
+        );
+        let far = Signature {
+            exp: 1_800_000_000 + 8 * 24 * 3600,
+            ..s.clone()
+        };
+        assert_eq!(
+            signer.verify("GET", &key(), &far, now),
+            Err(Refusal::TooLong)
+        );
+        let unknown = Signature {
+            kid: "nope".into(),
+            ..s
+        };
+        assert_eq!(
+            signer.verify("GET", &key(), &unknown, now),
+            Err(Refusal::UnknownKey)
+        );
+        // TTL is capped at seven days.
+        let capped = parse(&signer.sign("GET", &key(), Duration::from_secs(30 * 24 * 3600), now));
+        assert_eq!(capped.exp, 1_800_000_000 + MAX_TTL.as_secs());
+    }
+
+    #[test]
+    fn the_key_ring_is_kept_private_and_reused_and_rotates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let now = SystemTime::now();
+        let old_url = a.sign("GET", &key(), Duration::from_secs(60), now);
+        // Reloaded: same key. Rotated: a new first line signs, the old one still verifies.
+        let b = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
+        assert_eq!(b.verify("GET", &key(), &parse(&old_url), now), Ok(()));
+        let old = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+        let new_line = format!("k2 {}\n", STANDARD.encode([9u8; 32]));
+        std::fs::write(dir.path().join(KEY_FILE), new_line + &old).unwrap();
+        let c = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
+        assert!(
+            c.sign("GET", &key(), Duration::from_secs(60), now)
+                .contains("kid=k2")
+        );
+        assert_eq!(c.verify("GET", &key(), &parse(&old_url), now), Ok(()));
+        assert!(!format!("{c:?}").contains(&STANDARD.encode([9u8; 32])));
+    }
+}
