@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::webhook::WebhookKeys;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,33 @@ pub struct Config {
     /// The operator API bearer token. Never serialised.
     #[serde(skip)]
     pub api_token: Option<Secret>,
+    /// File holding Avara's webhook signing secrets, `whsec_…`, comma- or
+    /// newline-separated (instead of `AVARA_WEBHOOK_KEY`).
+    pub avara_webhook_key_file: Option<PathBuf>,
+    /// Avara's webhook signing secrets. Never serialised.
+    #[serde(skip)]
+    pub webhook_keys: WebhookKeys,
+    /// Seconds a signed download URL stays valid (at most 7 days).
+    pub url_ttl: u64,
+}
+
+/// Secrets read from the environment, passed in so tests need not touch the
+/// process environment.
+#[derive(Debug, Default, Clone)]
+pub struct SecretEnv {
+    /// `DICOM_GATEWAY_API_TOKEN`
+    pub api_token: Option<String>,
+    /// `AVARA_WEBHOOK_KEY`
+    pub avara_webhook_key: Option<String>,
+}
+
+impl SecretEnv {
+    pub fn from_process() -> SecretEnv {
+        SecretEnv {
+            api_token: std::env::var("DICOM_GATEWAY_API_TOKEN").ok(),
+            avara_webhook_key: std::env::var("AVARA_WEBHOOK_KEY").ok(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -104,6 +133,9 @@ impl Default for Config {
             shutdown_grace: 10,
             api_token_file: None,
             api_token: None,
+            avara_webhook_key_file: None,
+            webhook_keys: WebhookKeys::default(),
+            url_ttl: 3600,
         }
     }
 }
@@ -166,6 +198,16 @@ pub struct Overrides {
     /// File holding the operator API bearer token.
     #[arg(long, env = "DICOM_GATEWAY_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// File holding Avara's webhook secrets (instead of AVARA_WEBHOOK_KEY).
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_AVARA_WEBHOOK_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub avara_webhook_key_file: Option<PathBuf>,
+    /// Validity of signed download URLs in seconds [default: 3600, max 604800].
+    #[arg(long, env = "DICOM_GATEWAY_URL_TTL", value_name = "SECS")]
+    pub url_ttl: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -175,10 +217,8 @@ macro_rules! overlay {
 }
 
 impl Config {
-    /// Builds the effective configuration. `token_env` is the value of
-    /// `DICOM_GATEWAY_API_TOKEN`, passed in so tests need not touch the process
-    /// environment.
-    pub fn load(over: &Overrides, token_env: Option<String>) -> Result<Config> {
+    /// Builds the effective configuration.
+    pub fn load(over: &Overrides, env: &SecretEnv) -> Result<Config> {
         let mut cfg = match &over.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -201,29 +241,42 @@ impl Config {
             allowed_peers,
             extra_sop_classes,
             shutdown_grace,
+            url_ttl,
         );
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();
         }
-        cfg.api_token = match (token_env.filter(|t| !t.is_empty()), &cfg.api_token_file) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Invalid {
-                    name: "api_token",
-                    reason: "set DICOM_GATEWAY_API_TOKEN or api_token_file, not both".into(),
-                });
+        if over.avara_webhook_key_file.is_some() {
+            cfg.avara_webhook_key_file = over.avara_webhook_key_file.clone();
+        }
+        cfg.api_token = secret(
+            "api_token",
+            "DICOM_GATEWAY_API_TOKEN",
+            env.api_token.clone(),
+            cfg.api_token_file.as_deref(),
+        )?
+        .map(Secret);
+        let keys = secret(
+            "avara_webhook_key",
+            "AVARA_WEBHOOK_KEY",
+            env.avara_webhook_key.clone(),
+            cfg.avara_webhook_key_file.as_deref(),
+        )?;
+        cfg.webhook_keys = match keys {
+            Some(list) => {
+                WebhookKeys::parse(&list.replace('\n', ",")).map_err(|e| Error::Invalid {
+                    name: "avara_webhook_key",
+                    reason: e.to_string(),
+                })?
             }
-            (Some(token), None) => Some(Secret(token)),
-            (None, Some(path)) => {
-                let token = std::fs::read_to_string(path).map_err(|source| Error::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Some(Secret(token.trim().to_owned()))
-            }
-            (None, None) => None,
+            None => WebhookKeys::default(),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    pub fn url_ttl(&self) -> Duration {
+        Duration::from_secs(self.url_ttl)
     }
 
     pub fn from_file(path: &Path) -> Result<Config> {
@@ -255,6 +308,9 @@ impl Config {
                     self.max_pdu_length
                 ),
             );
+        }
+        if self.url_ttl == 0 || self.url_ttl > 7 * 24 * 3600 {
+            return invalid("url_ttl", format!("{} is not 1 s – 7 days", self.url_ttl));
         }
         if self.max_associations == 0 {
             return invalid("max_associations", "must be at least 1".into());
@@ -312,6 +368,30 @@ impl Config {
     }
 }
 
+/// A secret from the environment or from a file, not both.
+fn secret(
+    name: &'static str,
+    var: &str,
+    from_env: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<String>> {
+    match (from_env.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => Err(Error::Invalid {
+            name,
+            reason: format!("set {var} or {name}_file, not both"),
+        }),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok(Some(text.trim().to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// A secret string: its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -352,7 +432,7 @@ mod tests {
             ae_title: Some("FROMFLAG".into()),
             ..Default::default()
         };
-        let cfg = Config::load(&over, None).unwrap();
+        let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
         assert_eq!(cfg.ae_title, "FROMFLAG");
         assert_eq!(cfg.max_associations, 7);
         assert_eq!(cfg.read_timeout, 60);
@@ -365,16 +445,24 @@ mod tests {
             max_pdu_length: Some(1000),
             ..Default::default()
         };
-        let err = Config::load(&over, None).unwrap_err().to_string();
+        let err = Config::load(&over, &SecretEnv::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_pdu_length"), "{err}");
     }
 
     #[test]
     fn token_is_redacted_everywhere() {
-        let cfg = Config::load(&Overrides::default(), Some("hunter2-token".into())).unwrap();
+        let env = SecretEnv {
+            api_token: Some("hunter2-token".into()),
+            avara_webhook_key: Some("whsec_aHVudGVyMi13ZWJob29rLWtleQ==".into()),
+        };
+        let cfg = Config::load(&Overrides::default(), &env).unwrap();
+        assert_eq!(cfg.webhook_keys.len(), 1);
         assert!(!format!("{cfg:?}").contains("hunter2"));
         let printed = cfg.to_redacted_toml();
         assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("aHVudGVy"));
         assert!(printed.contains("<redacted>"));
     }
 }

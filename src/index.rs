@@ -6,6 +6,10 @@
 //! - `v1/sops`: `<sop>` → `<study>/<series>/<sop>`, resolving a SOP Instance
 //!   UID to its place in one lookup.
 //! - `v1/studies`: `<study>` → [`StudyRecord`] (JSON) with counts.
+//! - `v1/webhooks`: `webhook-id` → the answer given ([`StoredAnswer`]), so a
+//!   retried event gets the same answer and no second side effect.
+//! - `v1/avara_studies`: Avara `studyId` → Study Instance UID, as paired by
+//!   access requests.
 //!
 //! A batch of instances is written in one transaction over the three trees and
 //! made durable with one flush (group commit): callers acknowledge only after
@@ -66,6 +70,17 @@ pub struct Index {
     instances: sled::Tree,
     sops: sled::Tree,
     studies: sled::Tree,
+    webhooks: sled::Tree,
+    avara_studies: sled::Tree,
+}
+
+/// An answer given to a webhook delivery.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredAnswer {
+    /// Unix seconds when it was first answered (for pruning).
+    pub at: u64,
+    pub status: u16,
+    pub body: serde_json::Value,
 }
 
 impl std::fmt::Debug for Index {
@@ -123,6 +138,8 @@ impl Index {
             instances: tree("v1/instances")?,
             sops: tree("v1/sops")?,
             studies: tree("v1/studies")?,
+            webhooks: tree("v1/webhooks")?,
+            avara_studies: tree("v1/avara_studies")?,
             db,
         })
     }
@@ -193,6 +210,72 @@ impl Index {
             Some(v) => decode(&place, &v).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The answer already given to this `webhook-id`, if any.
+    pub fn webhook_answer(&self, id: &str) -> Result<Option<StoredAnswer>> {
+        match self.webhooks.get(id).map_err(db_err("read webhook"))? {
+            Some(v) => decode(id.as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the answer to a webhook delivery, durably. If another delivery
+    /// of the same id got there first, its answer wins and is returned.
+    pub fn remember_webhook(&self, id: &str, answer: &StoredAnswer) -> Result<StoredAnswer> {
+        let previous = self
+            .webhooks
+            .compare_and_swap(id, None as Option<&[u8]>, Some(encode(answer)))
+            .map_err(db_err("write webhook"))?;
+        self.flush()?;
+        match previous {
+            Ok(()) => Ok(answer.clone()),
+            Err(conflict) => decode(
+                id.as_bytes(),
+                &conflict.current.expect("present on conflict"),
+            ),
+        }
+    }
+
+    /// Forgets webhook answers first given before `before` (Unix seconds).
+    pub fn prune_webhooks(&self, before: u64) -> Result<usize> {
+        let mut pruned = 0;
+        for kv in self.webhooks.iter() {
+            let (k, v) = kv.map_err(db_err("scan webhooks"))?;
+            let answer: StoredAnswer = decode(&k, &v)?;
+            if answer.at < before {
+                self.webhooks.remove(&k).map_err(db_err("prune webhooks"))?;
+                pruned += 1;
+            }
+        }
+        self.flush()?;
+        Ok(pruned)
+    }
+
+    /// Remembers that Avara's `study_id` is this Study Instance UID.
+    pub fn pair_avara_study(&self, study_id: &str, study: &Uid) -> Result<()> {
+        let old = self
+            .avara_studies
+            .insert(study_id, study.as_str())
+            .map_err(db_err("pair study"))?;
+        if old.as_deref() != Some(study.as_str().as_bytes()) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The Study Instance UID paired with Avara's `study_id`.
+    pub fn avara_study(&self, study_id: &str) -> Result<Option<Uid>> {
+        let Some(v) = self
+            .avara_studies
+            .get(study_id)
+            .map_err(db_err("read pairing"))?
+        else {
+            return Ok(None);
+        };
+        Ok(std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| Uid::parse(s).ok()))
     }
 
     /// Makes everything written so far durable. Blocking.
@@ -379,6 +462,32 @@ mod tests {
             index.study(&uid("1.2.4")).unwrap().unwrap().instance_count,
             1
         );
+    }
+
+    #[test]
+    fn webhook_answers_are_kept_once_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let first = StoredAnswer {
+            at: 100,
+            status: 200,
+            body: serde_json::json!({"a": 1}),
+        };
+        let second = StoredAnswer {
+            at: 101,
+            status: 200,
+            body: serde_json::json!({"a": 2}),
+        };
+        assert_eq!(index.remember_webhook("msg_1", &first).unwrap(), first);
+        // A concurrent second delivery gets the first answer.
+        assert_eq!(index.remember_webhook("msg_1", &second).unwrap(), first);
+        assert_eq!(index.webhook_answer("msg_1").unwrap(), Some(first));
+        assert_eq!(index.prune_webhooks(101).unwrap(), 1);
+        assert_eq!(index.webhook_answer("msg_1").unwrap(), None);
+
+        index.pair_avara_study("stu_1", &uid("1.2.3")).unwrap();
+        assert_eq!(index.avara_study("stu_1").unwrap(), Some(uid("1.2.3")));
+        assert_eq!(index.avara_study("stu_2").unwrap(), None);
     }
 
     #[test]

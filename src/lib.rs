@@ -33,6 +33,25 @@ use crate::ingest::Ingest;
 use crate::store::BlobStore;
 use crate::store::signer::UrlSigner;
 
+/// How long a webhook answer is kept for repeated deliveries of the same
+/// `webhook-id` (Standard Webhooks senders retry for about a day).
+const WEBHOOK_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+fn prune_webhook_answers(index: &Index) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let before = now.saturating_sub(WEBHOOK_RETENTION).as_secs();
+    let pruned = index
+        .prune_webhooks(before)
+        .context("pruning webhook answers")?;
+    if pruned > 0 {
+        tracing::info!(
+            pruned,
+            "forgot webhook answers older than the retention period"
+        );
+    }
+    Ok(())
+}
+
 /// The bound sockets the gateway serves on.
 pub struct Listeners {
     pub dicom: TcpListener,
@@ -56,6 +75,7 @@ pub async fn run(
         )
     })?;
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
+    prune_webhook_answers(&index)?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone())
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
     let signer =
@@ -70,6 +90,12 @@ pub async fn run(
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
         tracing::info!(service, addr = %listener.local_addr()?, "listening");
+    }
+    match cfg.webhook_keys.len() {
+        0 => tracing::warn!(
+            "no AVARA_WEBHOOK_KEY configured: the Avara webhook refuses every request (503)"
+        ),
+        n => tracing::info!(keys = n, "Avara webhook enabled"),
     }
     if cfg.api_token.is_none() {
         tracing::info!("no API token configured: the operator API answers loopback clients only");

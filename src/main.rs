@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use dicom_gateway::cli::{Cli, Command, SignUrlArgs};
-use dicom_gateway::config::Config;
+use dicom_gateway::config::{Config, SecretEnv};
 use dicom_gateway::store::ObjectKey;
 use dicom_gateway::store::signer::UrlSigner;
 use dicom_gateway::{Listeners, shutdown, telemetry};
@@ -25,10 +25,7 @@ fn try_main() -> anyhow::Result<()> {
         Command::Serve(args) => args,
         Command::SignUrl(args) => return sign_url(args),
     };
-    let cfg = Config::load(
-        &args.overrides,
-        std::env::var("DICOM_GATEWAY_API_TOKEN").ok(),
-    )?;
+    let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
     if args.print_config {
         print!("{}", cfg.to_redacted_toml());
         return Ok(());
@@ -48,7 +45,7 @@ fn try_main() -> anyhow::Result<()> {
 }
 
 fn sign_url(args: SignUrlArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(&args.overrides, None)?;
+    let cfg = Config::load(&args.overrides, &SecretEnv::default())?;
     let key = ObjectKey::parse(&args.key)
         .with_context(|| format!("{:?} is not an object key", args.key))?;
     std::fs::create_dir_all(&cfg.data_dir)?;

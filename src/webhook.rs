@@ -1,7 +1,8 @@
-//! Avara's webhook (`../shared/avara-webhooks.md`). So far: verification of
-//! Standard Webhooks signatures, the gate every event passes before its body
-//! is even parsed.
+//! Avara's webhook (`../shared/avara-webhooks.md`): Standard Webhooks
+//! verification, the event envelope, and one handler per event.
 
+pub mod events;
+pub mod handlers;
 pub mod verify;
 
 pub use verify::{Verified, VerifyError, WebhookKeys};

@@ -19,6 +19,14 @@ pub enum ApiError {
     /// looks the same from outside.
     #[error("invalid or expired signed URL")]
     Forbidden,
+    #[error("webhook signature: {0}")]
+    Signature(#[source] crate::webhook::VerifyError),
+    #[error("the webhook is not configured: set AVARA_WEBHOOK_KEY")]
+    WebhookNotConfigured,
+    #[error("body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("event type {0:?} is not handled by this version of the gateway yet")]
+    NotImplemented(String),
     #[error("internal error")]
     Internal(#[source] BoxedError),
 }
@@ -34,6 +42,10 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::LoopbackOnly | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::WebhookNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,6 +58,10 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::LoopbackOnly => "loopback_only",
             ApiError::Forbidden => "forbidden",
+            ApiError::Signature(_) => "bad_signature",
+            ApiError::WebhookNotConfigured => "webhook_not_configured",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -54,21 +70,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            let source = match &self {
-                ApiError::Internal(e) => e.to_string(),
-                _ => String::new(),
-            };
-            tracing::error!(code = self.code(), error = %source, "request failed");
-        } else {
-            tracing::debug!(code = self.code(), error = %self, "request refused");
+        match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(code = self.code(), error = %e, "request failed")
+            }
+            _ if status.is_server_error() => {
+                tracing::warn!(code = self.code(), error = %self, "request refused")
+            }
+            _ => tracing::debug!(code = self.code(), error = %self, "request refused"),
         }
         let mut response = (
             status,
             Json(serde_json::json!({ "error": self.to_string(), "code": self.code() })),
         )
             .into_response();
-        if status == StatusCode::UNAUTHORIZED {
+        if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),

@@ -7,10 +7,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use super::error::ApiError;
-use super::{api, files};
+use super::{api, files, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -26,6 +26,7 @@ pub fn router(app: App) -> Router {
         .layer(middleware::from_fn(files::cors));
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/webhooks/avara", post(webhook::avara))
         .merge(operator)
         .merge(files)
         .fallback(|| async { ApiError::NotFound("route".into()) })

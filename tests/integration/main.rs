@@ -8,3 +8,4 @@ mod files;
 mod http_api;
 mod lifecycle;
 mod peers;
+mod webhook;

@@ -1,0 +1,99 @@
+//! `POST /webhooks/avara`: verify the raw body, answer a repeated
+//! `webhook-id` with the answer it got before, dispatch, remember the answer.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::index::StoredAnswer;
+use crate::webhook::events::{self, Envelope, StudyAccess};
+use crate::webhook::{handlers, verify};
+
+/// Largest webhook body accepted. Avara's events are a few KiB.
+pub const MAX_BODY: usize = 1 << 20;
+
+pub async fn avara(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if app.cfg.webhook_keys.is_empty() {
+        return Err(ApiError::WebhookNotConfigured);
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit: MAX_BODY })?;
+    let now = SystemTime::now();
+    let header = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verified =
+        verify::verify(header, &bytes, &app.cfg.webhook_keys, now).map_err(ApiError::Signature)?;
+    let id = verified.id.to_owned();
+
+    let index = app.index.clone();
+    let lookup = id.clone();
+    if let Some(answer) = blocking(move || index.webhook_answer(&lookup)).await? {
+        tracing::info!(webhook_id = %id, "repeated webhook delivery; answering as before");
+        return Ok(reply(answer));
+    }
+
+    let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
+        what: "webhook body",
+        reason: e.to_string(),
+    })?;
+    tracing::info!(webhook_id = %id, event = %envelope.kind, "webhook");
+    let body = dispatch(&app, envelope, now).await?;
+    let answer = StoredAnswer {
+        at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        status: 200,
+        body,
+    };
+    let index = app.index.clone();
+    let answer = blocking(move || index.remember_webhook(&id, &answer)).await?;
+    Ok(reply(answer))
+}
+
+async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Value, ApiError> {
+    let parse = |what| {
+        move |e: serde_json::Error| ApiError::BadRequest {
+            what,
+            reason: e.to_string(),
+        }
+    };
+    match envelope.kind.as_str() {
+        "study.access_requested" => {
+            let event: StudyAccess = serde_json::from_value(envelope.data)
+                .map_err(parse("study.access_requested data"))?;
+            let app = app.clone();
+            blocking(move || handlers::study_access(&app, &event, now)).await
+        }
+        kind if events::NOT_YET.contains(&kind) => Err(ApiError::NotImplemented(kind.to_owned())),
+        kind => Ok(json!({
+            "authorized": false,
+            "success": false,
+            "error": format!("event type {kind:?} is not supported by this gateway"),
+        })),
+    }
+}
+
+fn reply(answer: StoredAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    (status, Json(answer.body)).into_response()
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, crate::index::Error> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}

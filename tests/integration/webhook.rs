@@ -1,0 +1,259 @@
+//! Avara's webhook, played with Avara's own tools: events signed by the
+//! `standardwebhooks` library and accepted by the `avara` SDK's `unwrap()`,
+//! then every URL of the answer fetched with a real HTTP client.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::common::{self, Gateway, Opts};
+
+const KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const NEW_KEY: &str = "whsec_YW5vdGhlciBrZXkgb2YgMjQgYnl0ZXMh";
+const STRANGER: &str = "whsec_c29tZWJvZHkgZWxzZSdzIGtleQ==";
+
+fn gateway() -> Gateway {
+    // Two keys: a rotation in progress.
+    Gateway::start_with(Opts::default().env("AVARA_WEBHOOK_KEY", &format!("{KEY},{NEW_KEY}")))
+}
+
+/// Sends `event` through tests/peers/avara_sender.py with extra flags; (status, body).
+fn send(gw: &Gateway, event: &Value, flags: &[&str]) -> (u16, Value) {
+    send_text(gw, &event.to_string(), flags)
+}
+
+fn send_text(gw: &Gateway, event: &str, flags: &[&str]) -> (u16, Value) {
+    let url = format!("http://{}/webhooks/avara", gw.http);
+    let out = Command::new(common::python())
+        .arg(common::repo().join("tests/peers/avara_sender.py"))
+        .args(["--url", &url, "--key", KEY])
+        .args(flags)
+        .arg(event)
+        .output()
+        .unwrap();
+    common::assert_ok(&out, "avara_sender.py");
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        answer["status"].as_u64().unwrap() as u16,
+        answer["body"].clone(),
+    )
+}
+
+fn access(study_uid: &str) -> Value {
+    json!({
+        "id": "whe_0123456789abcdef0123456789abcdef",
+        "type": "study.access_requested",
+        "data": { "studyId": "stu_fedcba9876543210fedcba9876543210", "studyInstanceUid": study_uid },
+    })
+}
+
+fn store_study1(gw: &Gateway) -> (String, BTreeSet<String>) {
+    let fixtures: Vec<Value> = common::fixtures()
+        .into_iter()
+        .filter(|f| f["file"].as_str().unwrap().starts_with("study1/"))
+        .collect();
+    let files: Vec<_> = fixtures
+        .iter()
+        .map(|f| common::fixtures_dir().join(f["file"].as_str().unwrap()))
+        .collect();
+    let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    common::assert_ok(&common::storescu(gw, &["-xe"], &refs), "storescu");
+    let sops = fixtures
+        .iter()
+        .map(|f| f["sop_instance"].as_str().unwrap().to_owned())
+        .collect();
+    (fixtures[0]["study"].as_str().unwrap().to_owned(), sops)
+}
+
+/// The gateway signs URLs for its public URL; the test reaches it on its
+/// port-0 address (like a reverse proxy would). Only path and query are signed.
+fn local(gw: &Gateway, url: &str) -> String {
+    let path = url.split_once("/files/").expect("a file URL").1;
+    format!("http://{}/files/{path}", gw.http)
+}
+
+#[test]
+fn study_access_answers_a_signed_url_for_every_instance_and_a_manifest() {
+    let gw = gateway();
+    let (study, sops) = store_study1(&gw);
+    let (status, body) = send(&gw, &access(&study), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["authorized"], true);
+    let urls: Vec<&str> = body["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(urls.len(), sops.len());
+    assert_eq!(
+        urls.iter().collect::<BTreeSet<_>>().len(),
+        urls.len(),
+        "a URL twice"
+    );
+
+    // Fetch every URL; pydicom opens each download.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (n, url) in urls.iter().enumerate() {
+        let mut resp = agent.get(&local(&gw, url)).call().unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let path = dir.path().join(format!("{n}.dcm"));
+        std::fs::write(&path, resp.body_mut().read_to_vec().unwrap()).unwrap();
+        files.push(path.to_str().unwrap().to_owned());
+    }
+    let mut args = vec![];
+    args.extend(files.iter().map(String::as_str));
+    let opened = common::pydicom(
+        "import sys, pydicom\nfor f in sys.argv[1:]: print(pydicom.dcmread(f).SOPInstanceUID)",
+        &args,
+    );
+    let got: BTreeSet<String> = opened.lines().map(str::to_owned).collect();
+    assert_eq!(got, sops);
+    let mut part = agent
+        .get(&local(&gw, urls[0]))
+        .header("Range", "bytes=128-131")
+        .call()
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.body_mut().read_to_vec().unwrap(), b"DICM");
+
+    // The manifest: two series in order, every SOP with its geometry.
+    let manifest = &body["manifest"];
+    assert_eq!(manifest["studyInstanceUID"], study.as_str());
+    let series = manifest["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2);
+    assert_eq!(
+        (
+            series[0]["seriesNumber"].as_i64(),
+            series[1]["seriesNumber"].as_i64()
+        ),
+        (Some(1), Some(2))
+    );
+    for s in series {
+        assert_eq!(s["modality"], "CT");
+        for sop in s["sops"].as_array().unwrap() {
+            for field in [
+                "sopClassUID",
+                "sopInstanceUID",
+                "rows",
+                "columns",
+                "bitsAllocated",
+                "photometricInterpretation",
+                "samplesPerPixel",
+            ] {
+                assert!(!sop[field].is_null(), "{field} missing in {sop}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_study_is_not_authorized() {
+    let gw = gateway();
+    let (status, body) = send(&gw, &access("1.2.826.0.1.3680043.10.1234.404"), &[]);
+    assert_eq!(status, 200);
+    assert_eq!(body["authorized"], false);
+    assert_eq!(body["urls"], json!([]));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not on this gateway")
+    );
+}
+
+#[test]
+fn signatures_are_checked_with_rotation_staleness_and_tampering() {
+    let gw = gateway();
+    let (study, _) = store_study1(&gw);
+    let event = access(&study);
+    assert_eq!(
+        send(&gw, &event, &["--sign-key", NEW_KEY]).0,
+        200,
+        "rotated key"
+    );
+    for flags in [
+        &["--sign-key", STRANGER][..],
+        &["--age", "600"],
+        &["--tamper"],
+    ] {
+        let (status, body) = send(&gw, &event, flags);
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("bad_signature")),
+            "{flags:?}: {body}"
+        );
+    }
+    assert!(!gw.log_text().contains("MfKQ9r8G"), "a key reached the log");
+}
+
+#[test]
+fn malformed_unknown_oversized_and_not_yet_handled_events() {
+    let gw = gateway();
+    let (status, body) = send_text(&gw, "{not json", &["--raw"]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+
+    let unknown = json!({ "id": "whe_0123456789abcdef0123456789abcdee", "type": "study.teleported", "data": {} });
+    let (status, body) = send(&gw, &unknown, &[]);
+    assert_eq!(status, 200);
+    assert!(body["error"].as_str().unwrap().contains("study.teleported"));
+
+    let report = json!({ "id": "whe_0123456789abcdef0123456789abcded", "type": "report.delivered",
+        "data": { "isCritical": false, "presignedUrl": "http://127.0.0.1:9/r.pdf", "reportId": "rep_0123456789abcdef0123456789abcdef", "studyId": "stu_fedcba9876543210fedcba9876543210" } });
+    let (status, body) = send(&gw, &report, &[]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (501, Some("not_implemented")),
+        "so that Avara retries"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    let padding = "x".repeat(2 << 20);
+    std::fs::write(
+        &big,
+        json!({ "id": "whe_1", "type": "study.access_requested", "data": { "pad": padding } })
+            .to_string(),
+    )
+    .unwrap();
+    let (status, body) = send_text(&gw, &format!("@{}", big.display()), &[]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+}
+
+#[test]
+fn a_repeated_webhook_id_gets_the_same_answer_even_after_a_restart() {
+    let mut gw = gateway();
+    let (study, _) = store_study1(&gw);
+    let (_, first) = send(&gw, &access(&study), &["--id", "msg_repeat"]);
+    assert_eq!(first["authorized"], true);
+    // Same id, other content: still the first answer (URLs signed back then).
+    let (_, second) = send(&gw, &access("1.2.3"), &["--id", "msg_repeat"]);
+    assert_eq!(second, first);
+    gw.restart();
+    let (_, third) = send(&gw, &access(&study), &["--id", "msg_repeat"]);
+    assert_eq!(third, first);
+}
+
+#[test]
+fn without_a_key_the_webhook_refuses_everything() {
+    let gw = Gateway::start();
+    let (status, body) = send(&gw, &access("1.2.3"), &[]);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("webhook_not_configured"))
+    );
+    assert!(gw.log_text().contains("no AVARA_WEBHOOK_KEY configured"));
+}
