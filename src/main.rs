@@ -52,12 +52,7 @@ fn sign_url(args: SignUrlArgs) -> anyhow::Result<()> {
     let signer = UrlSigner::load_or_create(&cfg.data_dir, &cfg.public_url)?;
     println!(
         "{}",
-        signer.sign(
-            "GET",
-            &key,
-            Duration::from_secs(args.ttl),
-            SystemTime::now()
-        )
+        signer.file_url(&key, Duration::from_secs(args.ttl), SystemTime::now())
     );
     Ok(())
 }

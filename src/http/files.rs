@@ -26,10 +26,7 @@ pub async fn get_file(
 ) -> Result<Response, ApiError> {
     let key = ObjectKey::parse(&raw_key).ok_or(ApiError::Forbidden)?;
     // A HEAD is allowed by a GET URL: it reveals nothing the GET would not.
-    if let Err(refusal) = app
-        .signer
-        .verify("GET", &key, &signature, SystemTime::now())
-    {
+    if let Err(refusal) = app.signer.verify_file(&key, &signature, SystemTime::now()) {
         tracing::debug!(%refusal, "signed URL refused");
         return Err(ApiError::Forbidden);
     }

@@ -1,7 +1,9 @@
 //! Signed URLs for objects the gateway serves itself (the local store).
 //!
-//! A URL is `{public_url}/files/{key}?exp=<unix>&kid=<key id>&sig=<base64url>`
-//! where `sig` is HMAC-SHA256 over `"v1\n{METHOD}\n{key}\n{exp}\n{kid}"`. The
+//! A URL is `{public_url}/{path}?exp=<unix>&kid=<key id>&sig=<base64url>`
+//! where `sig` is HMAC-SHA256 over `"v1\n{METHOD}\n{path}\n{exp}\n{kid}"`
+//! (`files/<object key>` for downloads, `uploads/<study>[/<series>/<sop>]` for
+//! secondary-capture uploads, so a URL is bound to what it names). The
 //! method is bound, so a GET URL cannot be used for anything else. Keys carry
 //! an id so the signing key can be rotated while older URLs stay valid. The
 //! key ring is generated once and kept in the data directory
@@ -119,24 +121,36 @@ impl UrlSigner {
         })
     }
 
-    /// A URL for `method` on `key`, valid for `ttl` (at most [`MAX_TTL`]) from `now`.
-    pub fn sign(&self, method: &str, key: &ObjectKey, ttl: Duration, now: SystemTime) -> String {
+    /// A download URL for an object, valid for `ttl` (at most [`MAX_TTL`]).
+    pub fn file_url(&self, key: &ObjectKey, ttl: Duration, now: SystemTime) -> String {
+        self.sign("GET", &format!("files/{}", key.as_str()), ttl, now)
+    }
+
+    /// Checks a download URL's signature (a HEAD may use a GET URL).
+    pub fn verify_file(
+        &self,
+        key: &ObjectKey,
+        s: &Signature,
+        now: SystemTime,
+    ) -> Result<(), Refusal> {
+        self.verify("GET", &format!("files/{}", key.as_str()), s, now)
+    }
+
+    /// A URL for `method` on `path` (below the public URL), valid for `ttl`
+    /// (at most [`MAX_TTL`]) from `now`.
+    pub fn sign(&self, method: &str, path: &str, ttl: Duration, now: SystemTime) -> String {
         let exp = unix(now) + ttl.min(MAX_TTL).as_secs();
         let (kid, secret) = &self.keys[0];
         let sig =
-            URL_SAFE_NO_PAD.encode(mac(secret, method, key, exp, kid).finalize().into_bytes());
-        format!(
-            "{}/files/{}?exp={exp}&kid={kid}&sig={sig}",
-            self.public_url,
-            key.as_str()
-        )
+            URL_SAFE_NO_PAD.encode(mac(secret, method, path, exp, kid).finalize().into_bytes());
+        format!("{}/{path}?exp={exp}&kid={kid}&sig={sig}", self.public_url)
     }
 
-    /// Checks a presented signature in constant time.
+    /// Checks a presented signature for `method` on `path`, in constant time.
     pub fn verify(
         &self,
         method: &str,
-        key: &ObjectKey,
+        path: &str,
         s: &Signature,
         now: SystemTime,
     ) -> Result<(), Refusal> {
@@ -155,15 +169,15 @@ impl UrlSigner {
         let presented = URL_SAFE_NO_PAD
             .decode(&s.sig)
             .map_err(|_| Refusal::BadSignature)?;
-        mac(secret, method, key, s.exp, &s.kid)
+        mac(secret, method, path, s.exp, &s.kid)
             .verify_slice(&presented)
             .map_err(|_| Refusal::BadSignature)
     }
 }
 
-fn mac(secret: &[u8], method: &str, key: &ObjectKey, exp: u64, kid: &str) -> Hmac<Sha256> {
+fn mac(secret: &[u8], method: &str, path: &str, exp: u64, kid: &str) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(format!("v1\n{method}\n{}\n{exp}\n{kid}", key.as_str()).as_bytes());
+    mac.update(format!("v1\n{method}\n{path}\n{exp}\n{kid}").as_bytes());
     mac
 }
 
@@ -230,53 +244,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let signer = UrlSigner::load_or_create(dir.path(), "https://gw.example/").unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let url = signer.sign("GET", &key(), Duration::from_secs(3600), now);
+        let url = signer.file_url(&key(), Duration::from_secs(3600), now);
         assert!(url.starts_with(
             "https://gw.example/files/studies/1.2.3/1.2.3.4/1.2.3.4.5.dcm?exp=1800003600&kid="
         ));
         let s = parse(&url);
-        assert_eq!(signer.verify("GET", &key(), &s, now), Ok(()));
+        assert_eq!(signer.verify_file(&key(), &s, now), Ok(()));
         assert_eq!(
-            signer.verify("HEAD", &key(), &s, now),
+            signer.verify("PUT", &format!("files/{}", key().as_str()), &s, now),
             Err(Refusal::BadSignature)
         );
         let u = |x| Uid::parse(x).unwrap();
         let other = ObjectKey::instance(&u("1.2.3"), &u("1.2.3.4"), &u("1.2.3.4.6"));
         assert_eq!(
-            signer.verify("GET", &other, &s, now),
+            signer.verify_file(&other, &s, now),
             Err(Refusal::BadSignature)
         );
         let later = now + Duration::from_secs(3601);
-        assert_eq!(
-            signer.verify("GET", &key(), &s, later),
-            Err(Refusal::Expired)
-        );
+        assert_eq!(signer.verify_file(&key(), &s, later), Err(Refusal::Expired));
         let stretched = Signature {
             exp: s.exp + 1,
             ..s.clone()
         };
         assert_eq!(
-            signer.verify("GET", &key(), &stretched, now),
+            signer.verify_file(&key(), &stretched, now),
             Err(Refusal::BadSignature)
         );
         let far = Signature {
             exp: 1_800_000_000 + 8 * 24 * 3600,
             ..s.clone()
         };
-        assert_eq!(
-            signer.verify("GET", &key(), &far, now),
-            Err(Refusal::TooLong)
-        );
+        assert_eq!(signer.verify_file(&key(), &far, now), Err(Refusal::TooLong));
         let unknown = Signature {
             kid: "nope".into(),
             ..s
         };
         assert_eq!(
-            signer.verify("GET", &key(), &unknown, now),
+            signer.verify_file(&key(), &unknown, now),
             Err(Refusal::UnknownKey)
         );
         // TTL is capped at seven days.
-        let capped = parse(&signer.sign("GET", &key(), Duration::from_secs(30 * 24 * 3600), now));
+        let capped = parse(&signer.file_url(&key(), Duration::from_secs(30 * 24 * 3600), now));
         assert_eq!(capped.exp, 1_800_000_000 + MAX_TTL.as_secs());
     }
 
@@ -291,19 +299,19 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let now = SystemTime::now();
-        let old_url = a.sign("GET", &key(), Duration::from_secs(60), now);
+        let old_url = a.file_url(&key(), Duration::from_secs(60), now);
         // Reloaded: same key. Rotated: a new first line signs, the old one still verifies.
         let b = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
-        assert_eq!(b.verify("GET", &key(), &parse(&old_url), now), Ok(()));
+        assert_eq!(b.verify_file(&key(), &parse(&old_url), now), Ok(()));
         let old = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
         let new_line = format!("k2 {}\n", STANDARD.encode([9u8; 32]));
         std::fs::write(dir.path().join(KEY_FILE), new_line + &old).unwrap();
         let c = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
         assert!(
-            c.sign("GET", &key(), Duration::from_secs(60), now)
+            c.file_url(&key(), Duration::from_secs(60), now)
                 .contains("kid=k2")
         );
-        assert_eq!(c.verify("GET", &key(), &parse(&old_url), now), Ok(()));
+        assert_eq!(c.verify_file(&key(), &parse(&old_url), now), Ok(()));
         assert!(!format!("{c:?}").contains(&STANDARD.encode([9u8; 32])));
     }
 }

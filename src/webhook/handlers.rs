@@ -34,10 +34,7 @@ pub fn study_access(
     let urls: Vec<String> = ordered
         .iter()
         .flat_map(|(_, series)| series.iter())
-        .map(|i| {
-            app.signer
-                .sign("GET", &i.object_key, app.cfg.url_ttl(), now)
-        })
+        .map(|i| app.signer.file_url(&i.object_key, app.cfg.url_ttl(), now))
         .collect();
     Ok(json!({
         "authorized": true,
