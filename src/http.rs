@@ -4,6 +4,7 @@ mod api;
 mod error;
 mod files;
 mod router;
+mod uploads;
 mod webhook;
 
 use std::net::SocketAddr;

@@ -49,6 +49,7 @@ impl Error {
         match self {
             Error::Header(_) => ErrorKind::Unparseable,
             Error::Mismatch { .. } => ErrorKind::Mismatch,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
             _ => ErrorKind::OutOfResources,
         }
     }
@@ -61,6 +62,8 @@ pub enum ErrorKind {
     Unparseable,
     /// The data set's identity disagrees with what was announced.
     Mismatch,
+    /// Larger than `max_instance_size`.
+    TooLarge,
     /// The gateway could not store it (disk, I/O, limits, shutdown).
     OutOfResources,
 }
@@ -70,6 +73,26 @@ pub enum ErrorKind {
 pub struct Expected {
     pub sop_class: Uid,
     pub sop_instance: Uid,
+}
+
+/// What a received object must be: each UID that is set must match the
+/// data set's.
+#[derive(Debug, Clone, Default)]
+pub struct Check {
+    pub study: Option<Uid>,
+    pub series: Option<Uid>,
+    pub sop_class: Option<Uid>,
+    pub sop_instance: Option<Uid>,
+}
+
+impl From<&Expected> for Check {
+    fn from(e: &Expected) -> Check {
+        Check {
+            sop_class: Some(e.sop_class.clone()),
+            sop_instance: Some(e.sop_instance.clone()),
+            ..Check::default()
+        }
+    }
 }
 
 /// A stored instance and what storing it did.
@@ -154,15 +177,27 @@ impl Ingest {
         })
     }
 
+    /// Starts receiving an uploaded Part-10 object (it brings its own header).
+    pub async fn begin_upload(&self, source: &str) -> Result<Receiving> {
+        self.check_free_space()?;
+        let writer = self.spool.create().await.map_err(Error::Spool)?;
+        Ok(Receiving {
+            writer,
+            limit: self.max_instance_size,
+            source: source.to_owned(),
+        })
+    }
+
     /// Checks the received instance against what was announced, makes it
     /// durable in the store and the index, and says what happened.
-    pub async fn finish(&self, receiving: Receiving, expected: &Expected) -> Result<Stored> {
+    pub async fn finish(&self, receiving: Receiving, expected: Check) -> Result<Stored> {
         let Receiving { writer, source, .. } = receiving;
         let committer = self.committer.clone();
-        let expected = expected.clone();
         writer
             .finish(move |spooled| {
                 let header = header::read_header(spooled.path())?;
+                check(&header.study, &expected.study, "Study Instance UID")?;
+                check(&header.series, &expected.series, "Series Instance UID")?;
                 check(
                     &header.sop_instance,
                     &expected.sop_instance,
@@ -207,15 +242,15 @@ impl Ingest {
     }
 }
 
-fn check(found: &Uid, expected: &Uid, name: &'static str) -> Result<()> {
-    if found == expected {
-        return Ok(());
+fn check(found: &Uid, expected: &Option<Uid>, name: &'static str) -> Result<()> {
+    match expected {
+        Some(expected) if found != expected => Err(Error::Mismatch {
+            name,
+            found: found.clone(),
+            expected: expected.clone(),
+        }),
+        _ => Ok(()),
     }
-    Err(Error::Mismatch {
-        name,
-        found: found.clone(),
-        expected: expected.clone(),
-    })
 }
 
 /// Bytes available to us on the filesystem holding `dir`.

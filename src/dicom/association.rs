@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::dimse::{self, Command, field, status};
-use crate::ingest::{self, ErrorKind, Expected, Ingest, Receiving};
+use crate::ingest::{self, Check, ErrorKind, Expected, Ingest, Receiving};
 use crate::uid::Uid;
 
 /// Largest command set we reassemble. Real ones are a few hundred bytes.
@@ -300,7 +300,7 @@ impl<'a> Association<'a> {
         receiving: Result<Box<Receiving>, ingest::Error>,
     ) -> (u16, Option<String>) {
         let result = match receiving {
-            Ok(receiving) => self.ingest.finish(*receiving, &expected).await,
+            Ok(receiving) => self.ingest.finish(*receiving, Check::from(&expected)).await,
             Err(e) => Err(e),
         };
         match result {
@@ -322,7 +322,7 @@ impl<'a> Association<'a> {
                 let code = match e.kind() {
                     ErrorKind::Unparseable => status::CANNOT_UNDERSTAND,
                     ErrorKind::Mismatch => status::DATASET_MISMATCH,
-                    ErrorKind::OutOfResources => status::OUT_OF_RESOURCES,
+                    ErrorKind::OutOfResources | ErrorKind::TooLarge => status::OUT_OF_RESOURCES,
                 };
                 tracing::warn!(
                     sop_instance_uid = %expected.sop_instance,

@@ -5,6 +5,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::ingest::ErrorKind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0} not found")]
@@ -27,6 +29,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("event type {0:?} is not handled by this version of the gateway yet")]
     NotImplemented(String),
+    #[error("{0}")]
+    Ingest(#[source] crate::ingest::Error),
     #[error("internal error")]
     Internal(#[source] BoxedError),
 }
@@ -46,6 +50,12 @@ impl ApiError {
             ApiError::WebhookNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Ingest(e) => match e.kind() {
+                ErrorKind::Unparseable => StatusCode::BAD_REQUEST,
+                ErrorKind::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::OutOfResources => StatusCode::INSUFFICIENT_STORAGE,
+            },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +72,12 @@ impl ApiError {
             ApiError::WebhookNotConfigured => "webhook_not_configured",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::Ingest(e) => match e.kind() {
+                ErrorKind::Unparseable => "not_dicom",
+                ErrorKind::Mismatch => "uid_mismatch",
+                ErrorKind::TooLarge => "payload_too_large",
+                ErrorKind::OutOfResources => "insufficient_storage",
+            },
             ApiError::Internal(_) => "internal",
         }
     }

@@ -7,10 +7,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, webhook};
+use super::{api, files, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -22,6 +22,10 @@ pub fn router(app: App) -> Router {
         .route(
             "/files/{*key}",
             get(files::get_file).options(files::preflight),
+        )
+        .route(
+            "/uploads/{*binding}",
+            put(uploads::put_upload).options(files::preflight),
         )
         .layer(middleware::from_fn(files::cors));
     Router::new()

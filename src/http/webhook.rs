@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use crate::app::App;
 use crate::index::StoredAnswer;
-use crate::webhook::events::{self, Envelope, StudyAccess};
+use crate::webhook::events::{self, Envelope, SecondaryCaptureAccess, StudyAccess};
 use crate::webhook::{handlers, verify};
 
 /// Largest webhook body accepted. Avara's events are a few KiB.
@@ -72,6 +72,12 @@ async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Valu
                 .map_err(parse("study.access_requested data"))?;
             let app = app.clone();
             blocking(move || handlers::study_access(&app, &event, now)).await
+        }
+        "secondary_capture.access_requested" => {
+            let event: SecondaryCaptureAccess = serde_json::from_value(envelope.data)
+                .map_err(parse("secondary_capture.access_requested data"))?;
+            let app = app.clone();
+            blocking(move || handlers::secondary_capture_access(&app, &event, now)).await
         }
         kind if events::NOT_YET.contains(&kind) => Err(ApiError::NotImplemented(kind.to_owned())),
         kind => Ok(json!({

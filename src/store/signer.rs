@@ -19,6 +19,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::ObjectKey;
+use crate::uid::Uid;
 
 /// The longest validity a URL may have (S3's limit too).
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -52,6 +53,39 @@ pub enum Refusal {
     UnknownKey,
     #[error("bad signature")]
     BadSignature,
+}
+
+/// What an upload URL is bound to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadBinding {
+    pub study: Uid,
+    pub instance: Option<(Uid, Uid)>,
+}
+
+impl UploadBinding {
+    /// The path below the public URL, which the signature covers.
+    pub fn path(&self) -> String {
+        match &self.instance {
+            Some((series, sop)) => format!("uploads/{}/{series}/{sop}", self.study),
+            None => format!("uploads/{}", self.study),
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<UploadBinding> {
+        let parts: Vec<&str> = raw.split('/').collect();
+        let uid = |s: &str| Uid::parse(s).ok();
+        match parts.as_slice() {
+            [study] => Some(UploadBinding {
+                study: uid(study)?,
+                instance: None,
+            }),
+            [study, series, sop] => Some(UploadBinding {
+                study: uid(study)?,
+                instance: Some((uid(series)?, uid(sop)?)),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The signature parameters of a URL, as received (missing ones are empty,
@@ -136,6 +170,20 @@ impl UrlSigner {
         self.verify("GET", &format!("files/{}", key.as_str()), s, now)
     }
 
+    /// An upload (PUT) URL bound to a study, or to one instance of it.
+    pub fn upload_url(&self, binding: &UploadBinding, ttl: Duration, now: SystemTime) -> String {
+        self.sign("PUT", &binding.path(), ttl, now)
+    }
+
+    pub fn verify_upload(
+        &self,
+        binding: &UploadBinding,
+        s: &Signature,
+        now: SystemTime,
+    ) -> Result<(), Refusal> {
+        self.verify("PUT", &binding.path(), s, now)
+    }
+
     /// A URL for `method` on `path` (below the public URL), valid for `ttl`
     /// (at most [`MAX_TTL`]) from `now`.
     pub fn sign(&self, method: &str, path: &str, ttl: Duration, now: SystemTime) -> String {
@@ -216,7 +264,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::uid::Uid;
 
     fn key() -> ObjectKey {
         let u = |s| Uid::parse(s).unwrap();
@@ -286,6 +333,25 @@ mod tests {
         // TTL is capped at seven days.
         let capped = parse(&signer.file_url(&key(), Duration::from_secs(30 * 24 * 3600), now));
         assert_eq!(capped.exp, 1_800_000_000 + MAX_TTL.as_secs());
+    }
+
+    #[test]
+    fn upload_bindings_parse_only_uids() {
+        let b = UploadBinding::parse("1.2.3/1.2.3.4/1.2.3.4.5").unwrap();
+        assert_eq!(b.path(), "uploads/1.2.3/1.2.3.4/1.2.3.4.5");
+        assert_eq!(
+            UploadBinding::parse("1.2.3").unwrap().path(),
+            "uploads/1.2.3"
+        );
+        for bad in [
+            "",
+            "1.2.3/1.2.3.4",
+            "1.2.3/../x/y",
+            "1.2.3/a/b",
+            "1.2.3/1.4/1.5/1.6",
+        ] {
+            assert_eq!(UploadBinding::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -22,10 +22,22 @@ pub struct StudyAccess {
     pub study_instance_uid: String,
 }
 
+/// `secondary_capture.access_requested`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecondaryCaptureAccess {
+    #[serde(default)]
+    pub study_id: Option<String>,
+    pub study_instance_uid: String,
+    #[serde(default)]
+    pub series_instance_uid: Option<String>,
+    #[serde(default)]
+    pub sop_instance_uid: Option<String>,
+}
+
 /// Event types of the contract that this version does not handle yet; they
 /// are refused so that Avara retries them later instead of losing them.
 pub const NOT_YET: &[&str] = &[
-    "secondary_capture.access_requested",
     "report.delivered",
     "ephemeral.access_requested",
     "patient_study.enrichment_requested",

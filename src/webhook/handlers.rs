@@ -6,9 +6,10 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::events::StudyAccess;
+use super::events::{SecondaryCaptureAccess, StudyAccess};
 use crate::app::App;
 use crate::index::InstanceRecord;
+use crate::store::signer::UploadBinding;
 use crate::uid::Uid;
 
 /// `study.access_requested`: a signed GET URL for every instance, and the
@@ -41,6 +42,45 @@ pub fn study_access(
         "urls": urls,
         "mediaUrls": [],
         "manifest": manifest(&uid, &ordered),
+    }))
+}
+
+/// `secondary_capture.access_requested`: one signed PUT URL to the upload
+/// route, bound to the study and, when the event names them, to the new
+/// object's series and SOP Instance UIDs. Blocking (index reads).
+pub fn secondary_capture_access(
+    app: &App,
+    event: &SecondaryCaptureAccess,
+    now: SystemTime,
+) -> Result<Value, crate::index::Error> {
+    let refuse = |error: String| json!({ "authorized": false, "uploadUrls": [], "error": error });
+    let parse = |what: &str, raw: &str| {
+        Uid::parse(raw).map_err(|e| format!("{what} is not a DICOM UID: {e}"))
+    };
+    let study = match parse("studyInstanceUid", &event.study_instance_uid) {
+        Ok(uid) => uid,
+        Err(e) => return Ok(refuse(e)),
+    };
+    if app.index.study(&study)?.is_none() {
+        return Ok(refuse(format!("study {study} is not on this gateway")));
+    }
+    let instance = match (&event.series_instance_uid, &event.sop_instance_uid) {
+        (Some(series), Some(sop)) => match (
+            parse("seriesInstanceUid", series),
+            parse("sopInstanceUid", sop),
+        ) {
+            (Ok(series), Ok(sop)) => Some((series, sop)),
+            (Err(e), _) | (_, Err(e)) => return Ok(refuse(e)),
+        },
+        _ => None,
+    };
+    if let Some(study_id) = &event.study_id {
+        app.index.pair_avara_study(study_id, &study)?;
+    }
+    let binding = UploadBinding { study, instance };
+    Ok(json!({
+        "authorized": true,
+        "uploadUrls": [app.signer.upload_url(&binding, app.cfg.url_ttl(), now)],
     }))
 }
 

@@ -257,3 +257,172 @@ fn without_a_key_the_webhook_refuses_everything() {
     );
     assert!(gw.log_text().contains("no AVARA_WEBHOOK_KEY configured"));
 }
+
+/// A Secondary Capture Part-10 file made with pydicom.
+fn secondary_capture(path: &std::path::Path, study: &str, series: &str, sop: &str) {
+    common::pydicom(
+        r#"
+import sys
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+path, study, series, sop = sys.argv[1:5]
+ds = Dataset()
+ds.file_meta = FileMetaDataset()
+ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop
+ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "OT", 99, 1
+ds.Rows = ds.Columns = 8
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+ds.PixelData = bytes(range(64))
+ds.save_as(path, enforce_file_format=True)
+"#,
+        &[path.to_str().unwrap(), study, series, sop],
+    );
+}
+
+fn capture_event(study: &str, series: Option<&str>, sop: Option<&str>) -> Value {
+    let mut data =
+        json!({ "studyId": "stu_fedcba9876543210fedcba9876543210", "studyInstanceUid": study });
+    if let (Some(series), Some(sop)) = (series, sop) {
+        data["seriesInstanceUid"] = json!(series);
+        data["sopInstanceUid"] = json!(sop);
+    }
+    json!({ "id": "whe_0123456789abcdef0123456789abcdec", "type": "secondary_capture.access_requested", "data": data })
+}
+
+fn put(gw: &Gateway, url: &str, body: &[u8]) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.put(&local_upload(gw, url)).send(body).unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+fn local_upload(gw: &Gateway, url: &str) -> String {
+    let path = url.split_once("/uploads/").expect("an upload URL").1;
+    format!("http://{}/uploads/{path}", gw.http)
+}
+
+#[test]
+fn a_secondary_capture_uploaded_to_its_url_is_in_the_next_answer() {
+    let gw = gateway();
+    let (study, sops) = store_study1(&gw);
+    let (series, sop) = (
+        "1.2.826.0.1.3680043.10.1234.77",
+        "1.2.826.0.1.3680043.10.1234.77.1",
+    );
+    let (status, answer) = send(&gw, &capture_event(&study, Some(series), Some(sop)), &[]);
+    assert_eq!(
+        (status, answer["authorized"].as_bool()),
+        (200, Some(true)),
+        "{answer}"
+    );
+    let url = answer["uploadUrls"][0].as_str().unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sc = dir.path().join("sc.dcm");
+    secondary_capture(&sc, &study, series, sop);
+    let bytes = std::fs::read(&sc).unwrap();
+    let (status, stored) = put(&gw, &url, &bytes);
+    assert_eq!(
+        (status, stored["sopInstanceUid"].as_str()),
+        (201, Some(sop)),
+        "{stored}"
+    );
+    // The viewer may PUT the same object again (to every URL, or on retry).
+    let (status, again) = put(&gw, &url, &bytes);
+    assert_eq!((status, again["replaced"].as_bool()), (201, Some(true)));
+
+    let (_, access_answer) = send(&gw, &access(&study), &[]);
+    assert_eq!(
+        access_answer["urls"].as_array().unwrap().len(),
+        sops.len() + 1
+    );
+    assert_eq!(gw.study(&study)["instanceCount"], sops.len() + 1);
+    assert!(gw.spool_files().is_empty());
+}
+
+#[test]
+fn bad_uploads_are_refused_and_nothing_is_stored() {
+    let gw = Gateway::start_with(
+        Opts::default()
+            .env("AVARA_WEBHOOK_KEY", KEY)
+            .arg("--max-instance-size")
+            .arg("100000"),
+    );
+    let (study, sops) = store_study1(&gw);
+    let (series, sop) = (
+        "1.2.826.0.1.3680043.10.1234.78",
+        "1.2.826.0.1.3680043.10.1234.78.1",
+    );
+    let bound = send(&gw, &capture_event(&study, Some(series), Some(sop)), &[]).1["uploadUrls"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let open = send(&gw, &capture_event(&study, None, None), &[]).1["uploadUrls"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, st: &str, se: &str, so: &str| {
+        let p = dir.path().join(name);
+        secondary_capture(&p, st, se, so);
+        std::fs::read(p).unwrap()
+    };
+    let other_study = file("other.dcm", "1.2.826.0.1.3680043.10.1234.5555", series, sop);
+    let other_sop = file(
+        "sop.dcm",
+        &study,
+        series,
+        "1.2.826.0.1.3680043.10.1234.78.2",
+    );
+
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "not DICOM",
+            &open,
+            b"%PDF-1.7 definitely not dicom".to_vec(),
+            400,
+            "not_dicom",
+        ),
+        (
+            "another study's instance",
+            &open,
+            other_study,
+            422,
+            "uid_mismatch",
+        ),
+        (
+            "SOP other than the bound one",
+            &bound,
+            other_sop,
+            422,
+            "uid_mismatch",
+        ),
+        (
+            "oversized",
+            &open,
+            vec![0u8; 200_000],
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (what, url, body, status, code) in cases {
+        let (got, answer) = put(&gw, url, &body);
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {answer}"
+        );
+    }
+    // Tampered, and a download URL's signature used for an upload.
+    let tampered = bound.replace("&sig=", "&sig=AA");
+    assert_eq!(put(&gw, &tampered, b"x").0, 403);
+    assert_eq!(gw.study(&study)["instanceCount"], sops.len());
+    assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
+}

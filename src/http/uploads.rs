@@ -1,0 +1,73 @@
+//! `PUT /uploads/{study}[/{series}/{sop}]?exp&kid&sig`: a secondary capture
+//! from the viewer, authorised by the URL handed out for
+//! `secondary_capture.access_requested`, streamed to the spool and taken
+//! through the same ingest path as a C-STORE.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::index::PutOutcome;
+use crate::ingest::Check;
+use crate::store::signer::{Signature, UploadBinding};
+
+pub async fn put_upload(
+    State(app): State<App>,
+    Path(raw): Path<String>,
+    Query(signature): Query<Signature>,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let binding = UploadBinding::parse(&raw).ok_or(ApiError::Forbidden)?;
+    if let Err(refusal) = app
+        .signer
+        .verify_upload(&binding, &signature, SystemTime::now())
+    {
+        tracing::debug!(%refusal, "upload URL refused");
+        return Err(ApiError::Forbidden);
+    }
+    let mut receiving = app
+        .ingest
+        .begin_upload("upload")
+        .await
+        .map_err(ApiError::Ingest)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        // A broken upload: dropping `receiving` removes its spool file.
+        let chunk = chunk.map_err(|e| ApiError::BadRequest {
+            what: "upload body",
+            reason: e.to_string(),
+        })?;
+        receiving.append(&chunk).await.map_err(ApiError::Ingest)?;
+    }
+    let check = Check {
+        study: Some(binding.study.clone()),
+        series: binding.instance.as_ref().map(|(series, _)| series.clone()),
+        sop_instance: binding.instance.as_ref().map(|(_, sop)| sop.clone()),
+        sop_class: None,
+    };
+    let stored = app
+        .ingest
+        .finish(receiving, check)
+        .await
+        .map_err(ApiError::Ingest)?;
+    let r = &stored.record;
+    tracing::info!(sop_instance_uid = %r.sop_instance_uid, study = %r.study_instance_uid, bytes = r.size, "upload stored");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "stored": true,
+            "studyInstanceUid": r.study_instance_uid,
+            "seriesInstanceUid": r.series_instance_uid,
+            "sopInstanceUid": r.sop_instance_uid,
+            "size": r.size,
+            "replaced": !matches!(stored.outcome, PutOutcome::Added),
+        })),
+    ))
+}
