@@ -23,7 +23,10 @@ use std::sync::Arc;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-pub use records::{InstanceRecord, InstanceTags, NewInstance, PutOutcome, StudyRecord, StudyTags};
+pub use records::{
+    InstanceRecord, InstanceTags, NewInstance, PutOutcome, Series, StudyRecord, StudyTags,
+    in_viewing_order,
+};
 
 use crate::uid::Uid;
 

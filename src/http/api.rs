@@ -1,14 +1,12 @@
 //! The operator API: what the gateway holds, from the index.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::index::{InstanceRecord, StudyRecord};
+use crate::index::{InstanceRecord, StudyRecord, in_viewing_order};
 use crate::uid::Uid;
 
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -68,25 +66,11 @@ pub async fn get_study(
     }))
 }
 
-/// Instances come out of the index ordered by series; group them, ordering
-/// instances by Instance Number where they have one.
+/// The study's series in viewing order, each with its instances.
 fn group_by_series(instances: Vec<InstanceRecord>) -> Vec<SeriesDetail> {
-    let mut by_series: BTreeMap<Uid, Vec<InstanceRecord>> = BTreeMap::new();
-    for inst in instances {
-        by_series
-            .entry(inst.series_instance_uid.clone())
-            .or_default()
-            .push(inst);
-    }
-    let mut series: Vec<SeriesDetail> = by_series
+    in_viewing_order(instances)
         .into_iter()
-        .map(|(uid, mut instances)| {
-            instances.sort_by_key(|i| {
-                (
-                    i.tags.instance_number.unwrap_or(i64::MAX),
-                    i.sop_instance_uid.clone(),
-                )
-            });
+        .map(|(uid, instances)| {
             let first = &instances[0].tags;
             SeriesDetail {
                 series_instance_uid: uid,
@@ -97,12 +81,5 @@ fn group_by_series(instances: Vec<InstanceRecord>) -> Vec<SeriesDetail> {
                 instances,
             }
         })
-        .collect();
-    series.sort_by_key(|s| {
-        (
-            s.series_number.unwrap_or(i64::MAX),
-            s.series_instance_uid.clone(),
-        )
-    });
-    series
+        .collect()
 }

@@ -121,3 +121,30 @@ pub enum PutOutcome {
     /// (the instance moved study or series) and must be deleted.
     Replaced { previous_key: Option<ObjectKey> },
 }
+
+/// A series and its instances.
+pub type Series = (Uid, Vec<InstanceRecord>);
+
+/// Groups a study's instances by series, in the order a reader expects:
+/// series by Series Number, instances by Instance Number (UIDs break ties,
+/// and what has no number comes last).
+pub fn in_viewing_order(instances: Vec<InstanceRecord>) -> Vec<Series> {
+    let mut by_series: std::collections::BTreeMap<Uid, Vec<InstanceRecord>> = Default::default();
+    for inst in instances {
+        by_series
+            .entry(inst.series_instance_uid.clone())
+            .or_default()
+            .push(inst);
+    }
+    let mut series: Vec<Series> = by_series.into_iter().collect();
+    for (_, list) in &mut series {
+        list.sort_by_key(|i| {
+            (
+                i.tags.instance_number.unwrap_or(i64::MAX),
+                i.sop_instance_uid.clone(),
+            )
+        });
+    }
+    series.sort_by_key(|(uid, list)| (list[0].tags.series_number.unwrap_or(i64::MAX), uid.clone()));
+    series
+}

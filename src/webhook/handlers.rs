@@ -1,14 +1,13 @@
 //! One function per event: pure over the index and the signer, answering
 //! from the index alone (no blob is read).
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
 use super::events::{SecondaryCaptureAccess, StudyAccess};
 use crate::app::App;
-use crate::index::InstanceRecord;
+use crate::index::{InstanceRecord, Series, in_viewing_order};
 use crate::store::signer::UploadBinding;
 use crate::uid::Uid;
 
@@ -82,30 +81,6 @@ pub fn secondary_capture_access(
         "authorized": true,
         "uploadUrls": [app.signer.upload_url(&binding, app.cfg.url_ttl(), now)],
     }))
-}
-
-type Series = (Uid, Vec<InstanceRecord>);
-
-/// Series by Series Number, instances by Instance Number (UIDs break ties).
-fn in_viewing_order(instances: Vec<InstanceRecord>) -> Vec<Series> {
-    let mut by_series: BTreeMap<Uid, Vec<InstanceRecord>> = BTreeMap::new();
-    for inst in instances {
-        by_series
-            .entry(inst.series_instance_uid.clone())
-            .or_default()
-            .push(inst);
-    }
-    let mut series: Vec<Series> = by_series.into_iter().collect();
-    for (_, list) in &mut series {
-        list.sort_by_key(|i| {
-            (
-                i.tags.instance_number.unwrap_or(i64::MAX),
-                i.sop_instance_uid.clone(),
-            )
-        });
-    }
-    series.sort_by_key(|(uid, list)| (list[0].tags.series_number.unwrap_or(i64::MAX), uid.clone()));
-    series
 }
 
 /// The viewer's manifest: image SOPs need their five geometry fields, SR /
