@@ -6,6 +6,7 @@
 //! - `v1/sops`: `<sop>` → `<study>/<series>/<sop>`, resolving a SOP Instance
 //!   UID to its place in one lookup.
 //! - `v1/studies`: `<study>` → [`StudyRecord`] (JSON) with counts.
+//! - `v1/media`: `<study>/<file name>` → [`MediaRecord`] (JSON).
 //! - `v1/webhooks`: `webhook-id` → the answer given ([`StoredAnswer`]), so a
 //!   retried event gets the same answer and no second side effect.
 //! - `v1/avara_studies`: Avara `studyId` → Study Instance UID, as paired by
@@ -24,8 +25,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use records::{
-    InstanceRecord, InstanceTags, NewInstance, PutOutcome, Series, StudyRecord, StudyTags,
-    in_viewing_order,
+    InstanceRecord, InstanceTags, MediaRecord, NewEntry, NewInstance, PutOutcome, Series,
+    StudyRecord, StudyTags, in_viewing_order,
 };
 
 use crate::uid::Uid;
@@ -73,6 +74,7 @@ pub struct Index {
     instances: sled::Tree,
     sops: sled::Tree,
     studies: sled::Tree,
+    media: sled::Tree,
     webhooks: sled::Tree,
     avara_studies: sled::Tree,
 }
@@ -141,6 +143,7 @@ impl Index {
             instances: tree("v1/instances")?,
             sops: tree("v1/sops")?,
             studies: tree("v1/studies")?,
+            media: tree("v1/media")?,
             webhooks: tree("v1/webhooks")?,
             avara_studies: tree("v1/avara_studies")?,
             db,
@@ -149,12 +152,15 @@ impl Index {
 
     /// Writes a batch of instances in one transaction and flushes it to disk.
     /// Blocking: call from a blocking thread.
-    pub fn put_batch(&self, batch: &[NewInstance]) -> Result<Vec<PutOutcome>> {
-        let outcome = (&self.instances, &self.sops, &self.studies).transaction(
-            |(instances, sops, studies)| {
+    pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
+        let outcome = (&self.instances, &self.sops, &self.studies, &self.media).transaction(
+            |(instances, sops, studies, media)| {
                 batch
                     .iter()
-                    .map(|new| put_one(instances, sops, studies, new))
+                    .map(|entry| match entry {
+                        NewEntry::Instance(new) => put_one(instances, sops, studies, new),
+                        NewEntry::Media(record) => put_media(media, record),
+                    })
                     .collect::<Result<Vec<_>, ConflictableTransactionError<Error>>>()
             },
         );
@@ -211,6 +217,26 @@ impl Index {
             .map_err(db_err("read instance"))?
         {
             Some(v) => decode(&place, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The media files of a study, by file name.
+    pub fn media_of_study(&self, study: &Uid) -> Result<Vec<MediaRecord>> {
+        self.media
+            .scan_prefix(study_prefix(study))
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("scan media"))?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// One media file of a study.
+    pub fn media(&self, study: &Uid, name: &str) -> Result<Option<MediaRecord>> {
+        let key = format!("{study}/{name}");
+        match self.media.get(&key).map_err(db_err("read media"))? {
+            Some(v) => decode(key.as_bytes(), &v).map(Some),
             None => Ok(None),
         }
     }
@@ -301,6 +327,15 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
 
+fn put_media(media: &TransactionalTree, record: &MediaRecord) -> TxResult<PutOutcome> {
+    let key = format!("{}/{}", record.study_instance_uid, record.file_name);
+    let old = media.insert(key.as_bytes(), encode(record))?;
+    Ok(match old {
+        Some(_) => PutOutcome::Replaced { previous_key: None },
+        None => PutOutcome::Added,
+    })
+}
+
 fn put_one(
     instances: &TransactionalTree,
     sops: &TransactionalTree,
@@ -375,9 +410,9 @@ mod tests {
         Uid::parse(s).unwrap()
     }
 
-    fn new_instance(study: &str, series: &str, sop: &str, size: u64) -> NewInstance {
+    fn new_instance(study: &str, series: &str, sop: &str, size: u64) -> NewEntry {
         let (st, se, so) = (uid(study), uid(series), uid(sop));
-        NewInstance {
+        NewEntry::Instance(Box::new(NewInstance {
             record: InstanceRecord {
                 object_key: ObjectKey::instance(&st, &se, &so),
                 study_instance_uid: st,
@@ -397,7 +432,7 @@ mod tests {
                 patient_id: Some("P1".into()),
                 ..Default::default()
             },
-        }
+        }))
     }
 
     #[test]

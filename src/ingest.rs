@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::index::{Index, InstanceRecord, NewInstance, PutOutcome};
+use crate::index::{Index, InstanceRecord, MediaRecord, NewEntry, NewInstance, PutOutcome};
 use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
@@ -224,8 +224,38 @@ impl Ingest {
                     record: record.clone(),
                     study: header.study_tags,
                 };
-                let outcome = committer.commit(spooled, new)?;
+                let outcome = committer.commit(spooled, NewEntry::Instance(Box::new(new)))?;
                 Ok(Stored { record, outcome })
+            })
+            .await
+            .map_err(Error::Spool)?
+    }
+
+    /// Makes a received media file durable in the store and the index, as a
+    /// file of `study` named `name`. Returns its record and whether it
+    /// replaced an earlier file of that name.
+    pub async fn finish_media(
+        &self,
+        receiving: Receiving,
+        study: Uid,
+        name: String,
+        mime_type: String,
+    ) -> Result<(MediaRecord, bool)> {
+        let Receiving { writer, source, .. } = receiving;
+        let committer = self.committer.clone();
+        writer
+            .finish(move |spooled| {
+                let record = MediaRecord {
+                    object_key: ObjectKey::media(&study, &name),
+                    study_instance_uid: study,
+                    file_name: name,
+                    mime_type,
+                    size: spooled.len,
+                    stored_at: now_rfc3339(),
+                    source,
+                };
+                let outcome = committer.commit(spooled, NewEntry::Media(record.clone()))?;
+                Ok((record, outcome != PutOutcome::Added))
             })
             .await
             .map_err(Error::Spool)?

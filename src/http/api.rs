@@ -1,12 +1,16 @@
 //! The operator API: what the gateway holds, from the index.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::index::{InstanceRecord, StudyRecord, in_viewing_order};
+use crate::index::{InstanceRecord, MediaRecord, StudyRecord, in_viewing_order};
+use crate::store::keys::valid_media_name;
 use crate::uid::Uid;
 
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -28,6 +32,7 @@ pub struct StudyDetail {
     #[serde(flatten)]
     pub study: StudyRecord,
     pub series: Vec<SeriesDetail>,
+    pub media: Vec<MediaRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,10 +56,11 @@ pub async fn get_study(
     })?;
     let index = app.index.clone();
     let lookup = uid.clone();
-    let (study, instances) = tokio::task::spawn_blocking(move || {
+    let (study, instances, media) = tokio::task::spawn_blocking(move || {
         let study = index.study(&lookup)?;
         let instances = index.instances_of_study(&lookup)?;
-        Ok::<_, crate::index::Error>((study, instances))
+        let media = index.media_of_study(&lookup)?;
+        Ok::<_, crate::index::Error>((study, instances, media))
     })
     .await
     .map_err(ApiError::internal)?
@@ -63,6 +69,7 @@ pub async fn get_study(
     Ok(Json(StudyDetail {
         study,
         series: group_by_series(instances),
+        media,
     }))
 }
 
@@ -82,4 +89,68 @@ fn group_by_series(instances: Vec<InstanceRecord>) -> Vec<SeriesDetail> {
             }
         })
         .collect()
+}
+
+/// `PUT /api/studies/{study}/media/{fileName}`: keeps a non-DICOM file (PDF,
+/// JPEG, PNG, MP4, …) with a known study, typed by the request's
+/// `Content-Type`. Streamed to the spool like everything else.
+pub async fn put_media(
+    State(app): State<App>,
+    Path((study, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<MediaRecord>), ApiError> {
+    let study = Uid::parse(&study).map_err(|e| ApiError::BadRequest {
+        what: "Study Instance UID",
+        reason: e.to_string(),
+    })?;
+    if !valid_media_name(&name) {
+        return Err(ApiError::BadRequest {
+            what: "file name",
+            reason: "1–128 of A–Z a–z 0–9 . _ -, not starting with a dot".into(),
+        });
+    }
+    let mime_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.contains('/') && v.len() <= 127)
+        .ok_or(ApiError::BadRequest {
+            what: "Content-Type",
+            reason: "a media type such as application/pdf is required".into(),
+        })?
+        .to_owned();
+    let index = app.index.clone();
+    let lookup = study.clone();
+    let known = tokio::task::spawn_blocking(move || index.study(&lookup))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if known.is_none() {
+        return Err(ApiError::NotFound(format!("study {study}")));
+    }
+    let mut receiving = app
+        .ingest
+        .begin_upload("operator")
+        .await
+        .map_err(ApiError::Ingest)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest {
+            what: "body",
+            reason: e.to_string(),
+        })?;
+        receiving.append(&chunk).await.map_err(ApiError::Ingest)?;
+    }
+    let (record, replaced) = app
+        .ingest
+        .finish_media(receiving, study, name, mime_type)
+        .await
+        .map_err(ApiError::Ingest)?;
+    tracing::info!(key = %record.object_key, bytes = record.size, replaced, "media stored");
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(record)))
 }

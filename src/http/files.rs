@@ -30,6 +30,19 @@ pub async fn get_file(
         tracing::debug!(%refusal, "signed URL refused");
         return Err(ApiError::Forbidden);
     }
+    let content_type = match key.as_media() {
+        None => "application/dicom".to_owned(),
+        Some((study, name)) => {
+            let (index, name) = (app.index.clone(), name.to_owned());
+            let record = tokio::task::spawn_blocking(move || index.media(&study, &name))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            record
+                .ok_or_else(|| ApiError::NotFound("object".into()))?
+                .mime_type
+        }
+    };
     let path = app.store.local_path(&key);
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
@@ -49,10 +62,9 @@ pub async fn get_file(
     let mut out = HeaderMap::new();
     out.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ASCII"));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    out.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/dicom"),
-    );
+    let content_type = HeaderValue::from_str(&content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    out.insert(header::CONTENT_TYPE, content_type);
     let disposition = format!("attachment; filename=\"{}\"", key.file_name());
     out.insert(
         header::CONTENT_DISPOSITION,

@@ -17,6 +17,7 @@ pub fn router(app: App) -> Router {
     let operator = Router::new()
         .route("/api/studies", get(api::list_studies))
         .route("/api/studies/{study}", get(api::get_study))
+        .route("/api/studies/{study}/media/{name}", put(api::put_media))
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));
     let files = Router::new()
         .route(

@@ -104,6 +104,36 @@ pub struct StudyRecord {
     pub last_received: String,
 }
 
+/// A non-DICOM file kept with a study (PDF, image, video).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaRecord {
+    pub study_instance_uid: Uid,
+    pub file_name: String,
+    pub mime_type: String,
+    pub object_key: ObjectKey,
+    pub size: u64,
+    /// RFC 3339, UTC.
+    pub stored_at: String,
+    pub source: String,
+}
+
+/// Something on its way into the index.
+#[derive(Debug, Clone)]
+pub enum NewEntry {
+    Instance(Box<NewInstance>),
+    Media(MediaRecord),
+}
+
+impl NewEntry {
+    pub fn object_key(&self) -> &ObjectKey {
+        match self {
+            NewEntry::Instance(i) => &i.record.object_key,
+            NewEntry::Media(m) => &m.object_key,
+        }
+    }
+}
+
 /// An instance on its way into the index, with the study tags of its header.
 #[derive(Debug, Clone)]
 pub struct NewInstance {

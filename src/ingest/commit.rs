@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use super::Error;
 use super::spool::Spooled;
-use crate::index::{Index, NewInstance, PutOutcome};
+use crate::index::{Index, NewEntry, PutOutcome};
 use crate::store::{BlobStore, ObjectKey};
 
 /// Most instances committed together.
@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 256;
 struct Job {
     id: u64,
     spooled: Spooled,
-    new: NewInstance,
+    new: NewEntry,
 }
 
 #[derive(Default)]
@@ -59,7 +59,7 @@ impl Committer {
 
     /// Places `spooled` under the record's key and indexes it; returns once
     /// both are durable. Blocking.
-    pub fn commit(&self, spooled: Spooled, new: NewInstance) -> Result<PutOutcome, Error> {
+    pub fn commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome, Error> {
         let inner = &*self.inner;
         let mut state = inner.state.lock().expect("commit lock");
         let id = state.next_id;
@@ -93,7 +93,7 @@ fn commit_batch(
 ) -> Vec<(u64, Result<PutOutcome, Error>)> {
     let items: Vec<_> = batch
         .iter()
-        .map(|job| (job.spooled.path(), &job.new.record.object_key))
+        .map(|job| (job.spooled.path(), job.new.object_key()))
         .collect();
     let placed = store.place_batch(&items);
 
@@ -113,7 +113,7 @@ fn commit_batch(
         return results;
     }
 
-    let news: Vec<NewInstance> = committed.iter().map(|(_, new)| new.clone()).collect();
+    let news: Vec<NewEntry> = committed.iter().map(|(_, new)| new.clone()).collect();
     match index.put_batch(&news) {
         Ok(outcomes) => {
             for ((id, new), outcome) in committed.into_iter().zip(outcomes) {
@@ -121,7 +121,7 @@ fn commit_batch(
                     previous_key: Some(old),
                 } = &outcome
                 {
-                    remove_moved_object(store, old, &new.record.object_key);
+                    remove_moved_object(store, old, new.object_key());
                 }
                 results.push((id, Ok(outcome)));
             }

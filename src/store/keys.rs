@@ -1,6 +1,8 @@
 //! Object keys. Self-describing, so the index can be rebuilt from the store:
-//! `studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`. Built only from
-//! validated [`Uid`]s, so a key can never leave the store's root.
+//! `studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for instances,
+//! `studies/<StudyUID>/media/<file name>` for media (PDFs, images, videos).
+//! Built only from validated UIDs and file names, so a key can never leave
+//! the store's root.
 
 use crate::uid::Uid;
 
@@ -13,14 +15,32 @@ impl ObjectKey {
         ObjectKey(format!("studies/{study}/{series}/{sop}.dcm"))
     }
 
-    /// A key named by a request, if it is one of ours: `studies/<study>/<series>/<sop>.dcm`
-    /// with valid UIDs (so it cannot point anywhere else).
+    /// A media file of a study; `name` must satisfy [`valid_media_name`].
+    pub fn media(study: &Uid, name: &str) -> ObjectKey {
+        debug_assert!(valid_media_name(name));
+        ObjectKey(format!("studies/{study}/media/{name}"))
+    }
+
+    /// The study and file name of a media key.
+    pub fn as_media(&self) -> Option<(Uid, &str)> {
+        let rest = self.0.strip_prefix("studies/")?;
+        let (study, name) = rest.split_once("/media/")?;
+        Some((Uid::parse(study).ok()?, name))
+    }
+
+    /// A key named by a request, if it is one of ours (an instance key with
+    /// valid UIDs, or a media key with a valid name), so it cannot point
+    /// anywhere else.
     pub fn parse(raw: &str) -> Option<ObjectKey> {
         let rest = raw.strip_prefix("studies/")?;
         let mut parts = rest.split('/');
         let (study, series, file) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
             return None;
+        }
+        if series == "media" {
+            let study = Uid::parse(study).ok()?;
+            return valid_media_name(file).then(|| ObjectKey::media(&study, file));
         }
         let sop = file.strip_suffix(".dcm")?;
         let (study, series, sop) = (
@@ -51,6 +71,15 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// Media file names: 1–128 of `A–Z a–z 0–9 . _ -`, not starting with a dot.
+pub fn valid_media_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +95,12 @@ mod tests {
         assert_eq!(key.to_path().as_ref(), key.as_str());
         assert_eq!(ObjectKey::parse(key.as_str()), Some(key.clone()));
         assert_eq!(key.file_name(), "1.2.3.4.5.dcm");
+        let media = ObjectKey::parse("studies/1.2.3/media/report-1.pdf").unwrap();
+        assert_eq!(
+            media.as_media(),
+            Some((Uid::parse("1.2.3").unwrap(), "report-1.pdf"))
+        );
+        assert_eq!(key.as_media(), None);
     }
 
     #[test]
@@ -78,6 +113,9 @@ mod tests {
             "spool/1.2/1.3/1.4.dcm",
             "studies/1.2/1.3/1.04.dcm",
             "url-signing-keys",
+            "studies/1.2/media/.hidden",
+            "studies/1.2/media/a b.pdf",
+            "studies/x/media/report.pdf",
         ] {
             assert_eq!(ObjectKey::parse(bad), None, "{bad}");
         }

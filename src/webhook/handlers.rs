@@ -30,6 +30,18 @@ pub fn study_access(
     if let Some(study_id) = &event.study_id {
         app.index.pair_avara_study(study_id, &uid)?;
     }
+    let media: Vec<Value> = app
+        .index
+        .media_of_study(&uid)?
+        .iter()
+        .map(|m| {
+            json!({
+                "mimeType": m.mime_type,
+                "url": app.signer.file_url(&m.object_key, app.cfg.url_ttl(), now),
+                "fileName": m.file_name,
+            })
+        })
+        .collect();
     let ordered = in_viewing_order(instances);
     let urls: Vec<String> = ordered
         .iter()
@@ -39,7 +51,7 @@ pub fn study_access(
     Ok(json!({
         "authorized": true,
         "urls": urls,
-        "mediaUrls": [],
+        "mediaUrls": media,
         "manifest": manifest(&uid, &ordered),
     }))
 }

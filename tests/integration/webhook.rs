@@ -426,3 +426,77 @@ fn bad_uploads_are_refused_and_nothing_is_stored() {
     assert_eq!(gw.study(&study)["instanceCount"], sops.len());
     assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
 }
+
+#[test]
+fn media_put_by_the_operator_is_listed_and_served_with_its_type() {
+    let gw = gateway();
+    let (study, _) = store_study1(&gw);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let pdf = b"%PDF-1.4\n% a tiny report\n%%EOF\n".to_vec();
+    let url = gw.url(&format!("/api/studies/{study}/media/report-1.pdf"));
+    let put = |body: &[u8], ctype: Option<&str>, url: &str| {
+        let mut req = agent.put(url);
+        if let Some(c) = ctype {
+            req = req.header("Content-Type", c);
+        }
+        let mut resp = req.send(body).unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (status, record) = put(&pdf, Some("application/pdf"), &url);
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["mimeType"], "application/pdf");
+    assert_eq!(
+        put(&pdf, Some("application/pdf"), &url).0,
+        200,
+        "stored again: replaced"
+    );
+
+    // Refusals, nothing stored.
+    assert_eq!(put(&pdf, None, &url).0, 400, "no Content-Type");
+    assert_eq!(
+        put(
+            &pdf,
+            Some("application/pdf"),
+            &gw.url(&format!("/api/studies/{study}/media/.hidden"))
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        put(
+            &pdf,
+            Some("application/pdf"),
+            &gw.url("/api/studies/1.2.3.999/media/x.pdf")
+        )
+        .0,
+        404
+    );
+
+    let detail = gw.study(&study);
+    assert_eq!(detail["media"].as_array().unwrap().len(), 1);
+    assert_eq!(detail["media"][0]["fileName"], "report-1.pdf");
+
+    let (_, answer) = send(&gw, &access(&study), &[]);
+    let media = answer["mediaUrls"].as_array().unwrap();
+    assert_eq!(media.len(), 1);
+    assert_eq!(
+        (media[0]["mimeType"].as_str(), media[0]["fileName"].as_str()),
+        (Some("application/pdf"), Some("report-1.pdf"))
+    );
+    let mut resp = agent
+        .get(&local(&gw, media[0]["url"].as_str().unwrap()))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/pdf"
+    );
+    assert_eq!(resp.body_mut().read_to_vec().unwrap(), pdf);
+}
