@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use crate::app::App;
 use crate::index::StoredAnswer;
-use crate::webhook::events::{self, Envelope, SecondaryCaptureAccess, StudyAccess};
+use crate::webhook::events::{
+    self, Envelope, EphemeralAccess, SecondaryCaptureAccess, StudyAccess, StudyRef,
+};
 use crate::webhook::{handlers, verify};
 
 /// Largest webhook body accepted. Avara's events are a few KiB.
@@ -79,6 +81,31 @@ async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Valu
             let app = app.clone();
             blocking(move || handlers::secondary_capture_access(&app, &event, now)).await
         }
+        "ephemeral.access_requested" => {
+            let event: EphemeralAccess = serde_json::from_value(envelope.data)
+                .map_err(parse("ephemeral.access_requested data"))?;
+            let app = app.clone();
+            blocking(move || handlers::ephemeral_access(&app, &event, now)).await
+        }
+        // Soft events: whatever goes wrong, the answer is an empty enrichment.
+        "patient_study.enrichment_requested" => {
+            let Ok(event) = serde_json::from_value::<StudyRef>(envelope.data) else {
+                return Ok(json!({}));
+            };
+            let app = app.clone();
+            Ok(
+                blocking(move || handlers::patient_study_enrichment(&app, &event))
+                    .await
+                    .unwrap_or_else(|_| json!({})),
+            )
+        }
+        // Prior report texts come with report delivery (not handled yet).
+        "clinical_context.enrichment_requested" => Ok(json!({})),
+        "modality_worklist.requested" => Ok(json!({
+            "authorized": false,
+            "items": [],
+            "error": "no modality worklist source is configured on this gateway",
+        })),
         kind if events::NOT_YET.contains(&kind) => Err(ApiError::NotImplemented(kind.to_owned())),
         kind => Ok(json!({
             "authorized": false,

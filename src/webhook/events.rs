@@ -35,12 +35,36 @@ pub struct SecondaryCaptureAccess {
     pub sop_instance_uid: Option<String>,
 }
 
+/// `ephemeral.access_requested`: `options` is echoed verbatim by Avara; the
+/// studies are in `options.studyInstanceUids`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EphemeralAccess {
+    #[serde(default)]
+    pub options: serde_json::Value,
+}
+
+impl EphemeralAccess {
+    pub fn study_instance_uids(&self) -> Vec<String> {
+        self.options["studyInstanceUids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Events that name a study by its Study Instance UID (enrichment).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StudyRef {
+    #[serde(default)]
+    pub study_instance_uid: String,
+}
+
 /// Event types of the contract that this version does not handle yet; they
 /// are refused so that Avara retries them later instead of losing them.
-pub const NOT_YET: &[&str] = &[
-    "report.delivered",
-    "ephemeral.access_requested",
-    "patient_study.enrichment_requested",
-    "clinical_context.enrichment_requested",
-    "modality_worklist.requested",
-];
+pub const NOT_YET: &[&str] = &["report.delivered"];

@@ -5,14 +5,14 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::events::{SecondaryCaptureAccess, StudyAccess};
+use super::events::{EphemeralAccess, SecondaryCaptureAccess, StudyAccess, StudyRef};
 use crate::app::App;
 use crate::index::{InstanceRecord, Series, in_viewing_order};
 use crate::store::signer::UploadBinding;
 use crate::uid::Uid;
 
-/// `study.access_requested`: a signed GET URL for every instance, and the
-/// manifest. Blocking (index reads).
+/// `study.access_requested`: a signed GET URL for every instance, the
+/// study's media, and the manifest. Blocking (index reads).
 pub fn study_access(
     app: &App,
     event: &StudyAccess,
@@ -23,37 +23,207 @@ pub fn study_access(
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(format!("studyInstanceUid is not a DICOM UID: {e}"))),
     };
-    let instances = app.index.instances_of_study(&uid)?;
-    if instances.is_empty() {
+    let Some(parts) = study_parts(app, &uid, now)? else {
         return Ok(refuse(format!("study {uid} is not on this gateway")));
-    }
+    };
     if let Some(study_id) = &event.study_id {
         app.index.pair_avara_study(study_id, &uid)?;
     }
-    let media: Vec<Value> = app
+    Ok(json!({
+        "authorized": true,
+        "urls": parts.urls,
+        "mediaUrls": parts.media,
+        "manifest": parts.manifest,
+    }))
+}
+
+/// `ephemeral.access_requested`: study access for every study named in
+/// `options.studyInstanceUids`, one manifest per study. Blocking.
+pub fn ephemeral_access(
+    app: &App,
+    event: &EphemeralAccess,
+    now: SystemTime,
+) -> Result<Value, crate::index::Error> {
+    let refuse = |error: &str| json!({ "authorized": false, "urls": [], "error": error });
+    let named = event.study_instance_uids();
+    if named.is_empty() {
+        return Ok(refuse(
+            "no study named: options.studyInstanceUids is empty or missing",
+        ));
+    }
+    let (mut urls, mut media, mut manifests, mut unknown) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for raw in named {
+        match Uid::parse(&raw)
+            .ok()
+            .map(|uid| study_parts(app, &uid, now))
+            .transpose()?
+            .flatten()
+        {
+            Some(parts) => {
+                urls.extend(parts.urls);
+                media.extend(parts.media);
+                manifests.push(parts.manifest);
+            }
+            None => unknown.push(raw),
+        }
+    }
+    if manifests.is_empty() {
+        return Ok(refuse("none of the named studies is on this gateway"));
+    }
+    let mut answer =
+        json!({ "authorized": true, "urls": urls, "mediaUrls": media, "manifests": manifests });
+    if !unknown.is_empty() {
+        answer["error"] = json!(format!("not on this gateway: {}", unknown.join(", ")));
+    }
+    Ok(answer)
+}
+
+/// What access to one study hands out.
+struct StudyParts {
+    urls: Vec<String>,
+    media: Vec<Value>,
+    manifest: Value,
+}
+
+/// `None` when the study has no instance here.
+fn study_parts(
+    app: &App,
+    uid: &Uid,
+    now: SystemTime,
+) -> Result<Option<StudyParts>, crate::index::Error> {
+    let instances = app.index.instances_of_study(uid)?;
+    if instances.is_empty() {
+        return Ok(None);
+    }
+    let ttl = app.cfg.url_ttl();
+    let media = app
         .index
-        .media_of_study(&uid)?
+        .media_of_study(uid)?
         .iter()
         .map(|m| {
             json!({
                 "mimeType": m.mime_type,
-                "url": app.signer.file_url(&m.object_key, app.cfg.url_ttl(), now),
+                "url": app.signer.file_url(&m.object_key, ttl, now),
                 "fileName": m.file_name,
             })
         })
         .collect();
     let ordered = in_viewing_order(instances);
-    let urls: Vec<String> = ordered
+    let urls = ordered
         .iter()
         .flat_map(|(_, series)| series.iter())
-        .map(|i| app.signer.file_url(&i.object_key, app.cfg.url_ttl(), now))
+        .map(|i| app.signer.file_url(&i.object_key, ttl, now))
         .collect();
-    Ok(json!({
-        "authorized": true,
-        "urls": urls,
-        "mediaUrls": media,
-        "manifest": manifest(&uid, &ordered),
+    Ok(Some(StudyParts {
+        urls,
+        media,
+        manifest: manifest(uid, &ordered),
     }))
+}
+
+/// `patient_study.enrichment_requested`: what the indexed DICOM header says
+/// about the patient and the study, in the contract's formats; `{}` when the
+/// study is unknown. Blocking.
+pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, crate::index::Error> {
+    let Some(study) = Uid::parse(&event.study_instance_uid)
+        .ok()
+        .map(|u| app.index.study(&u))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(json!({}));
+    };
+    let t = &study.tags;
+    let mut out = json!({});
+    put(
+        &mut out,
+        "patientName",
+        t.patient_name.as_ref().map(|v| json!(v)),
+    );
+    put(&mut out, "mrn", t.patient_id.as_ref().map(|v| json!(v)));
+    put(
+        &mut out,
+        "dateOfBirth",
+        t.patient_birth_date
+            .as_deref()
+            .and_then(iso_date)
+            .map(|v| json!(v)),
+    );
+    put(
+        &mut out,
+        "sex",
+        t.patient_sex.as_deref().and_then(sex).map(|v| json!(v)),
+    );
+    put(
+        &mut out,
+        "height",
+        t.patient_size
+            .filter(|m| *m > 0.0)
+            .map(|m| json!({ "unit": "cm", "value": (m * 1000.0).round() / 10.0 })),
+    );
+    put(
+        &mut out,
+        "weight",
+        t.patient_weight
+            .filter(|k| *k > 0.0)
+            .map(|k| json!({ "unit": "kg", "value": k })),
+    );
+    put(
+        &mut out,
+        "studyDate",
+        t.study_date.as_deref().and_then(iso_date).map(|v| json!(v)),
+    );
+    put(
+        &mut out,
+        "studyTime",
+        t.study_time.as_deref().and_then(iso_time).map(|v| json!(v)),
+    );
+    put(
+        &mut out,
+        "studyDescription",
+        t.study_description.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut out,
+        "facilityName",
+        t.institution_name.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut out,
+        "referringPhysicianName",
+        t.referring_physician_name.as_ref().map(|v| json!(v)),
+    );
+    Ok(out)
+}
+
+/// DICOM DA `YYYYMMDD` → `YYYY-MM-DD`.
+fn iso_date(da: &str) -> Option<String> {
+    let d = da.trim();
+    (d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..]))
+}
+
+/// DICOM TM `HHMMSS[.frac]` (or `HHMM`) → `HH:MM[:SS]`.
+fn iso_time(tm: &str) -> Option<String> {
+    let t = tm.trim().split('.').next()?;
+    if !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match t.len() {
+        4 => Some(format!("{}:{}", &t[..2], &t[2..4])),
+        6 => Some(format!("{}:{}:{}", &t[..2], &t[2..4], &t[4..])),
+        _ => None,
+    }
+}
+
+fn sex(cs: &str) -> Option<&'static str> {
+    match cs.trim() {
+        "M" => Some("male"),
+        "F" => Some("female"),
+        "O" => Some("other"),
+        _ => None,
+    }
 }
 
 /// `secondary_capture.access_requested`: one signed PUT URL to the upload
@@ -184,5 +354,23 @@ fn is_document(i: &InstanceRecord) -> bool {
 fn put(obj: &mut Value, name: &str, value: Option<Value>) {
     if let Some(v) = value {
         obj[name] = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dicom_dates_times_and_sexes_in_the_contract_formats() {
+        assert_eq!(iso_date("19700102").as_deref(), Some("1970-01-02"));
+        assert_eq!(iso_date("1970"), None);
+        assert_eq!(iso_time("134501.123").as_deref(), Some("13:45:01"));
+        assert_eq!(iso_time("1345").as_deref(), Some("13:45"));
+        assert_eq!(iso_time("1:45"), None);
+        assert_eq!(
+            (sex("M"), sex("F"), sex("O"), sex("")),
+            (Some("male"), Some("female"), Some("other"), None)
+        );
     }
 }

@@ -500,3 +500,89 @@ fn media_put_by_the_operator_is_listed_and_served_with_its_type() {
     );
     assert_eq!(resp.body_mut().read_to_vec().unwrap(), pdf);
 }
+
+#[test]
+fn the_newer_events_are_answered_from_the_index() {
+    let gw = gateway();
+    let (study, sops) = store_study1(&gw);
+    let event = |kind: &str, data: Value| json!({ "id": "whe_0123456789abcdef0123456789abcdeb", "type": kind, "data": data });
+
+    let (status, eph) = send(
+        &gw,
+        &event(
+            "ephemeral.access_requested",
+            json!({ "retrievalId": "r-1", "options": { "studyInstanceUids": [study, "1.2.3.404"] } }),
+        ),
+        &[],
+    );
+    assert_eq!(
+        (status, eph["authorized"].as_bool()),
+        (200, Some(true)),
+        "{eph}"
+    );
+    assert_eq!(eph["urls"].as_array().unwrap().len(), sops.len());
+    assert_eq!(eph["manifests"].as_array().unwrap().len(), 1);
+    assert!(eph["error"].as_str().unwrap().contains("1.2.3.404"));
+    let (_, none) = send(
+        &gw,
+        &event(
+            "ephemeral.access_requested",
+            json!({ "retrievalId": "r-2" }),
+        ),
+        &[],
+    );
+    assert_eq!(none["authorized"], false);
+
+    let (_, enrich) = send(
+        &gw,
+        &event(
+            "patient_study.enrichment_requested",
+            json!({ "clinicId": "c", "studyInstanceUid": study }),
+        ),
+        &[],
+    );
+    assert_eq!(enrich["patientName"], "Test^Patient");
+    for field in ["mrn", "dateOfBirth", "sex", "studyDate", "facilityName"] {
+        assert!(enrich[field].is_string(), "{field} missing: {enrich}");
+    }
+    let dob = enrich["dateOfBirth"].as_str().unwrap();
+    assert!(
+        dob.len() == 10 && &dob[4..5] == "-" && &dob[7..8] == "-",
+        "{dob}"
+    );
+    let (_, empty) = send(
+        &gw,
+        &event(
+            "patient_study.enrichment_requested",
+            json!({ "clinicId": "c", "studyInstanceUid": "1.2.3.404" }),
+        ),
+        &[],
+    );
+    assert_eq!(empty, json!({}));
+
+    let (_, context) = send(
+        &gw,
+        &event(
+            "clinical_context.enrichment_requested",
+            json!({ "clinicId": "c", "studyId": "5b7c8a2e-1111-4222-8333-444455556666", "studyInstanceUid": study }),
+        ),
+        &[],
+    );
+    assert_eq!(context, json!({}));
+    let (_, worklist) = send(
+        &gw,
+        &event(
+            "modality_worklist.requested",
+            json!({ "callingAe": "CT01", "clinicId": "c", "dateStart": "2026-11-23", "dateEnd": "2026-11-23", "sourceIp": "10.0.0.1" }),
+        ),
+        &[],
+    );
+    assert_eq!(
+        (
+            worklist["authorized"].as_bool(),
+            worklist["items"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0))
+    );
+    assert!(worklist["error"].as_str().unwrap().contains("worklist"));
+}
