@@ -4,7 +4,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use futures::StreamExt;
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -128,19 +127,7 @@ pub async fn put_media(
     if known.is_none() {
         return Err(ApiError::NotFound(format!("study {study}")));
     }
-    let mut receiving = app
-        .ingest
-        .begin_upload("operator")
-        .await
-        .map_err(ApiError::Ingest)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest {
-            what: "body",
-            reason: e.to_string(),
-        })?;
-        receiving.append(&chunk).await.map_err(ApiError::Ingest)?;
-    }
+    let receiving = super::uploads::spool_body(&app, "operator", body).await?;
     let (record, replaced) = app
         .ingest
         .finish_media(receiving, study, name, mime_type)

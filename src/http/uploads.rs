@@ -15,7 +15,7 @@ use serde_json::json;
 use super::error::ApiError;
 use crate::app::App;
 use crate::index::PutOutcome;
-use crate::ingest::Check;
+use crate::ingest::{Check, Receiving};
 use crate::store::signer::{Signature, UploadBinding};
 
 pub async fn put_upload(
@@ -32,20 +32,7 @@ pub async fn put_upload(
         tracing::debug!(%refusal, "upload URL refused");
         return Err(ApiError::Forbidden);
     }
-    let mut receiving = app
-        .ingest
-        .begin_upload("upload")
-        .await
-        .map_err(ApiError::Ingest)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        // A broken upload: dropping `receiving` removes its spool file.
-        let chunk = chunk.map_err(|e| ApiError::BadRequest {
-            what: "upload body",
-            reason: e.to_string(),
-        })?;
-        receiving.append(&chunk).await.map_err(ApiError::Ingest)?;
-    }
+    let receiving = spool_body(&app, "upload", body).await?;
     let check = Check {
         study: Some(binding.study.clone()),
         series: binding.instance.as_ref().map(|(series, _)| series.clone()),
@@ -70,4 +57,23 @@ pub async fn put_upload(
             "replaced": !matches!(stored.outcome, PutOutcome::Added),
         })),
     ))
+}
+
+/// Streams a request body into a new spool file, within the instance size
+/// limit. On any error the partial spool file is removed (dropped).
+pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Receiving, ApiError> {
+    let mut receiving = app
+        .ingest
+        .begin_upload(source)
+        .await
+        .map_err(ApiError::Ingest)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest {
+            what: "request body",
+            reason: e.to_string(),
+        })?;
+        receiving.append(&chunk).await.map_err(ApiError::Ingest)?;
+    }
+    Ok(receiving)
 }
