@@ -60,6 +60,17 @@ impl ApiError {
         }
     }
 
+    /// What the client is told: the error itself, except where it would
+    /// carry internal details (paths, I/O errors), which only the log gets.
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Ingest(e) if e.kind() == ErrorKind::OutOfResources => {
+                "the gateway could not store the object; try again later".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// A stable, machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -97,7 +108,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (
             status,
-            Json(serde_json::json!({ "error": self.to_string(), "code": self.code() })),
+            Json(serde_json::json!({ "error": self.public_message(), "code": self.code() })),
         )
             .into_response();
         if matches!(self, ApiError::Unauthorized) {
