@@ -189,6 +189,14 @@ impl Gateway {
         self.log.lines.lock().unwrap().len()
     }
 
+    /// Stops the gateway and returns everything it logged (for checking
+    /// what must *not* be there).
+    pub fn final_log(&mut self) -> String {
+        assert!(self.stop().success());
+        self.wait_for_log("<stderr closed>");
+        self.log_text()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lines.lock().unwrap().join("\n")
     }
