@@ -15,4 +15,6 @@ pub struct App {
     pub store: BlobStore,
     pub ingest: Arc<Ingest>,
     pub signer: UrlSigner,
+    /// Wakes the report worker when a `report.delivered` was recorded.
+    pub reports: Arc<tokio::sync::Notify>,
 }

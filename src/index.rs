@@ -7,6 +7,7 @@
 //!   UID to its place in one lookup.
 //! - `v1/studies`: `<study>` → [`StudyRecord`] (JSON) with counts.
 //! - `v1/media`: `<study>/<file name>` → [`MediaRecord`] (JSON).
+//! - `v1/reports`: Avara `reportId` → [`ReportJob`] (JSON).
 //! - `v1/webhooks`: `webhook-id` → the answer given ([`StoredAnswer`]), so a
 //!   retried event gets the same answer and no second side effect.
 //! - `v1/avara_studies`: Avara `studyId` → Study Instance UID, as paired by
@@ -25,8 +26,8 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use records::{
-    InstanceRecord, InstanceTags, MediaRecord, NewEntry, NewInstance, PutOutcome, Series,
-    StudyRecord, StudyTags, in_viewing_order,
+    InstanceRecord, InstanceTags, MediaRecord, NewEntry, NewInstance, PutOutcome, ReportInfo,
+    ReportJob, ReportState, Series, StudyRecord, StudyTags, in_viewing_order,
 };
 
 use crate::uid::Uid;
@@ -75,6 +76,7 @@ pub struct Index {
     sops: sled::Tree,
     studies: sled::Tree,
     media: sled::Tree,
+    reports: sled::Tree,
     webhooks: sled::Tree,
     avara_studies: sled::Tree,
 }
@@ -144,6 +146,7 @@ impl Index {
             sops: tree("v1/sops")?,
             studies: tree("v1/studies")?,
             media: tree("v1/media")?,
+            reports: tree("v1/reports")?,
             webhooks: tree("v1/webhooks")?,
             avara_studies: tree("v1/avara_studies")?,
             db,
@@ -239,6 +242,43 @@ impl Index {
             Some(v) => decode(key.as_bytes(), &v).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Records a report job durably, unless one with this report id exists
+    /// (a redelivery); returns the job as it stands.
+    pub fn add_report_job(&self, job: &ReportJob) -> Result<ReportJob> {
+        let id = job.report.report_id.as_str();
+        let previous = self
+            .reports
+            .compare_and_swap(id, None as Option<&[u8]>, Some(encode(job)))
+            .map_err(db_err("write report job"))?;
+        self.flush()?;
+        match previous {
+            Ok(()) => Ok(job.clone()),
+            Err(conflict) => decode(
+                id.as_bytes(),
+                &conflict.current.expect("present on conflict"),
+            ),
+        }
+    }
+
+    /// Updates a report job, durably.
+    pub fn put_report_job(&self, job: &ReportJob) -> Result<()> {
+        self.reports
+            .insert(job.report.report_id.as_str(), encode(job))
+            .map_err(db_err("write report job"))?;
+        self.flush()
+    }
+
+    /// Every report job, by report id.
+    pub fn report_jobs(&self) -> Result<Vec<ReportJob>> {
+        self.reports
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("list report jobs"))?;
+                decode(&k, &v)
+            })
+            .collect()
     }
 
     /// The answer already given to this `webhook-id`, if any.

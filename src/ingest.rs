@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::index::{Index, InstanceRecord, MediaRecord, NewEntry, NewInstance, PutOutcome};
+use crate::index::{
+    Index, InstanceRecord, MediaRecord, NewEntry, NewInstance, PutOutcome, ReportInfo,
+};
 use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
@@ -240,6 +242,7 @@ impl Ingest {
         study: Uid,
         name: String,
         mime_type: String,
+        report: Option<ReportInfo>,
     ) -> Result<(MediaRecord, bool)> {
         let Receiving { writer, source, .. } = receiving;
         let committer = self.committer.clone();
@@ -253,6 +256,7 @@ impl Ingest {
                     size: spooled.len,
                     stored_at: now_rfc3339(),
                     source,
+                    report,
                 };
                 let outcome = committer.commit(spooled, NewEntry::Media(record.clone()))?;
                 Ok((record, outcome != PutOutcome::Added))

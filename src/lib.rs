@@ -13,6 +13,7 @@ pub mod dicom;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod reports;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
@@ -86,6 +87,7 @@ pub async fn run(
         store,
         ingest: Arc::new(ingest),
         signer,
+        reports: Arc::new(tokio::sync::Notify::new()),
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
@@ -101,6 +103,12 @@ pub async fn run(
         tracing::info!("no API token configured: the operator API answers loopback clients only");
     }
 
+    let worker_stop = CancellationToken::new();
+    let report_worker = tokio::spawn(reports::run(
+        app.clone(),
+        Arc::clone(&app.reports),
+        worker_stop.clone(),
+    ));
     let dicom = Arc::new(DicomServer::new(&cfg, Arc::clone(&app.ingest)));
     let mut dicom_task = tokio::spawn(dicom.serve(listeners.dicom, cancel.clone()));
     let mut http_task = tokio::spawn(http::serve(
@@ -129,6 +137,10 @@ pub async fn run(
         }
     }
 
+    // Every association and request is done; a report fetch in progress is
+    // left pending and resumed at the next start.
+    worker_stop.cancel();
+    let _ = report_worker.await;
     // Every association and request is done (each commit flushed the index
     // before it was acknowledged); one last flush for good measure.
     drop(app);

@@ -130,7 +130,7 @@ pub async fn put_media(
     let receiving = super::uploads::spool_body(&app, "operator", body).await?;
     let (record, replaced) = app
         .ingest
-        .finish_media(receiving, study, name, mime_type)
+        .finish_media(receiving, study, name, mime_type, None)
         .await
         .map_err(ApiError::Ingest)?;
     tracing::info!(key = %record.object_key, bytes = record.size, replaced, "media stored");
@@ -140,4 +140,27 @@ pub async fn put_media(
         StatusCode::CREATED
     };
     Ok((status, Json(record)))
+}
+
+/// `GET /api/reports`: every delivered report and how its fetch went (the
+/// presigned URL is not shown).
+pub async fn list_reports(
+    State(app): State<App>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let index = app.index.clone();
+    let jobs = tokio::task::spawn_blocking(move || index.report_jobs())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let shown = jobs
+        .into_iter()
+        .map(|job| {
+            let mut v = serde_json::to_value(&job).expect("serialisable");
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("presignedUrl");
+            }
+            v
+        })
+        .collect();
+    Ok(Json(shown))
 }

@@ -27,8 +27,6 @@ pub enum ApiError {
     WebhookNotConfigured,
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("event type {0:?} is not handled by this version of the gateway yet")]
-    NotImplemented(String),
     #[error("{0}")]
     Ingest(#[source] crate::ingest::Error),
     #[error("internal error")]
@@ -49,7 +47,6 @@ impl ApiError {
             ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::WebhookNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Ingest(e) => match e.kind() {
                 ErrorKind::Unparseable => StatusCode::BAD_REQUEST,
                 ErrorKind::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -82,7 +79,6 @@ impl ApiError {
             ApiError::Signature(_) => "bad_signature",
             ApiError::WebhookNotConfigured => "webhook_not_configured",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::NotImplemented(_) => "not_implemented",
             ApiError::Ingest(e) => match e.kind() {
                 ErrorKind::Unparseable => "not_dicom",
                 ErrorKind::Mismatch => "uid_mismatch",

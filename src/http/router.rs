@@ -16,6 +16,7 @@ use crate::app::App;
 pub fn router(app: App) -> Router {
     let operator = Router::new()
         .route("/api/studies", get(api::list_studies))
+        .route("/api/reports", get(api::list_reports))
         .route("/api/studies/{study}", get(api::get_study))
         .route("/api/studies/{study}/media/{name}", put(api::put_media))
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));

@@ -68,12 +68,26 @@ pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Re
         .await
         .map_err(ApiError::Ingest)?;
     let mut stream = body.into_data_stream();
+    let broken = |e: axum::Error| ApiError::BadRequest {
+        what: "request body",
+        reason: e.to_string(),
+    };
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest {
-            what: "request body",
-            reason: e.to_string(),
-        })?;
-        receiving.append(&chunk).await.map_err(ApiError::Ingest)?;
+        if let Err(e) = receiving.append(&chunk.map_err(broken)?).await {
+            // Read (and drop) a bounded rest of the body first, so the client
+            // is still listening when the refusal comes.
+            let mut drained = 0;
+            while let Some(Ok(chunk)) = stream.next().await {
+                drained += chunk.len();
+                if drained > DRAIN_LIMIT {
+                    break;
+                }
+            }
+            return Err(ApiError::Ingest(e));
+        }
     }
     Ok(receiving)
 }
+
+/// How much of a refused body is read before answering.
+const DRAIN_LIMIT: usize = 16 << 20;

@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::index::StoredAnswer;
+use crate::index::{ReportInfo, ReportJob, ReportState, StoredAnswer};
+use crate::reports;
 use crate::webhook::events::{
-    self, Envelope, EphemeralAccess, SecondaryCaptureAccess, StudyAccess, StudyRef,
+    Envelope, EphemeralAccess, ReportDelivered, SecondaryCaptureAccess, StudyAccess, StudyRef,
 };
 use crate::webhook::{handlers, verify};
 
@@ -106,13 +107,63 @@ async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Valu
             "items": [],
             "error": "no modality worklist source is configured on this gateway",
         })),
-        kind if events::NOT_YET.contains(&kind) => Err(ApiError::NotImplemented(kind.to_owned())),
+        "report.delivered" => {
+            let event: ReportDelivered =
+                serde_json::from_value(envelope.data).map_err(parse("report.delivered data"))?;
+            report_delivered(app, event).await
+        }
         kind => Ok(json!({
             "authorized": false,
             "success": false,
             "error": format!("event type {kind:?} is not supported by this gateway"),
         })),
     }
+}
+
+/// Records the job durably, wakes the worker, and answers at once.
+async fn report_delivered(app: &App, event: ReportDelivered) -> Result<Value, ApiError> {
+    let bad = |reason: &str| ApiError::BadRequest {
+        what: "report.delivered data",
+        reason: reason.to_owned(),
+    };
+    let id_ok = (1..=64).contains(&event.report_id.len())
+        && event
+            .report_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !id_ok {
+        return Err(bad("reportId must be 1–64 of A–Z a–z 0–9 _ -"));
+    }
+    if !(event.presigned_url.starts_with("https://") || event.presigned_url.starts_with("http://"))
+    {
+        return Err(bad("presignedUrl is not an http(s) URL"));
+    }
+    let now = reports::unix_now();
+    let job = ReportJob {
+        report: ReportInfo {
+            report_id: event.report_id,
+            is_critical: event.is_critical,
+            plain_text: event.plain_text,
+        },
+        study_id: event.study_id,
+        study_instance_uid: event.study_instance_uid,
+        presigned_url: event.presigned_url,
+        received_at: now,
+        deadline: now + reports::URL_LIFETIME.as_secs(),
+        next_attempt: now,
+        attempts: 0,
+        state: ReportState::Pending,
+        last_error: None,
+        object_key: None,
+    };
+    if job.report.is_critical {
+        tracing::warn!(report_id = %job.report.report_id, study_id = ?job.study_id, "CRITICAL report delivered");
+    }
+    let index = app.index.clone();
+    let recorded = blocking(move || index.add_report_job(&job)).await?;
+    app.reports.notify_one();
+    tracing::info!(report_id = %recorded.report.report_id, state = ?recorded.state, "report delivery recorded");
+    Ok(json!({ "success": true }))
 }
 
 fn reply(answer: StoredAnswer) -> Response {

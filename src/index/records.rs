@@ -116,6 +116,48 @@ pub struct MediaRecord {
     /// RFC 3339, UTC.
     pub stored_at: String,
     pub source: String,
+    /// Set when the file is a report Avara delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportInfo>,
+}
+
+/// What Avara said about a delivered report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportInfo {
+    pub report_id: String,
+    pub is_critical: bool,
+    #[serde(default)]
+    pub plain_text: Option<String>,
+}
+
+/// A `report.delivered` event being worked on: recorded before it is
+/// acknowledged, so a restart resumes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportJob {
+    pub report: ReportInfo,
+    pub study_id: Option<String>,
+    pub study_instance_uid: Option<String>,
+    /// A bearer URL: never logged, never shown by the API.
+    pub presigned_url: String,
+    /// Unix seconds.
+    pub received_at: u64,
+    /// Unix seconds after which the URL is assumed spent.
+    pub deadline: u64,
+    pub next_attempt: u64,
+    pub attempts: u32,
+    pub state: ReportState,
+    pub last_error: Option<String>,
+    pub object_key: Option<ObjectKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportState {
+    Pending,
+    Stored,
+    Failed,
 }
 
 /// Something on its way into the index.

@@ -65,6 +65,17 @@ pub struct StudyRef {
     pub study_instance_uid: String,
 }
 
-/// Event types of the contract that this version does not handle yet; they
-/// are refused so that Avara retries them later instead of losing them.
-pub const NOT_YET: &[&str] = &["report.delivered"];
+/// `report.delivered` (older payloads lack `studyInstanceUid`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportDelivered {
+    pub is_critical: bool,
+    pub presigned_url: String,
+    pub report_id: String,
+    #[serde(default)]
+    pub study_id: Option<String>,
+    #[serde(default)]
+    pub plain_text: Option<String>,
+    #[serde(default)]
+    pub study_instance_uid: Option<String>,
+}

@@ -197,7 +197,7 @@ fn signatures_are_checked_with_rotation_staleness_and_tampering() {
 }
 
 #[test]
-fn malformed_unknown_oversized_and_not_yet_handled_events() {
+fn malformed_unknown_and_oversized_events() {
     let gw = gateway();
     let (status, body) = send_text(&gw, "{not json", &["--raw"]);
     assert_eq!(
@@ -211,14 +211,22 @@ fn malformed_unknown_oversized_and_not_yet_handled_events() {
     assert_eq!(status, 200);
     assert!(body["error"].as_str().unwrap().contains("study.teleported"));
 
-    let report = json!({ "id": "whe_0123456789abcdef0123456789abcded", "type": "report.delivered",
-        "data": { "isCritical": false, "presignedUrl": "http://127.0.0.1:9/r.pdf", "reportId": "rep_0123456789abcdef0123456789abcdef", "studyId": "stu_fedcba9876543210fedcba9876543210" } });
-    let (status, body) = send(&gw, &report, &[]);
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (501, Some("not_implemented")),
-        "so that Avara retries"
+    // A report whose id could not be a file name, and one without its URL.
+    let report = |data: Value| json!({ "id": "whe_0123456789abcdef0123456789abcded", "type": "report.delivered", "data": data });
+    let (status, _) = send(
+        &gw,
+        &report(
+            json!({ "isCritical": false, "presignedUrl": "http://127.0.0.1:9/r.pdf", "reportId": "../../etc" }),
+        ),
+        &[],
     );
+    assert_eq!(status, 400);
+    let (status, _) = send(
+        &gw,
+        &report(json!({ "isCritical": false, "reportId": "rep_1" })),
+        &[],
+    );
+    assert_eq!(status, 400);
 
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.json");
@@ -588,4 +596,161 @@ fn the_newer_events_are_answered_from_the_index() {
         (Some(false), Some(0))
     );
     assert!(worklist["error"].as_str().unwrap().contains("worklist"));
+}
+
+/// tests/peers/pdf_server.py, killed when dropped.
+struct PdfServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PdfServer {
+    fn start(pdf: &std::path::Path, extra: &[&str]) -> PdfServer {
+        use std::io::BufRead;
+        let mut child = Command::new(common::python())
+            .arg(common::repo().join("tests/peers/pdf_server.py"))
+            .args(["--file", pdf.to_str().unwrap()])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("pdf_server prints its port");
+        PdfServer {
+            child,
+            url: format!("http://127.0.0.1:{port}/presigned/report.pdf?X-Amz-Signature=abc"),
+        }
+    }
+}
+
+impl Drop for PdfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn report_event(url: &str, data_extra: Value) -> Value {
+    let mut data = json!({
+        "isCritical": true,
+        "presignedUrl": url,
+        "reportId": "rep_0123456789abcdef0123456789abcdef",
+        "studyId": "stu_fedcba9876543210fedcba9876543210",
+        "plainText": "No acute findings.",
+    });
+    for (k, v) in data_extra.as_object().unwrap() {
+        data[k] = v.clone();
+    }
+    json!({ "id": "whe_0123456789abcdef0123456789abcdea", "type": "report.delivered", "data": data })
+}
+
+const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
+
+#[test]
+fn a_delivered_report_is_fetched_despite_failures_and_kept_as_media() {
+    let gw = gateway();
+    let (study, _) = store_study1(&gw);
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("r.pdf");
+    std::fs::write(&pdf, PDF).unwrap();
+    let server = PdfServer::start(&pdf, &["--fail", "2"]);
+
+    let (status, answer) = send(
+        &gw,
+        &report_event(&server.url, json!({ "studyInstanceUid": study })),
+        &[],
+    );
+    assert_eq!((status, answer), (200, json!({ "success": true })));
+    gw.wait_for_log("CRITICAL report delivered");
+    gw.wait_for_log("report stored");
+    assert!(
+        gw.log_text()
+            .matches("report fetch failed; retrying")
+            .count()
+            >= 2
+    );
+    assert!(
+        !gw.log_text().contains("X-Amz-Signature"),
+        "the presigned URL reached the log"
+    );
+
+    let media = gw.study(&study)["media"].clone();
+    assert_eq!(media.as_array().unwrap().len(), 1, "{media}");
+    assert_eq!(media[0]["mimeType"], "application/pdf");
+    assert_eq!(
+        media[0]["report"]["reportId"],
+        "rep_0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(media[0]["report"]["isCritical"], true);
+    assert_eq!(media[0]["report"]["plainText"], "No acute findings.");
+    let (_, access_answer) = send(&gw, &access(&study), &[]);
+    let url = access_answer["mediaUrls"][0]["url"].as_str().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    assert_eq!(
+        agent
+            .get(&local(&gw, url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap(),
+        PDF
+    );
+    let (status, jobs) = gw.get_json("/api/reports", None);
+    assert_eq!(status, 200);
+    assert_eq!(jobs[0]["state"], "stored");
+    assert!(jobs[0].get("presignedUrl").is_none());
+}
+
+#[test]
+fn a_report_acknowledged_before_a_restart_is_fetched_after_it_via_the_paired_study() {
+    let mut gw = gateway();
+    let (study, _) = store_study1(&gw);
+    // An access request pairs Avara's studyId with the study; the report
+    // below is an older payload without studyInstanceUid.
+    send(&gw, &access(&study), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("r.pdf");
+    std::fs::write(&pdf, PDF).unwrap();
+    let release = dir.path().join("release");
+    let server = PdfServer::start(&pdf, &["--hold", release.to_str().unwrap()]);
+
+    let (status, _) = send(
+        &gw,
+        &report_event(&server.url, json!({ "isCritical": false })),
+        &[],
+    );
+    assert_eq!(status, 200);
+    gw.wait_for_log("report fetch failed; retrying");
+    gw.restart();
+    std::fs::write(&release, b"go").unwrap();
+    gw.wait_for_log("report stored");
+    assert_eq!(gw.study(&study)["media"][0]["report"]["isCritical"], false);
+}
+
+#[test]
+fn a_report_that_is_not_a_pdf_stays_visible_as_failing() {
+    let gw = gateway();
+    let (study, _) = store_study1(&gw);
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("r.html");
+    std::fs::write(&html, b"<html>login page</html>").unwrap();
+    let server = PdfServer::start(&html, &[]);
+    send(
+        &gw,
+        &report_event(&server.url, json!({ "studyInstanceUid": study })),
+        &[],
+    );
+    gw.wait_for_log("not a PDF");
+    let (_, jobs) = gw.get_json("/api/reports", None);
+    assert_eq!(jobs[0]["state"], "pending");
+    assert_eq!(jobs[0]["lastError"], "not a PDF");
+    assert!(gw.study(&study)["media"].as_array().unwrap().is_empty());
+    assert!(gw.spool_files().is_empty());
 }
