@@ -92,6 +92,9 @@ pub struct Config {
     pub webhook_keys: WebhookKeys,
     /// Seconds a signed download URL stays valid (at most 7 days).
     pub url_ttl: u64,
+    /// Origins (e.g. `https://app.avara.example`) allowed to use the file and
+    /// upload routes from a browser. Empty: any.
+    pub cors_origins: Vec<String>,
 }
 
 /// Secrets read from the environment, passed in so tests need not touch the
@@ -136,6 +139,7 @@ impl Default for Config {
             avara_webhook_key_file: None,
             webhook_keys: WebhookKeys::default(),
             url_ttl: 3600,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -208,6 +212,9 @@ pub struct Overrides {
     /// Validity of signed download URLs in seconds [default: 3600, max 604800].
     #[arg(long, env = "DICOM_GATEWAY_URL_TTL", value_name = "SECS")]
     pub url_ttl: Option<u64>,
+    /// Comma-separated browser origins allowed on the file/upload routes [default: any].
+    #[arg(long, env = "DICOM_GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 macro_rules! overlay {
@@ -242,6 +249,7 @@ impl Config {
             extra_sop_classes,
             shutdown_grace,
             url_ttl,
+            cors_origins,
         );
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();

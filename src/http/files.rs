@@ -163,14 +163,31 @@ pub async fn preflight() -> impl IntoResponse {
     )
 }
 
-/// Adds the CORS headers every file response carries.
-pub async fn cors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Adds the CORS headers of the file and upload routes: any origin when
+/// `cors_origins` is empty (the signature is the authorisation), else only
+/// the listed ones.
+pub async fn cors(
+    State(app): State<App>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let mut response = next.run(request).await;
+    let allowed = if app.cfg.cors_origins.is_empty() {
+        Some(HeaderValue::from_static("*"))
+    } else {
+        origin.filter(|o| {
+            app.cfg
+                .cors_origins
+                .iter()
+                .any(|a| o.as_bytes() == a.as_bytes())
+        })
+    };
     let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    if let Some(allowed) = allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(

@@ -29,7 +29,7 @@ pub fn router(app: App) -> Router {
             "/uploads/{*binding}",
             put(uploads::put_upload).options(files::preflight),
         )
-        .layer(middleware::from_fn(files::cors));
+        .layer(middleware::from_fn_with_state(app.clone(), files::cors));
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/webhooks/avara", post(webhook::avara))

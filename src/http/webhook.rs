@@ -100,8 +100,15 @@ async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Valu
                     .unwrap_or_else(|_| json!({})),
             )
         }
-        // Prior report texts come with report delivery (not handled yet).
-        "clinical_context.enrichment_requested" => Ok(json!({})),
+        "clinical_context.enrichment_requested" => {
+            let Ok(event) = serde_json::from_value::<StudyRef>(envelope.data) else {
+                return Ok(json!({}));
+            };
+            let app = app.clone();
+            Ok(blocking(move || handlers::clinical_context(&app, &event))
+                .await
+                .unwrap_or_else(|_| json!({})))
+        }
         "modality_worklist.requested" => Ok(json!({
             "authorized": false,
             "items": [],

@@ -63,6 +63,9 @@ impl EphemeralAccess {
 pub struct StudyRef {
     #[serde(default)]
     pub study_instance_uid: String,
+    /// The patient's medical record number, where the event carries one.
+    #[serde(default)]
+    pub mrn: Option<String>,
 }
 
 /// `report.delivered` (older payloads lack `studyInstanceUid`).

@@ -197,6 +197,63 @@ pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, cr
     Ok(out)
 }
 
+/// `clinical_context.enrichment_requested`: the report texts Avara delivered
+/// for the same patient's other studies, as `priorReports`; `{}` when there
+/// are none. Blocking.
+pub fn clinical_context(app: &App, event: &StudyRef) -> Result<Value, crate::index::Error> {
+    let current = Uid::parse(&event.study_instance_uid).ok();
+    let from_study = match &current {
+        Some(uid) => app.index.study(uid)?.and_then(|s| s.tags.patient_id),
+        None => None,
+    };
+    let Some(patient) = from_study
+        .or_else(|| event.mrn.clone())
+        .filter(|p| !p.is_empty())
+    else {
+        return Ok(json!({}));
+    };
+    let mut prior = Vec::new();
+    for study in app.index.studies()? {
+        if Some(&study.study_instance_uid) == current.as_ref()
+            || study.tags.patient_id.as_deref() != Some(&patient)
+        {
+            continue;
+        }
+        for media in app.index.media_of_study(&study.study_instance_uid)? {
+            let Some(text) = media
+                .report
+                .and_then(|r| r.plain_text)
+                .filter(|t| !t.is_empty())
+            else {
+                continue;
+            };
+            let mut entry =
+                json!({ "reportText": text, "externalStudyId": study.study_instance_uid });
+            put(
+                &mut entry,
+                "studyDate",
+                study
+                    .tags
+                    .study_date
+                    .as_deref()
+                    .and_then(iso_date)
+                    .map(|v| json!(v)),
+            );
+            put(
+                &mut entry,
+                "studyDescription",
+                study.tags.study_description.as_ref().map(|v| json!(v)),
+            );
+            prior.push(entry);
+        }
+    }
+    Ok(if prior.is_empty() {
+        json!({})
+    } else {
+        json!({ "priorReports": prior })
+    })
+}
+
 /// DICOM DA `YYYYMMDD` → `YYYY-MM-DD`.
 fn iso_date(da: &str) -> Option<String> {
     let d = da.trim();

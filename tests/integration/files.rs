@@ -176,3 +176,34 @@ fn tampered_or_misused_urls_are_refused_with_403() {
         "a signature reached the log"
     );
 }
+
+#[test]
+fn configured_cors_origins_are_the_only_ones_allowed() {
+    let gw = Gateway::start_with(
+        common::Opts::default()
+            .arg("--cors-origins")
+            .arg("https://viewer.example"),
+    );
+    let (key, _) = stored_instance(&gw);
+    let url = sign(&gw, &key);
+    let agent = agent();
+    let allowed = agent
+        .get(&url)
+        .header("Origin", "https://viewer.example")
+        .call()
+        .unwrap();
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .unwrap(),
+        "https://viewer.example"
+    );
+    let other = agent
+        .get(&url)
+        .header("Origin", "https://elsewhere.example")
+        .call()
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

@@ -754,3 +754,48 @@ fn a_report_that_is_not_a_pdf_stays_visible_as_failing() {
     assert!(gw.study(&study)["media"].as_array().unwrap().is_empty());
     assert!(gw.spool_files().is_empty());
 }
+
+#[test]
+fn clinical_context_returns_the_patients_other_reports() {
+    let gw = gateway();
+    let (study, _) = store_study1(&gw);
+    let patient = gw.study(&study)["patientId"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("r.pdf");
+    std::fs::write(&pdf, PDF).unwrap();
+    let server = PdfServer::start(&pdf, &[]);
+    send(
+        &gw,
+        &report_event(&server.url, json!({ "studyInstanceUid": study })),
+        &[],
+    );
+    gw.wait_for_log("report stored");
+
+    // A later study of the same patient arrives over DICOM.
+    let later = "1.2.826.0.1.3680043.10.1234.8888";
+    let file = dir.path().join("later.dcm");
+    secondary_capture(
+        &file,
+        later,
+        "1.2.826.0.1.3680043.10.1234.8888.1",
+        "1.2.826.0.1.3680043.10.1234.8888.1.1",
+    );
+    common::pydicom(
+        "import sys, pydicom\nd = pydicom.dcmread(sys.argv[1])\nd.PatientID = sys.argv[2]\nd.save_as(sys.argv[1])",
+        &[file.to_str().unwrap(), &patient],
+    );
+    common::assert_ok(&common::storescu(&gw, &["-xe"], &[&file]), "storescu");
+
+    let event = |uid: &str| {
+        json!({ "id": "whe_0123456789abcdef0123456789abcde9", "type": "clinical_context.enrichment_requested",
+        "data": { "clinicId": "c", "studyId": "5b7c8a2e-1111-4222-8333-444455556666", "studyInstanceUid": uid } })
+    };
+    let (status, context) = send(&gw, &event(later), &[]);
+    assert_eq!(status, 200);
+    let prior = context["priorReports"].as_array().expect("priorReports");
+    assert_eq!(prior.len(), 1, "{context}");
+    assert_eq!(prior[0]["reportText"], "No acute findings.");
+    assert_eq!(prior[0]["externalStudyId"], study.as_str());
+    // The report's own study has no *other* study with a report.
+    assert_eq!(send(&gw, &event(&study), &[]).1, json!({}));
+}
