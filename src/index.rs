@@ -84,10 +84,18 @@ pub struct Index {
 /// An answer given to a webhook delivery.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StoredAnswer {
-    /// Unix seconds when it was first answered (for pruning).
+    /// Unix seconds when it was first answered (for pruning, and as the
+    /// signing time when the answer is recomputed).
     pub at: u64,
     pub status: u16,
+    /// The answer, or `null` when it is recomputed from `event`.
+    #[serde(default)]
     pub body: serde_json::Value,
+    /// Set for read-only events whose answer is large (signed URLs): the
+    /// event itself, so a repeat is answered by computing it again at `at`,
+    /// which gives the same URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Index {
@@ -289,14 +297,22 @@ impl Index {
         }
     }
 
-    /// Records the answer to a webhook delivery, durably. If another delivery
-    /// of the same id got there first, its answer wins and is returned.
-    pub fn remember_webhook(&self, id: &str, answer: &StoredAnswer) -> Result<StoredAnswer> {
+    /// Records the answer to a webhook delivery (durably when `durable`: the
+    /// event had a side effect). If another delivery of the same id got there
+    /// first, its answer wins and is returned.
+    pub fn remember_webhook(
+        &self,
+        id: &str,
+        answer: &StoredAnswer,
+        durable: bool,
+    ) -> Result<StoredAnswer> {
         let previous = self
             .webhooks
             .compare_and_swap(id, None as Option<&[u8]>, Some(encode(answer)))
             .map_err(db_err("write webhook"))?;
-        self.flush()?;
+        if durable {
+            self.flush()?;
+        }
         match previous {
             Ok(()) => Ok(answer.clone()),
             Err(conflict) => decode(
@@ -546,19 +562,22 @@ mod tests {
     fn webhook_answers_are_kept_once_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
-        let first = StoredAnswer {
-            at: 100,
+        let answer = |at, a| StoredAnswer {
+            at,
             status: 200,
-            body: serde_json::json!({"a": 1}),
+            body: serde_json::json!({ "a": a }),
+            event: None,
         };
-        let second = StoredAnswer {
-            at: 101,
-            status: 200,
-            body: serde_json::json!({"a": 2}),
-        };
-        assert_eq!(index.remember_webhook("msg_1", &first).unwrap(), first);
+        let (first, second) = (answer(100, 1), answer(101, 2));
+        assert_eq!(
+            index.remember_webhook("msg_1", &first, true).unwrap(),
+            first
+        );
         // A concurrent second delivery gets the first answer.
-        assert_eq!(index.remember_webhook("msg_1", &second).unwrap(), first);
+        assert_eq!(
+            index.remember_webhook("msg_1", &second, false).unwrap(),
+            first
+        );
         assert_eq!(index.webhook_answer("msg_1").unwrap(), Some(first));
         assert_eq!(index.prune_webhooks(101).unwrap(), 1);
         assert_eq!(index.webhook_answer("msg_1").unwrap(), None);

@@ -1,7 +1,7 @@
 //! `POST /webhooks/avara`: verify the raw body, answer a repeated
 //! `webhook-id` with the answer it got before, dispatch, remember the answer.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::body::Body;
@@ -43,7 +43,7 @@ pub async fn avara(
     let lookup = id.clone();
     if let Some(answer) = blocking(move || index.webhook_answer(&lookup)).await? {
         tracing::info!(webhook_id = %id, "repeated webhook delivery; answering as before");
-        return Ok(reply(answer));
+        return replay(&app, answer).await;
     }
 
     let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
@@ -51,15 +51,72 @@ pub async fn avara(
         reason: e.to_string(),
     })?;
     tracing::info!(webhook_id = %id, event = %envelope.kind, "webhook");
+    let at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // Signing times are whole seconds, so a recomputed answer is identical.
+    let now = UNIX_EPOCH + Duration::from_secs(at);
+    let kind = Keep::for_event(&envelope.kind);
+    let event = serde_json::to_value(&envelope).expect("serialisable");
     let body = dispatch(&app, envelope, now).await?;
-    let answer = StoredAnswer {
-        at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        status: 200,
-        body,
+    let answer = match kind {
+        Keep::Recompute => StoredAnswer {
+            at,
+            status: 200,
+            body: Value::Null,
+            event: Some(event),
+        },
+        Keep::Answer | Keep::Durable => StoredAnswer {
+            at,
+            status: 200,
+            body: body.clone(),
+            event: None,
+        },
     };
     let index = app.index.clone();
-    let answer = blocking(move || index.remember_webhook(&id, &answer)).await?;
-    Ok(reply(answer))
+    let durable = kind == Keep::Durable;
+    let mine = answer.clone();
+    let kept = blocking(move || index.remember_webhook(&id, &answer, durable)).await?;
+    if kept == mine {
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    replay(&app, kept).await // a concurrent delivery of the same id won
+}
+
+/// How the answer to an event is kept for repeated deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Side effects: the answer is stored and flushed before it is given.
+    Durable,
+    /// Read-only, small: stored; a crash may lose it, and a repeat then gets
+    /// an equivalent answer.
+    Answer,
+    /// Read-only with signed URLs (large): the event is stored and the
+    /// answer computed again, at the original time, for a repeat.
+    Recompute,
+}
+
+impl Keep {
+    fn for_event(kind: &str) -> Keep {
+        match kind {
+            "study.access_requested"
+            | "ephemeral.access_requested"
+            | "secondary_capture.access_requested" => Keep::Recompute,
+            "report.delivered" => Keep::Durable,
+            _ => Keep::Answer,
+        }
+    }
+}
+
+/// The answer given before to the same `webhook-id`.
+async fn replay(app: &App, answer: StoredAnswer) -> Result<Response, ApiError> {
+    let body = match answer.event {
+        Some(event) => {
+            let envelope: Envelope = serde_json::from_value(event).map_err(ApiError::internal)?;
+            dispatch(app, envelope, UNIX_EPOCH + Duration::from_secs(answer.at)).await?
+        }
+        None => answer.body,
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    Ok((status, Json(body)).into_response())
 }
 
 async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Value, ApiError> {
@@ -171,11 +228,6 @@ async fn report_delivered(app: &App, event: ReportDelivered) -> Result<Value, Ap
     app.reports.notify_one();
     tracing::info!(report_id = %recorded.report.report_id, state = ?recorded.state, "report delivery recorded");
     Ok(json!({ "success": true }))
-}
-
-fn reply(answer: StoredAnswer) -> Response {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-    (status, Json(answer.body)).into_response()
 }
 
 async fn blocking<T, F>(f: F) -> Result<T, ApiError>

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 /// `{ "id": "whe_…", "type": "…", "data": { … } }`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Envelope {
     pub id: String,
     #[serde(rename = "type")]
