@@ -92,6 +92,10 @@ pub struct Config {
     pub webhook_keys: WebhookKeys,
     /// Seconds a signed download URL stays valid (at most 7 days).
     pub url_ttl: u64,
+    /// The signing keys of download/upload URLs (one `kid base64key` per
+    /// line, the first signs); generated on first start when missing.
+    /// Default: `<data_dir>/url-signing-keys`.
+    pub url_signing_keys_file: Option<PathBuf>,
     /// Origins (e.g. `https://app.avara.example`) allowed to use the file and
     /// upload routes from a browser. Empty: any.
     pub cors_origins: Vec<String>,
@@ -140,6 +144,7 @@ impl Default for Config {
             webhook_keys: WebhookKeys::default(),
             url_ttl: 3600,
             cors_origins: Vec::new(),
+            url_signing_keys_file: None,
         }
     }
 }
@@ -212,6 +217,9 @@ pub struct Overrides {
     /// Validity of signed download URLs in seconds [default: 3600, max 604800].
     #[arg(long, env = "DICOM_GATEWAY_URL_TTL", value_name = "SECS")]
     pub url_ttl: Option<u64>,
+    /// File with the URL signing keys [default: <data-dir>/url-signing-keys].
+    #[arg(long, env = "DICOM_GATEWAY_URL_SIGNING_KEYS_FILE", value_name = "FILE")]
+    pub url_signing_keys_file: Option<PathBuf>,
     /// Comma-separated browser origins allowed on the file/upload routes [default: any].
     #[arg(long, env = "DICOM_GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
@@ -254,6 +262,9 @@ impl Config {
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();
         }
+        if over.url_signing_keys_file.is_some() {
+            cfg.url_signing_keys_file = over.url_signing_keys_file.clone();
+        }
         if over.avara_webhook_key_file.is_some() {
             cfg.avara_webhook_key_file = over.avara_webhook_key_file.clone();
         }
@@ -281,6 +292,12 @@ impl Config {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    pub fn url_signing_keys_path(&self) -> PathBuf {
+        self.url_signing_keys_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::store::signer::KEY_FILE))
     }
 
     pub fn url_ttl(&self) -> Duration {

@@ -79,8 +79,8 @@ pub async fn run(
     prune_webhook_answers(&index)?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone())
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
-    let signer =
-        UrlSigner::load_or_create(&cfg.data_dir, &cfg.public_url).context("URL signing keys")?;
+    let signer = UrlSigner::load_or_create(&cfg.url_signing_keys_path(), &cfg.public_url)
+        .context("URL signing keys")?;
     let app = App {
         cfg: Arc::clone(&cfg),
         index: index.clone(),

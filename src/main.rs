@@ -49,7 +49,7 @@ fn sign_url(args: SignUrlArgs) -> anyhow::Result<()> {
     let key = ObjectKey::parse(&args.key)
         .with_context(|| format!("{:?} is not an object key", args.key))?;
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let signer = UrlSigner::load_or_create(&cfg.data_dir, &cfg.public_url)?;
+    let signer = UrlSigner::load_or_create(&cfg.url_signing_keys_path(), &cfg.public_url)?;
     println!(
         "{}",
         signer.file_url(&key, Duration::from_secs(args.ttl), SystemTime::now())

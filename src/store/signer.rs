@@ -112,9 +112,9 @@ impl std::fmt::Debug for UrlSigner {
 }
 
 impl UrlSigner {
-    /// Loads the key ring from `data_dir`, creating it on first use.
-    pub fn load_or_create(data_dir: &Path, public_url: &str) -> Result<UrlSigner, Error> {
-        let path = data_dir.join(KEY_FILE);
+    /// Loads the key ring from `path`, creating it on first use.
+    pub fn load_or_create(path: &Path, public_url: &str) -> Result<UrlSigner, Error> {
+        let path = path.to_owned();
         let io = |source| Error::Io {
             path: path.clone(),
             source,
@@ -289,7 +289,8 @@ mod tests {
     #[test]
     fn signs_and_verifies_and_refuses_everything_else() {
         let dir = tempfile::tempdir().unwrap();
-        let signer = UrlSigner::load_or_create(dir.path(), "https://gw.example/").unwrap();
+        let signer =
+            UrlSigner::load_or_create(&dir.path().join(KEY_FILE), "https://gw.example/").unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let url = signer.file_url(&key(), Duration::from_secs(3600), now);
         assert!(url.starts_with(
@@ -358,7 +359,7 @@ mod tests {
     fn the_key_ring_is_kept_private_and_reused_and_rotates() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let a = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
+        let a = UrlSigner::load_or_create(&dir.path().join(KEY_FILE), "http://x").unwrap();
         let mode = std::fs::metadata(dir.path().join(KEY_FILE))
             .unwrap()
             .permissions()
@@ -367,12 +368,12 @@ mod tests {
         let now = SystemTime::now();
         let old_url = a.file_url(&key(), Duration::from_secs(60), now);
         // Reloaded: same key. Rotated: a new first line signs, the old one still verifies.
-        let b = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
+        let b = UrlSigner::load_or_create(&dir.path().join(KEY_FILE), "http://x").unwrap();
         assert_eq!(b.verify_file(&key(), &parse(&old_url), now), Ok(()));
         let old = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
         let new_line = format!("k2 {}\n", STANDARD.encode([9u8; 32]));
         std::fs::write(dir.path().join(KEY_FILE), new_line + &old).unwrap();
-        let c = UrlSigner::load_or_create(dir.path(), "http://x").unwrap();
+        let c = UrlSigner::load_or_create(&dir.path().join(KEY_FILE), "http://x").unwrap();
         assert!(
             c.file_url(&key(), Duration::from_secs(60), now)
                 .contains("kid=k2")
