@@ -115,6 +115,18 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T>
     })
 }
 
+/// Decodes every record a tree iterator yields, in key order.
+fn decode_all<T: serde::de::DeserializeOwned>(
+    iter: sled::Iter,
+    op: &'static str,
+) -> Result<Vec<T>> {
+    iter.map(|kv| {
+        let (k, v) = kv.map_err(db_err(op))?;
+        decode(&k, &v)
+    })
+    .collect()
+}
+
 fn instance_key(study: &Uid, series: &Uid, sop: &Uid) -> Vec<u8> {
     format!("{study}/{series}/{sop}").into_bytes()
 }
@@ -196,25 +208,16 @@ impl Index {
 
     /// Every study, ordered by Study Instance UID.
     pub fn studies(&self) -> Result<Vec<StudyRecord>> {
-        self.studies
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(db_err("list studies"))?;
-                decode(&k, &v)
-            })
-            .collect()
+        decode_all(self.studies.iter(), "list studies")
     }
 
     /// Every instance of a study, ordered by series then SOP Instance UID, in
     /// one range scan.
     pub fn instances_of_study(&self, study: &Uid) -> Result<Vec<InstanceRecord>> {
-        self.instances
-            .scan_prefix(study_prefix(study))
-            .map(|kv| {
-                let (k, v) = kv.map_err(db_err("scan instances"))?;
-                decode(&k, &v)
-            })
-            .collect()
+        decode_all(
+            self.instances.scan_prefix(study_prefix(study)),
+            "scan instances",
+        )
     }
 
     /// The record of one SOP instance, wherever it lives.
@@ -234,13 +237,7 @@ impl Index {
 
     /// The media files of a study, by file name.
     pub fn media_of_study(&self, study: &Uid) -> Result<Vec<MediaRecord>> {
-        self.media
-            .scan_prefix(study_prefix(study))
-            .map(|kv| {
-                let (k, v) = kv.map_err(db_err("scan media"))?;
-                decode(&k, &v)
-            })
-            .collect()
+        decode_all(self.media.scan_prefix(study_prefix(study)), "scan media")
     }
 
     /// One media file of a study.
@@ -280,13 +277,7 @@ impl Index {
 
     /// Every report job, by report id.
     pub fn report_jobs(&self) -> Result<Vec<ReportJob>> {
-        self.reports
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(db_err("list report jobs"))?;
-                decode(&k, &v)
-            })
-            .collect()
+        decode_all(self.reports.iter(), "list report jobs")
     }
 
     /// The answer already given to this `webhook-id`, if any.
