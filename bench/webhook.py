@@ -4,7 +4,8 @@ Orthanc's GET /studies/{id}/instances, for the same 1000-instance study.
 
     python3 bench/webhook.py [--requests 2000] [--concurrency 16] [--seconds 10]
 
-Run as root from the repository after `cargo build --release --examples`.
+Run as root from the repository; it builds the release binary and the
+client first (`cargo build --release --bins --examples`).
 Both servers and the client share a private network namespace (Orthanc
 cannot bind to 127.0.0.1 only). The study is bench/out/sets/ct512 (made by
 bench/ingest.py or `testdata/generate.py bench bench/out/sets/ct512/all --set
@@ -12,6 +13,10 @@ ct512`), sent to both with DCMTK storescu. The client is
 examples/webhook_bench.rs: sequential latency over --requests requests (each
 gateway request freshly signed with its own webhook-id, so none is answered
 from the idempotency record), then requests/s with --concurrency clients.
+Latency is to the last byte of the answer; the first answer of each server
+is parsed and its instances counted, later ones are checked by their first
+bytes only (parsing 400 KB into a JSON tree costs the client more than the
+gateway spends answering).
 Results go to stdout and bench/results/webhook-<date>.md.
 """
 import argparse
@@ -61,6 +66,7 @@ def main() -> None:
     if os.environ.get("WEBHOOK_BENCH_NETNS") != "1":
         cmd = f"ip link set lo up && exec {sys.executable} {' '.join(map(repr, sys.argv))}"
         os.execvpe("unshare", ["unshare", "-n", "--", "bash", "-c", cmd], dict(os.environ, WEBHOOK_BENCH_NETNS="1"))
+    subprocess.run(["cargo", "build", "--release", "--bins", "--examples"], cwd=REPO, check=True)
     if not os.path.isdir(SET):
         sys.exit(f"{SET} missing: run bench/ingest.py --sets ct512 --quick first")
     work = tempfile.mkdtemp(prefix="webhook-bench-", dir=os.path.join(REPO, "bench/out"))

@@ -7,6 +7,7 @@ use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;
 use crate::store::signer::UrlSigner;
+use crate::webhook::views::StudyViews;
 
 #[derive(Clone, Debug)]
 pub struct App {
@@ -15,6 +16,8 @@ pub struct App {
     pub store: BlobStore,
     pub ingest: Arc<Ingest>,
     pub signer: UrlSigner,
+    /// Access answers' per-study parts, cached until the study changes.
+    pub views: Arc<StudyViews>,
     /// Wakes the report worker when a `report.delivered` was recorded.
     pub reports: Arc<tokio::sync::Notify>,
 }

@@ -19,8 +19,10 @@
 
 mod records;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -79,6 +81,16 @@ pub struct Index {
     reports: sled::Tree,
     webhooks: sled::Tree,
     avara_studies: sled::Tree,
+    stamps: Arc<Stamps>,
+}
+
+/// In-memory change stamps, one per study written since the index was
+/// opened, so views derived from a study's instances can be cached and
+/// rebuilt only when it changed. A stamp is never reused.
+#[derive(Default)]
+struct Stamps {
+    last: AtomicU64,
+    by_study: Mutex<HashMap<Uid, u64>>,
 }
 
 /// An answer given to a webhook delivery.
@@ -169,6 +181,7 @@ impl Index {
             reports: tree("v1/reports")?,
             webhooks: tree("v1/webhooks")?,
             avara_studies: tree("v1/avara_studies")?,
+            stamps: Arc::default(),
             db,
         })
     }
@@ -194,8 +207,28 @@ impl Index {
                 source,
             },
         })?;
+        // After the commit, so a view built from what a reader saw before
+        // it carries an older stamp and is not reused.
+        let moved_from = outcomes.iter().filter_map(|o| match o {
+            PutOutcome::Replaced {
+                previous_key: Some(key),
+            } => key.study(),
+            _ => None,
+        });
+        let written = batch.iter().map(|e| match e {
+            NewEntry::Instance(i) => i.record.study_instance_uid.clone(),
+            NewEntry::Media(m) => m.study_instance_uid.clone(),
+        });
+        self.stamps.bump(written.chain(moved_from));
         self.flush()?;
         Ok(outcomes)
+    }
+
+    /// Changes whenever the study's instances or media change (0 if they
+    /// have not changed since the index was opened).
+    pub fn study_stamp(&self, study: &Uid) -> u64 {
+        let by_study = self.stamps.by_study.lock().expect("stamps lock");
+        by_study.get(study).copied().unwrap_or(0)
     }
 
     pub fn study(&self, study: &Uid) -> Result<Option<StudyRecord>> {
@@ -364,6 +397,16 @@ impl Index {
     }
 }
 
+impl Stamps {
+    fn bump(&self, studies: impl Iterator<Item = Uid>) {
+        let stamp = self.last.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut by_study = self.by_study.lock().expect("stamps lock");
+        for study in studies {
+            by_study.insert(study, stamp);
+        }
+    }
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<Error>>;
 
 fn tx_decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> TxResult<T> {
@@ -480,6 +523,26 @@ mod tests {
                 ..Default::default()
             },
         }))
+    }
+
+    #[test]
+    fn a_commit_changes_the_stamp_of_every_study_it_touches() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let (a, b) = (uid("1.2.3"), uid("1.2.4"));
+        assert_eq!((index.study_stamp(&a), index.study_stamp(&b)), (0, 0));
+        index
+            .put_batch(&[new_instance("1.2.3", "1.2.3.1", "1.2.9.1", 10)])
+            .unwrap();
+        let a1 = index.study_stamp(&a);
+        assert!(a1 > 0);
+        assert_eq!(index.study_stamp(&b), 0);
+        // The SOP moves to study b: both studies changed.
+        index
+            .put_batch(&[new_instance("1.2.4", "1.2.4.1", "1.2.9.1", 10)])
+            .unwrap();
+        assert!(index.study_stamp(&a) > a1);
+        assert_eq!(index.study_stamp(&a), index.study_stamp(&b));
     }
 
     #[test]

@@ -4,5 +4,6 @@
 pub mod events;
 pub mod handlers;
 pub mod verify;
+pub mod views;
 
 pub use verify::{Verified, VerifyError, WebhookKeys};

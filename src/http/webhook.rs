@@ -3,10 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -67,7 +66,7 @@ pub async fn avara(
         Keep::Answer | Keep::Durable => StoredAnswer {
             at,
             status: 200,
-            body: body.clone(),
+            body: serde_json::from_slice(&body).map_err(ApiError::internal)?,
             event: None,
         },
     };
@@ -76,7 +75,7 @@ pub async fn avara(
     let mine = answer.clone();
     let kept = blocking(move || index.remember_webhook(&id, &answer, durable)).await?;
     if kept == mine {
-        return Ok((StatusCode::OK, Json(body)).into_response());
+        return Ok(json_response(StatusCode::OK, body));
     }
     replay(&app, kept).await // a concurrent delivery of the same id won
 }
@@ -113,75 +112,118 @@ async fn replay(app: &App, answer: StoredAnswer) -> Result<Response, ApiError> {
             let envelope: Envelope = serde_json::from_value(event).map_err(ApiError::internal)?;
             dispatch(app, envelope, UNIX_EPOCH + Duration::from_secs(answer.at)).await?
         }
-        None => answer.body,
+        None => serde_json::to_vec(&answer.body).map_err(ApiError::internal)?,
     };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-    Ok((status, Json(body)).into_response())
+    Ok(json_response(status, body))
 }
 
-async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Value, ApiError> {
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response()
+}
+
+/// Answers an event, serialised.
+async fn dispatch(app: &App, envelope: Envelope, now: SystemTime) -> Result<Vec<u8>, ApiError> {
+    Ok(match answer(app, envelope, now).await? {
+        Answer::Value(v) => serde_json::to_vec(&v).map_err(ApiError::internal)?,
+        Answer::Bytes(b) => b,
+    })
+}
+
+/// Small answers are built as values; large ones serialised directly.
+enum Answer {
+    Value(Value),
+    Bytes(Vec<u8>),
+}
+
+impl From<Value> for Answer {
+    fn from(v: Value) -> Answer {
+        Answer::Value(v)
+    }
+}
+
+impl From<Vec<u8>> for Answer {
+    fn from(b: Vec<u8>) -> Answer {
+        Answer::Bytes(b)
+    }
+}
+
+async fn answer(app: &App, envelope: Envelope, now: SystemTime) -> Result<Answer, ApiError> {
     let parse = |what| {
         move |e: serde_json::Error| ApiError::BadRequest {
             what,
             reason: e.to_string(),
         }
     };
-    match envelope.kind.as_str() {
+    Ok(match envelope.kind.as_str() {
         "study.access_requested" => {
             let event: StudyAccess = serde_json::from_value(envelope.data)
                 .map_err(parse("study.access_requested data"))?;
             let app = app.clone();
-            blocking(move || handlers::study_access(&app, &event, now)).await
+            blocking(move || handlers::study_access(&app, &event, now))
+                .await?
+                .into()
         }
         "secondary_capture.access_requested" => {
             let event: SecondaryCaptureAccess = serde_json::from_value(envelope.data)
                 .map_err(parse("secondary_capture.access_requested data"))?;
             let app = app.clone();
-            blocking(move || handlers::secondary_capture_access(&app, &event, now)).await
+            blocking(move || handlers::secondary_capture_access(&app, &event, now))
+                .await?
+                .into()
         }
         "ephemeral.access_requested" => {
             let event: EphemeralAccess = serde_json::from_value(envelope.data)
                 .map_err(parse("ephemeral.access_requested data"))?;
             let app = app.clone();
-            blocking(move || handlers::ephemeral_access(&app, &event, now)).await
+            blocking(move || handlers::ephemeral_access(&app, &event, now))
+                .await?
+                .into()
         }
         // Soft events: whatever goes wrong, the answer is an empty enrichment.
         "patient_study.enrichment_requested" => {
             let Ok(event) = serde_json::from_value::<StudyRef>(envelope.data) else {
-                return Ok(json!({}));
+                return Ok(json!({}).into());
             };
             let app = app.clone();
-            Ok(
-                blocking(move || handlers::patient_study_enrichment(&app, &event))
-                    .await
-                    .unwrap_or_else(|_| json!({})),
-            )
+            blocking(move || handlers::patient_study_enrichment(&app, &event))
+                .await
+                .unwrap_or_else(|_| json!({}))
+                .into()
         }
         "clinical_context.enrichment_requested" => {
             let Ok(event) = serde_json::from_value::<StudyRef>(envelope.data) else {
-                return Ok(json!({}));
+                return Ok(json!({}).into());
             };
             let app = app.clone();
-            Ok(blocking(move || handlers::clinical_context(&app, &event))
+            blocking(move || handlers::clinical_context(&app, &event))
                 .await
-                .unwrap_or_else(|_| json!({})))
+                .unwrap_or_else(|_| json!({}))
+                .into()
         }
-        "modality_worklist.requested" => Ok(json!({
+        "modality_worklist.requested" => json!({
             "authorized": false,
             "items": [],
             "error": "no modality worklist source is configured on this gateway",
-        })),
+        })
+        .into(),
         "report.delivered" => {
             let event: ReportDelivered =
                 serde_json::from_value(envelope.data).map_err(parse("report.delivered data"))?;
-            report_delivered(app, event).await
+            report_delivered(app, event).await?.into()
         }
-        kind => Ok(json!({
+        kind => json!({
             "authorized": false,
             "success": false,
             "error": format!("event type {kind:?} is not supported by this gateway"),
-        })),
-    }
+        })
+        .into(),
+    })
 }
 
 /// Records the job durably, wakes the worker, and answers at once.

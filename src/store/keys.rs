@@ -28,6 +28,12 @@ impl ObjectKey {
         Some((Uid::parse(study).ok()?, name))
     }
 
+    /// The study a key belongs to.
+    pub fn study(&self) -> Option<Uid> {
+        let rest = self.0.strip_prefix("studies/")?;
+        Uid::parse(rest.split('/').next()?).ok()
+    }
+
     /// A key named by a request, if it is one of ours (an instance key with
     /// valid UIDs, or a media key with a valid name), so it cannot point
     /// anywhere else.

@@ -3,38 +3,39 @@
 
 use std::time::SystemTime;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::events::{EphemeralAccess, SecondaryCaptureAccess, StudyAccess, StudyRef};
+use super::views::StudyView;
 use crate::app::App;
-use crate::index::{InstanceRecord, Series, in_viewing_order};
 use crate::store::signer::UploadBinding;
 use crate::uid::Uid;
 
 /// `study.access_requested`: a signed GET URL for every instance, the
-/// study's media, and the manifest. Blocking (index reads).
+/// study's media, and the manifest, serialised. Blocking (index reads).
 pub fn study_access(
     app: &App,
     event: &StudyAccess,
     now: SystemTime,
-) -> Result<Value, crate::index::Error> {
-    let refuse = |error: String| json!({ "authorized": false, "urls": [], "error": error });
+) -> Result<Vec<u8>, crate::index::Error> {
+    let refuse =
+        |error: String| json_bytes(&json!({ "authorized": false, "urls": [], "error": error }));
     let uid = match Uid::parse(&event.study_instance_uid) {
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(format!("studyInstanceUid is not a DICOM UID: {e}"))),
     };
-    let Some(parts) = study_parts(app, &uid, now)? else {
+    let Some(view) = app.views.get(&app.index, &uid)? else {
         return Ok(refuse(format!("study {uid} is not on this gateway")));
     };
     if let Some(study_id) = &event.study_id {
         app.index.pair_avara_study(study_id, &uid)?;
     }
-    Ok(json!({
-        "authorized": true,
-        "urls": parts.urls,
-        "mediaUrls": parts.media,
-        "manifest": parts.manifest,
-    }))
+    let mut access = Access::default();
+    access.add(app, &uid, &view, now)?;
+    access.manifest = Some(&view.manifest);
+    Ok(json_bytes(&access))
 }
 
 /// `ephemeral.access_requested`: study access for every study named in
@@ -43,83 +44,103 @@ pub fn ephemeral_access(
     app: &App,
     event: &EphemeralAccess,
     now: SystemTime,
-) -> Result<Value, crate::index::Error> {
-    let refuse = |error: &str| json!({ "authorized": false, "urls": [], "error": error });
+) -> Result<Vec<u8>, crate::index::Error> {
+    let refuse =
+        |error: &str| json_bytes(&json!({ "authorized": false, "urls": [], "error": error }));
     let named = event.study_instance_uids();
     if named.is_empty() {
         return Ok(refuse(
             "no study named: options.studyInstanceUids is empty or missing",
         ));
     }
-    let (mut urls, mut media, mut manifests, mut unknown) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut found = Vec::new();
+    let mut unknown = Vec::new();
     for raw in named {
-        match Uid::parse(&raw)
-            .ok()
-            .map(|uid| study_parts(app, &uid, now))
-            .transpose()?
-            .flatten()
-        {
-            Some(parts) => {
-                urls.extend(parts.urls);
-                media.extend(parts.media);
-                manifests.push(parts.manifest);
-            }
+        let view = match Uid::parse(&raw) {
+            Ok(uid) => app.views.get(&app.index, &uid)?.map(|v| (uid, v)),
+            Err(_) => None,
+        };
+        match view {
+            Some(view) => found.push(view),
             None => unknown.push(raw),
         }
     }
-    if manifests.is_empty() {
+    if found.is_empty() {
         return Ok(refuse("none of the named studies is on this gateway"));
     }
-    let mut answer =
-        json!({ "authorized": true, "urls": urls, "mediaUrls": media, "manifests": manifests });
+    let mut access = Access::default();
+    for (uid, view) in &found {
+        access.add(app, uid, view, now)?;
+        access.manifests.push(&view.manifest);
+    }
     if !unknown.is_empty() {
-        answer["error"] = json!(format!("not on this gateway: {}", unknown.join(", ")));
+        access.error = Some(format!("not on this gateway: {}", unknown.join(", ")));
     }
-    Ok(answer)
+    Ok(json_bytes(&access))
 }
 
-/// What access to one study hands out.
-struct StudyParts {
+/// The answer to an access event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Access<'a> {
+    authorized: bool,
     urls: Vec<String>,
-    media: Vec<Value>,
-    manifest: Value,
+    media_urls: Vec<MediaUrl>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    manifests: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
-/// `None` when the study has no instance here.
-fn study_parts(
-    app: &App,
-    uid: &Uid,
-    now: SystemTime,
-) -> Result<Option<StudyParts>, crate::index::Error> {
-    let instances = app.index.instances_of_study(uid)?;
-    if instances.is_empty() {
-        return Ok(None);
+impl Default for Access<'_> {
+    fn default() -> Self {
+        Access {
+            authorized: true,
+            urls: Vec::new(),
+            media_urls: Vec::new(),
+            manifest: None,
+            manifests: Vec::new(),
+            error: None,
+        }
     }
-    let ttl = app.cfg.url_ttl();
-    let media = app
-        .index
-        .media_of_study(uid)?
-        .iter()
-        .map(|m| {
-            json!({
-                "mimeType": m.mime_type,
-                "url": app.signer.file_url(&m.object_key, ttl, now),
-                "fileName": m.file_name,
-            })
-        })
-        .collect();
-    let ordered = in_viewing_order(instances);
-    let urls = ordered
-        .iter()
-        .flat_map(|(_, series)| series.iter())
-        .map(|i| app.signer.file_url(&i.object_key, ttl, now))
-        .collect();
-    Ok(Some(StudyParts {
-        urls,
-        media,
-        manifest: manifest(uid, &ordered),
-    }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MediaUrl {
+    mime_type: String,
+    url: String,
+    file_name: String,
+}
+
+impl Access<'_> {
+    /// Adds a study's instance and media URLs.
+    fn add(
+        &mut self,
+        app: &App,
+        study: &Uid,
+        view: &StudyView,
+        now: SystemTime,
+    ) -> Result<(), crate::index::Error> {
+        let ttl = app.cfg.url_ttl();
+        self.urls.reserve(view.keys.len());
+        self.urls
+            .extend(view.keys.iter().map(|k| app.signer.file_url(k, ttl, now)));
+        for m in app.index.media_of_study(study)? {
+            self.media_urls.push(MediaUrl {
+                url: app.signer.file_url(&m.object_key, ttl, now),
+                mime_type: m.mime_type,
+                file_name: m.file_name,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("answers serialise")
 }
 
 /// `patient_study.enrichment_requested`: what the indexed DICOM header says
@@ -320,92 +341,6 @@ pub fn secondary_capture_access(
         "authorized": true,
         "uploadUrls": [app.signer.upload_url(&binding, app.cfg.url_ttl(), now)],
     }))
-}
-
-/// The viewer's manifest: image SOPs need their five geometry fields, SR /
-/// PR / KO only their UIDs; anything else, and series left empty, are
-/// omitted (their URLs are still in `urls`).
-fn manifest(study: &Uid, series: &[Series]) -> Value {
-    let series: Vec<Value> = series
-        .iter()
-        .filter_map(|(uid, instances)| {
-            let sops: Vec<Value> = instances.iter().filter_map(sop_entry).collect();
-            if sops.is_empty() {
-                return None;
-            }
-            let first = &instances[0].tags;
-            let mut s = json!({ "seriesInstanceUID": uid, "sops": sops });
-            put(
-                &mut s,
-                "modality",
-                first.modality.as_ref().map(|m| json!(m)),
-            );
-            put(
-                &mut s,
-                "seriesDescription",
-                first.series_description.as_ref().map(|d| json!(d)),
-            );
-            put(
-                &mut s,
-                "seriesNumber",
-                first.series_number.map(|n| json!(n)),
-            );
-            Some(s)
-        })
-        .collect();
-    json!({ "studyInstanceUID": study, "series": series })
-}
-
-fn sop_entry(i: &InstanceRecord) -> Option<Value> {
-    let t = &i.tags;
-    let mut sop = json!({ "sopClassUID": i.sop_class_uid, "sopInstanceUID": i.sop_instance_uid });
-    match (
-        t.rows,
-        t.columns,
-        t.bits_allocated,
-        &t.photometric_interpretation,
-        t.samples_per_pixel,
-    ) {
-        (Some(rows), Some(columns), Some(bits), Some(photometric), Some(samples)) => {
-            let fields = [
-                ("rows", Some(json!(rows))),
-                ("columns", Some(json!(columns))),
-                ("bitsAllocated", Some(json!(bits))),
-                ("photometricInterpretation", Some(json!(photometric))),
-                ("samplesPerPixel", Some(json!(samples))),
-                ("bitsStored", t.bits_stored.map(|v| json!(v))),
-                ("highBit", t.high_bit.map(|v| json!(v))),
-                (
-                    "pixelRepresentation",
-                    t.pixel_representation.map(|v| json!(v)),
-                ),
-                ("instanceNumber", t.instance_number.map(|v| json!(v))),
-                ("numberOfFrames", t.number_of_frames.map(|v| json!(v))),
-                ("rescaleSlope", t.rescale_slope.map(|v| json!(v))),
-                ("rescaleIntercept", t.rescale_intercept.map(|v| json!(v))),
-                (
-                    "isFloatPixelData",
-                    t.is_float_pixel_data.then_some(json!(true)),
-                ),
-                (
-                    "isDoubleFloatPixelData",
-                    t.is_double_float_pixel_data.then_some(json!(true)),
-                ),
-            ];
-            for (name, value) in fields {
-                put(&mut sop, name, value);
-            }
-            Some(sop)
-        }
-        _ if is_document(i) => Some(sop),
-        _ => None,
-    }
-}
-
-/// Structured reports, presentation states and key object selections: the
-/// viewer needs only their UIDs.
-fn is_document(i: &InstanceRecord) -> bool {
-    matches!(i.tags.modality.as_deref(), Some("SR" | "PR" | "KO"))
 }
 
 fn put(obj: &mut Value, name: &str, value: Option<Value>) {
