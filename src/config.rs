@@ -99,6 +99,81 @@ pub struct Config {
     /// Origins (e.g. `https://app.avara.example`) allowed to use the file and
     /// upload routes from a browser. Empty: any.
     pub cors_origins: Vec<String>,
+    /// Where objects live: `[storage]` in the file, `--storage-*` flags.
+    pub storage: StorageConfig,
+}
+
+/// The object store. `url` is `file:///path` (default
+/// `<data_dir>/objects`) or `s3://bucket/optional/prefix`; the other settings
+/// apply to S3 only. Credentials come from `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, never from the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub url: Option<String>,
+    /// S3 endpoint the gateway uses, e.g. `http://minio.local:9000`
+    /// (default: AWS for `region`).
+    pub endpoint: Option<String>,
+    /// Endpoint the viewer reaches the store by, used to sign download URLs
+    /// (a signature covers the host). Default: `endpoint`.
+    pub public_endpoint: Option<String>,
+    pub region: String,
+    /// Virtual-hosted addressing (`bucket.endpoint`) instead of path style.
+    pub virtual_hosted: bool,
+    /// Allow plain-HTTP endpoints (on-site MinIO and the like).
+    pub allow_http: bool,
+    /// Instances larger than this go up in parts of this size (bytes, at
+    /// least 5 MiB, S3's smallest part).
+    pub part_size: u64,
+    /// Uploads to the store at once, over all associations.
+    pub max_uploads: usize,
+    /// Seconds one store request may take, retries included, before the
+    /// instance is refused (0xA700) rather than acknowledged.
+    pub timeout: u64,
+    #[serde(skip)]
+    pub credentials: S3Credentials,
+}
+
+/// From the standard AWS variables; never serialised or logged.
+#[derive(Clone, Default)]
+pub struct S3Credentials {
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .finish()
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: None,
+            endpoint: None,
+            public_endpoint: None,
+            region: "us-east-1".into(),
+            virtual_hosted: false,
+            allow_http: false,
+            part_size: 8 << 20,
+            max_uploads: 8,
+            timeout: 30,
+            credentials: S3Credentials::default(),
+        }
+    }
+}
+
+/// Where the store is, parsed from `storage.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageLocation {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
 /// Secrets read from the environment, passed in so tests need not touch the
@@ -109,6 +184,10 @@ pub struct SecretEnv {
     pub api_token: Option<String>,
     /// `AVARA_WEBHOOK_KEY`
     pub avara_webhook_key: Option<String>,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
 }
 
 impl SecretEnv {
@@ -116,6 +195,9 @@ impl SecretEnv {
         SecretEnv {
             api_token: std::env::var("DICOM_GATEWAY_API_TOKEN").ok(),
             avara_webhook_key: std::env::var("AVARA_WEBHOOK_KEY").ok(),
+            aws_access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
+            aws_secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            aws_session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
         }
     }
 }
@@ -145,6 +227,7 @@ impl Default for Config {
             url_ttl: 3600,
             cors_origins: Vec::new(),
             url_signing_keys_file: None,
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -223,6 +306,31 @@ pub struct Overrides {
     /// Comma-separated browser origins allowed on the file/upload routes [default: any].
     #[arg(long, env = "DICOM_GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
+    /// Object store: file:///path or s3://bucket/prefix [default: <data-dir>/objects].
+    #[arg(long = "storage", env = "DICOM_GATEWAY_STORAGE", value_name = "URL")]
+    pub storage_url: Option<String>,
+    /// S3 endpoint, e.g. http://127.0.0.1:9000 [default: AWS].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ENDPOINT", value_name = "URL")]
+    pub storage_endpoint: Option<String>,
+    /// S3 endpoint viewers use, for signing download URLs [default: --storage-endpoint].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_STORAGE_PUBLIC_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub storage_public_endpoint: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_REGION")]
+    pub storage_region: Option<String>,
+    /// S3 virtual-hosted addressing instead of path style.
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_VIRTUAL_HOSTED")]
+    pub storage_virtual_hosted: Option<bool>,
+    /// Allow a plain-HTTP S3 endpoint.
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ALLOW_HTTP")]
+    pub storage_allow_http: Option<bool>,
+    /// S3 request time limit in seconds, retries included [default: 30].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_TIMEOUT", value_name = "SECS")]
+    pub storage_timeout: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -259,6 +367,41 @@ impl Config {
             url_ttl,
             cors_origins,
         );
+        let st = &mut cfg.storage;
+        if over.storage_url.is_some() {
+            st.url = over.storage_url.clone();
+        }
+        if over.storage_endpoint.is_some() {
+            st.endpoint = over.storage_endpoint.clone();
+        }
+        if over.storage_public_endpoint.is_some() {
+            st.public_endpoint = over.storage_public_endpoint.clone();
+        }
+        if let Some(v) = &over.storage_region {
+            st.region = v.clone();
+        }
+        if let Some(v) = over.storage_virtual_hosted {
+            st.virtual_hosted = v;
+        }
+        if let Some(v) = over.storage_allow_http {
+            st.allow_http = v;
+        }
+        if let Some(v) = over.storage_timeout {
+            st.timeout = v;
+        }
+        st.credentials = S3Credentials {
+            access_key_id: env.aws_access_key_id.clone().filter(|v| !v.is_empty()),
+            secret_access_key: env
+                .aws_secret_access_key
+                .clone()
+                .filter(|v| !v.is_empty())
+                .map(Secret),
+            session_token: env
+                .aws_session_token
+                .clone()
+                .filter(|v| !v.is_empty())
+                .map(Secret),
+        };
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();
         }
@@ -298,6 +441,42 @@ impl Config {
         self.url_signing_keys_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join(crate::store::signer::KEY_FILE))
+    }
+
+    /// Where the objects are.
+    pub fn storage_location(&self) -> Result<StorageLocation> {
+        let invalid = |reason: String| Error::Invalid {
+            name: "storage.url",
+            reason,
+        };
+        let Some(url) = &self.storage.url else {
+            return Ok(StorageLocation::Local(self.objects_dir()));
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(invalid(format!(
+                    "{url:?}: a file URL needs an absolute path"
+                )));
+            }
+            return Ok(StorageLocation::Local(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid_bucket {
+                return Err(invalid(format!("{bucket:?} is not an S3 bucket name")));
+            }
+            return Ok(StorageLocation::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        Err(invalid(format!(
+            "{url:?}: expected file:///path or s3://bucket/prefix"
+        )))
     }
 
     pub fn url_ttl(&self) -> Duration {
@@ -352,6 +531,42 @@ impl Config {
                 format!("{:?} is not an http(s) URL", self.public_url),
             );
         }
+        if let StorageLocation::S3 { .. } = self.storage_location()? {
+            let st = &self.storage;
+            for (name, url) in [
+                ("storage.endpoint", &st.endpoint),
+                ("storage.public_endpoint", &st.public_endpoint),
+            ] {
+                if let Some(url) = url {
+                    if !(url.starts_with("https://")
+                        || (url.starts_with("http://") && st.allow_http))
+                    {
+                        return invalid(
+                            name,
+                            format!(
+                                "{url:?} is not an https URL (set storage.allow_http for http)"
+                            ),
+                        );
+                    }
+                }
+            }
+            if st.part_size < 5 << 20 {
+                return invalid("storage.part_size", "S3 parts are at least 5 MiB".into());
+            }
+            if st.max_uploads == 0 || st.timeout == 0 {
+                return invalid(
+                    "storage.max_uploads/storage.timeout",
+                    "must be at least 1".into(),
+                );
+            }
+            let c = &st.credentials;
+            if c.access_key_id.is_some() != c.secret_access_key.is_some() {
+                return invalid(
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+                    "set both or neither".into(),
+                );
+            }
+        }
         for uid in &self.extra_sop_classes {
             if let Err(e) = crate::uid::Uid::parse(uid) {
                 return invalid("extra_sop_classes", format!("{uid:?}: {e}"));
@@ -389,6 +604,15 @@ impl Config {
             None => "# api_token: not set (operator API answers loopback clients only)\n",
         };
         text.push_str(token);
+        if let Ok(StorageLocation::S3 { .. }) = self.storage_location() {
+            let c = &self.storage.credentials;
+            text.push_str(&format!(
+                "# storage credentials: AWS_ACCESS_KEY_ID={}, AWS_SECRET_ACCESS_KEY={}, AWS_SESSION_TOKEN={}\n",
+                c.access_key_id.as_deref().unwrap_or("<not set>"),
+                if c.secret_access_key.is_some() { "<redacted>" } else { "<not set>" },
+                if c.session_token.is_some() { "<redacted>" } else { "<not set>" },
+            ));
+        }
         text
     }
 }
@@ -481,13 +705,50 @@ mod tests {
         let env = SecretEnv {
             api_token: Some("hunter2-token".into()),
             avara_webhook_key: Some("whsec_aHVudGVyMi13ZWJob29rLWtleQ==".into()),
+            aws_access_key_id: Some("AKIDVISIBLE".into()),
+            aws_secret_access_key: Some("hunter2-aws".into()),
+            aws_session_token: Some("hunter2-sts".into()),
         };
-        let cfg = Config::load(&Overrides::default(), &env).unwrap();
+        let over = Overrides {
+            storage_url: Some("s3://dicom/site-a".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load(&over, &env).unwrap();
         assert_eq!(cfg.webhook_keys.len(), 1);
+        assert_eq!(
+            cfg.storage_location().unwrap(),
+            StorageLocation::S3 {
+                bucket: "dicom".into(),
+                prefix: "site-a".into()
+            }
+        );
         assert!(!format!("{cfg:?}").contains("hunter2"));
         let printed = cfg.to_redacted_toml();
         assert!(!printed.contains("hunter2"));
         assert!(!printed.contains("aHVudGVy"));
         assert!(printed.contains("<redacted>"));
+        assert!(printed.contains("AKIDVISIBLE"), "{printed}");
+    }
+
+    #[test]
+    fn storage_urls_are_checked() {
+        let load = |url: &str| {
+            let over = Overrides {
+                storage_url: Some(url.into()),
+                ..Default::default()
+            };
+            Config::load(&over, &SecretEnv::default())
+        };
+        assert_eq!(
+            load("file:///srv/dicom")
+                .unwrap()
+                .storage_location()
+                .unwrap(),
+            StorageLocation::Local("/srv/dicom".into())
+        );
+        for bad in ["file://relative", "s3://UPPER", "ftp://x", "/srv/dicom"] {
+            let err = load(bad).unwrap_err().to_string();
+            assert!(err.contains("storage.url"), "{bad}: {err}");
+        }
     }
 }

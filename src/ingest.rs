@@ -17,7 +17,7 @@ use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
 pub use commit::Committer;
-use spool::{Spool, SpoolWriter};
+use spool::{Spool, SpoolWriter, Spooled};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -106,6 +106,7 @@ pub struct Stored {
 
 pub struct Ingest {
     spool: Spool,
+    store: BlobStore,
     committer: Committer,
     max_instance_size: u64,
     min_free_space: u64,
@@ -149,7 +150,8 @@ impl Ingest {
         }
         Ok(Ingest {
             spool,
-            committer: Committer::new(store, index),
+            committer: Committer::new(store.clone(), index),
+            store,
             max_instance_size: cfg.max_instance_size,
             min_free_space: cfg.min_free_space,
         })
@@ -194,48 +196,36 @@ impl Ingest {
     /// durable in the store and the index, and says what happened.
     pub async fn finish(&self, receiving: Receiving, expected: Check) -> Result<Stored> {
         let Receiving { writer, source, .. } = receiving;
-        let committer = self.committer.clone();
-        writer
-            .finish(move |spooled| {
-                let header = header::read_header(spooled.path())?;
-                check(&header.study, &expected.study, "Study Instance UID")?;
-                check(&header.series, &expected.series, "Series Instance UID")?;
-                check(
-                    &header.sop_instance,
-                    &expected.sop_instance,
-                    "SOP Instance UID",
-                )?;
-                check(&header.sop_class, &expected.sop_class, "SOP Class UID")?;
-                let record = InstanceRecord {
-                    object_key: ObjectKey::instance(
-                        &header.study,
-                        &header.series,
-                        &header.sop_instance,
-                    ),
-                    study_instance_uid: header.study,
-                    series_instance_uid: header.series,
-                    sop_instance_uid: header.sop_instance,
-                    sop_class_uid: header.sop_class,
-                    size: spooled.len,
-                    transfer_syntax_uid: header.transfer_syntax,
-                    received_at: now_rfc3339(),
-                    source,
-                    tags: header.instance,
-                };
-                let new = NewInstance {
-                    record: record.clone(),
-                    study: header.study_tags,
-                };
-                let outcome = committer.commit(spooled, NewEntry::Instance(Box::new(new)))?;
-                Ok(Stored { record, outcome })
+        if self.store.is_local() {
+            // Check, rename into place and commit on the thread that
+            // fsynced the spool file.
+            let committer = self.committer.clone();
+            return writer
+                .finish(true, move |spooled| {
+                    let (record, new) = describe(&spooled, &expected, source)?;
+                    let outcome = committer.commit(spooled, new)?;
+                    Ok(Stored { record, outcome })
+                })
+                .await
+                .map_err(Error::Spool)?;
+        }
+        let (spooled, described) = writer
+            .finish(false, move |spooled| {
+                let described = describe(&spooled, &expected, source);
+                (spooled, described)
             })
             .await
-            .map_err(Error::Spool)?
+            .map_err(Error::Spool)?;
+        let (record, new) = described?;
+        let outcome = self.upload_and_commit(spooled, new).await?;
+        Ok(Stored { record, outcome })
     }
 
     /// Makes a received media file durable in the store and the index, as a
-    /// file of `study` named `name`. Returns its record and whether it
-    /// replaced an earlier file of that name.
+    /// file of `study` named `name`, with a sidecar next to it that keeps its
+    /// record (so `reindex` restores the MIME type and report fields).
+    /// Returns its record and whether it replaced an earlier file of that
+    /// name.
     pub async fn finish_media(
         &self,
         receiving: Receiving,
@@ -245,24 +235,42 @@ impl Ingest {
         report: Option<ReportInfo>,
     ) -> Result<(MediaRecord, bool)> {
         let Receiving { writer, source, .. } = receiving;
-        let committer = self.committer.clone();
-        writer
-            .finish(move |spooled| {
-                let record = MediaRecord {
-                    object_key: ObjectKey::media(&study, &name),
-                    study_instance_uid: study,
-                    file_name: name,
-                    mime_type,
-                    size: spooled.len,
-                    stored_at: now_rfc3339(),
-                    source,
-                    report,
-                };
-                let outcome = committer.commit(spooled, NewEntry::Media(record.clone()))?;
-                Ok((record, outcome != PutOutcome::Added))
+        let record = MediaRecord {
+            object_key: ObjectKey::media(&study, &name),
+            file_name: name.clone(),
+            mime_type,
+            size: writer.len(),
+            stored_at: now_rfc3339(),
+            source,
+            report,
+            study_instance_uid: study.clone(),
+        };
+        let sidecar = serde_json::to_vec(&record).expect("records serialise");
+        self.store
+            .put_small(&ObjectKey::media_sidecar(&study, &name), sidecar)
+            .await?;
+        let local = self.store.is_local();
+        let (spooled, new) = writer
+            .finish(local, {
+                let record = record.clone();
+                move |spooled| (spooled, NewEntry::Media(record))
             })
             .await
-            .map_err(Error::Spool)?
+            .map_err(Error::Spool)?;
+        let outcome = self.upload_and_commit(spooled, new).await?;
+        Ok((record, outcome != PutOutcome::Added))
+    }
+
+    /// Uploads the spooled object (remote store), then places (local store)
+    /// and indexes it.
+    async fn upload_and_commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome> {
+        self.store
+            .upload(spooled.path(), spooled.len, new.object_key())
+            .await?;
+        let committer = self.committer.clone();
+        tokio::task::spawn_blocking(move || committer.commit(spooled, new))
+            .await
+            .map_err(|e| Error::Spool(std::io::Error::other(e)))?
     }
 
     fn check_free_space(&self) -> Result<()> {
@@ -274,6 +282,41 @@ impl Ingest {
             Err(e) => Err(Error::Spool(e)),
         }
     }
+}
+
+/// Reads a spooled instance's header, checks it against what was expected,
+/// and builds its index entry. Blocking.
+fn describe(
+    spooled: &Spooled,
+    expected: &Check,
+    source: String,
+) -> Result<(InstanceRecord, NewEntry)> {
+    let header = header::read_header(spooled.path())?;
+    check(&header.study, &expected.study, "Study Instance UID")?;
+    check(&header.series, &expected.series, "Series Instance UID")?;
+    check(
+        &header.sop_instance,
+        &expected.sop_instance,
+        "SOP Instance UID",
+    )?;
+    check(&header.sop_class, &expected.sop_class, "SOP Class UID")?;
+    let record = InstanceRecord {
+        object_key: ObjectKey::instance(&header.study, &header.series, &header.sop_instance),
+        study_instance_uid: header.study,
+        series_instance_uid: header.series,
+        sop_instance_uid: header.sop_instance,
+        sop_class_uid: header.sop_class,
+        size: spooled.len,
+        transfer_syntax_uid: header.transfer_syntax,
+        received_at: now_rfc3339(),
+        source,
+        tags: header.instance,
+    };
+    let new = NewInstance {
+        record: record.clone(),
+        study: header.study_tags,
+    };
+    Ok((record, NewEntry::Instance(Box::new(new))))
 }
 
 fn check(found: &Uid, expected: &Option<Uid>, name: &'static str) -> Result<()> {

@@ -74,12 +74,10 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("data directory {} is unusable", cfg.data_dir.display()))?;
-    let store = BlobStore::open_local(&cfg.objects_dir()).with_context(|| {
-        format!(
-            "object store under {} is unusable",
-            cfg.objects_dir().display()
-        )
-    })?;
+    let store = BlobStore::open(&cfg)
+        .await
+        .context("the object store is unusable")?;
+    tracing::info!(store = %store.describe(), "object store");
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
     prune_webhook_answers(&index)?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone())

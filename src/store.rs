@@ -1,11 +1,17 @@
 //! The object store: where instance blobs live, under self-describing keys.
 //!
-//! Local backend: `object_store`'s `LocalFileSystem` rooted at
-//! `<data-dir>/objects`, used for reads, listing and deletes. Newly received
-//! instances do not go through `put` (that would write every byte a second
-//! time): they are spooled on the same filesystem and renamed into place by
-//! [`BlobStore::place_batch`], which fsyncs the directories it touched so the
-//! renames are durable before anything is acknowledged.
+//! Two backends behind one type:
+//! - **Local** (`file://`, the default `<data-dir>/objects`): `object_store`'s
+//!   `LocalFileSystem`, used for reads, listing and deletes. Newly received
+//!   instances do not go through `put` (that would write every byte a second
+//!   time): they are spooled on the same filesystem and renamed into place by
+//!   [`BlobStore::place_batch`], which fsyncs the directories it touched so
+//!   the renames are durable before anything is acknowledged. The gateway
+//!   serves the bytes itself, behind its own signed URLs.
+//! - **S3** (`s3://bucket/prefix`): every spooled object is uploaded by
+//!   [`BlobStore::upload`] (in parts above `storage.part_size`, a bounded
+//!   number at once) before it is indexed; viewers download straight from the
+//!   store with presigned URLs signed for the public endpoint.
 
 pub mod keys;
 pub mod signer;
@@ -13,10 +19,20 @@ pub mod signer;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::prefix::PrefixStore;
+use object_store::signer::{Method, SignedUrlOptions, Signer};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
 
+use crate::config::{Config, StorageLocation};
 pub use keys::ObjectKey;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,6 +48,15 @@ pub enum Error {
     },
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    #[error("storage configuration: {0}")]
+    Config(#[from] crate::config::Error),
+    #[error("{store} {what}: {source}")]
+    Probe {
+        store: String,
+        what: &'static str,
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 impl Error {
@@ -44,38 +69,267 @@ impl Error {
 /// The gateway's blob store.
 #[derive(Clone)]
 pub struct BlobStore {
-    root: PathBuf,
     store: Arc<dyn ObjectStore>,
+    backend: Arc<Backend>,
+}
+
+enum Backend {
+    Local {
+        root: PathBuf,
+    },
+    S3 {
+        /// Signs with the public endpoint; never sends a request.
+        signer: PrefixStore<AmazonS3>,
+        part_size: usize,
+        uploads: Semaphore,
+        describe: String,
+    },
 }
 
 impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobStore")
-            .field("root", &self.root)
-            .finish()
+        f.write_str(&self.describe())
     }
 }
 
+/// The name of the probe object written at start-up (S3).
+const PROBE_PREFIX: &str = ".dicom-gateway-probe";
+
 impl BlobStore {
+    /// Opens the configured store. For S3, checks that the bucket is
+    /// reachable and writable, and warns when conditional create is not
+    /// honoured.
+    pub async fn open(cfg: &Config) -> Result<BlobStore> {
+        match cfg.storage_location()? {
+            StorageLocation::Local(root) => BlobStore::open_local(&root),
+            StorageLocation::S3 { bucket, prefix } => {
+                let store = BlobStore::open_s3(cfg, &bucket, &prefix)?;
+                store.probe().await?;
+                Ok(store)
+            }
+        }
+    }
+
     /// Opens (creating if needed) the local store rooted at `root`.
     pub fn open_local(root: &Path) -> Result<BlobStore> {
         std::fs::create_dir_all(root).map_err(Error::io("create", root))?;
         let root = root.canonicalize().map_err(Error::io("resolve", root))?;
         let store = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
         Ok(BlobStore {
-            root,
             store: Arc::new(store),
+            backend: Arc::new(Backend::Local { root }),
         })
     }
 
-    /// The underlying `object_store` (reads, listing, deletes).
+    /// Builds the S3 clients (no request is made).
+    pub fn open_s3(cfg: &Config, bucket: &str, prefix: &str) -> Result<BlobStore> {
+        let st = &cfg.storage;
+        let timeout = Duration::from_secs(st.timeout);
+        let build = |endpoint: Option<&String>| {
+            // Client options first: they carry allow_http.
+            let mut b = AmazonS3Builder::new()
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_timeout(timeout)
+                        .with_connect_timeout(Duration::from_secs(5).min(timeout)),
+                )
+                .with_bucket_name(bucket)
+                .with_region(&st.region)
+                .with_allow_http(st.allow_http)
+                .with_virtual_hosted_style_request(st.virtual_hosted)
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig::default(),
+                    max_retries: 4,
+                    retry_timeout: timeout,
+                });
+            if let Some(endpoint) = endpoint {
+                b = b.with_endpoint(endpoint);
+            }
+            let c = &st.credentials;
+            if let (Some(id), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
+                b = b
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret.expose());
+            }
+            if let Some(token) = &c.session_token {
+                b = b.with_token(token.expose());
+            }
+            b.build()
+        };
+        let store = PrefixStore::new(build(st.endpoint.as_ref())?, prefix);
+        let public = st.public_endpoint.as_ref().or(st.endpoint.as_ref());
+        let signer = PrefixStore::new(build(public)?, prefix);
+        let endpoint = st.endpoint.as_deref().unwrap_or("AWS");
+        Ok(BlobStore {
+            store: Arc::new(store),
+            backend: Arc::new(Backend::S3 {
+                signer,
+                part_size: st.part_size as usize,
+                uploads: Semaphore::new(st.max_uploads),
+                describe: format!("s3://{bucket}/{prefix} (endpoint {endpoint})"),
+            }),
+        })
+    }
+
+    /// Writes, re-creates and removes a probe object.
+    async fn probe(&self) -> Result<()> {
+        let endpoint = self.describe();
+        let failed = |what| {
+            let store = endpoint.clone();
+            move |source| Error::Probe {
+                store,
+                what,
+                source,
+            }
+        };
+        let path = object_store::path::Path::from_iter([
+            PROBE_PREFIX,
+            &format!("{}-{}", std::process::id(), unique()),
+        ]);
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from_static(b"probe"), create.clone())
+            .await
+            .map_err(failed("is not writable"))?;
+        match self
+            .store
+            .put_opts(&path, PutPayload::from_static(b"probe"), create)
+            .await
+        {
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            Ok(_) => tracing::warn!(
+                store = %endpoint,
+                "the store does not honour conditional create (If-None-Match); \
+                 the gateway does not rely on it, but two gateways writing the same \
+                 key are then resolved by last writer"
+            ),
+            Err(e) => {
+                tracing::warn!(store = %endpoint, error = %e, "conditional create probe failed")
+            }
+        }
+        self.store
+            .delete(&path)
+            .await
+            .map_err(failed("refused a delete"))?;
+        tracing::info!(store = %endpoint, "object store reachable and writable");
+        Ok(())
+    }
+
+    /// Where the objects are, for logs.
+    pub fn describe(&self) -> String {
+        match &*self.backend {
+            Backend::Local { root } => format!("file://{}", root.display()),
+            Backend::S3 { describe, .. } => describe.clone(),
+        }
+    }
+
+    /// The underlying `object_store`, rooted at the store's root: an
+    /// [`ObjectKey`]'s path names its object (reads, listing, deletes).
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
 
-    /// The filesystem path of a key in the local store.
-    pub fn local_path(&self, key: &ObjectKey) -> PathBuf {
-        self.root.join(key.as_str())
+    /// Whether objects are files under a local root (placed by rename).
+    pub fn is_local(&self) -> bool {
+        matches!(&*self.backend, Backend::Local { .. })
+    }
+
+    /// The filesystem path of a key, for the local store.
+    pub fn local_path(&self, key: &ObjectKey) -> Option<PathBuf> {
+        match &*self.backend {
+            Backend::Local { root } => Some(root.join(key.as_str())),
+            Backend::S3 { .. } => None,
+        }
+    }
+
+    /// Uploads a complete spool file to `key` (S3; the local store places
+    /// spool files by rename instead, so this does nothing there). Returns
+    /// once the store confirmed the write. Memory: one part buffer per
+    /// part in flight (at most three per upload).
+    pub async fn upload(&self, spool: &Path, len: u64, key: &ObjectKey) -> Result<()> {
+        let Backend::S3 {
+            part_size, uploads, ..
+        } = &*self.backend
+        else {
+            return Ok(());
+        };
+        let _slot = uploads.acquire().await.expect("never closed");
+        let location = key.to_path();
+        let mut file = tokio::fs::File::open(spool)
+            .await
+            .map_err(Error::io("open spool", spool))?;
+        if len <= *part_size as u64 {
+            let mut bytes = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut bytes)
+                .await
+                .map_err(Error::io("read spool", spool))?;
+            self.store.put(&location, bytes.into()).await?;
+            return Ok(());
+        }
+        let upload = self.store.put_multipart(&location).await?;
+        let mut parts = WriteMultipart::new_with_chunk_size(upload, *part_size);
+        let mut buf = vec![0u8; 1 << 20];
+        let sent: Result<()> = async {
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(Error::io("read spool", spool))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                parts.wait_for_capacity(2).await?;
+                parts.write(&buf[..n]);
+            }
+        }
+        .await;
+        match sent {
+            // `finish` aborts the upload itself when a part failed.
+            Ok(()) => parts.finish().await.map(drop).map_err(Error::from),
+            Err(e) => {
+                if let Err(abort) = parts.abort().await {
+                    tracing::warn!(key = %key, error = %abort, "could not abort a multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a small object (a media sidecar) durably.
+    pub async fn put_small(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<()> {
+        self.store.put(&key.to_path(), bytes.into()).await?;
+        Ok(())
+    }
+
+    /// A presigned download URL straight from the store (S3), answering with
+    /// `content_type` and `disposition`; `None` for the local store, whose
+    /// objects the gateway serves itself.
+    pub async fn download_url(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        disposition: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>> {
+        let Backend::S3 { signer, .. } = &*self.backend else {
+            return Ok(None);
+        };
+        let options = SignedUrlOptions::new().with_query([
+            ("response-content-type", content_type),
+            ("response-content-disposition", disposition),
+        ]);
+        let url = signer
+            .signed_url_opts(
+                Method::GET,
+                &key.to_path(),
+                ttl.min(signer::MAX_TTL),
+                &options,
+            )
+            .await?;
+        Ok(Some(url.into()))
     }
 
     /// Moves already-fsynced spool files to their keys (replacing what is
@@ -89,7 +343,9 @@ impl BlobStore {
         let results: Vec<Result<()>> = items
             .iter()
             .map(|(spool, key)| {
-                let dest = self.local_path(key);
+                let dest = self
+                    .local_path(key)
+                    .expect("place_batch is for the local store");
                 let parent = dest.parent().expect("keys have a parent");
                 self.create_dirs(parent, &mut dirty)?;
                 std::fs::rename(spool, &dest).map_err(Error::io("rename into", &dest))?;
@@ -119,8 +375,11 @@ impl BlobStore {
         if dir.is_dir() {
             return Ok(());
         }
+        let Backend::Local { root } = &*self.backend else {
+            unreachable!("directories exist only in the local store")
+        };
         let parent = dir.parent().expect("below the root");
-        if parent.starts_with(&self.root) && parent != dir {
+        if parent.starts_with(root) && parent != dir {
             self.create_dirs(parent, dirty)?;
         }
         match std::fs::create_dir(dir) {
@@ -144,6 +403,13 @@ impl BlobStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A number unlikely to repeat, for probe names.
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// fsync a directory, making the entries created or renamed in it durable.

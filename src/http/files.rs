@@ -17,6 +17,10 @@ use crate::app::App;
 use crate::store::ObjectKey;
 use crate::store::signer::Signature;
 
+/// Lifetime of the store URL a gateway file URL redirects to (S3): long
+/// enough to follow the redirect and read a large object.
+const PRESIGNED_REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub async fn get_file(
     State(app): State<App>,
     Path(raw_key): Path<String>,
@@ -43,7 +47,17 @@ pub async fn get_file(
                 .mime_type
         }
     };
-    let path = app.store.local_path(&key);
+    let disposition = key.content_disposition();
+    let Some(path) = app.store.local_path(&key) else {
+        // The store serves its own objects: send the viewer there.
+        let url = app
+            .store
+            .download_url(&key, &content_type, &disposition, PRESIGNED_REDIRECT_TTL)
+            .await
+            .map_err(ApiError::internal)?
+            .expect("a remote store signs");
+        return Ok(axum::response::Redirect::temporary(&url).into_response());
+    };
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -65,7 +79,6 @@ pub async fn get_file(
     let content_type = HeaderValue::from_str(&content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     out.insert(header::CONTENT_TYPE, content_type);
-    let disposition = format!("attachment; filename=\"{}\"", key.file_name());
     out.insert(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_str(&disposition).expect("UID file names are ASCII"),

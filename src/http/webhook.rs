@@ -272,10 +272,11 @@ async fn report_delivered(app: &App, event: ReportDelivered) -> Result<Value, Ap
     Ok(json!({ "success": true }))
 }
 
-async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+async fn blocking<T, E, F>(f: F) -> Result<T, ApiError>
 where
-    F: FnOnce() -> Result<T, crate::index::Error> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
     T: Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     tokio::task::spawn_blocking(f)
         .await

@@ -91,18 +91,27 @@ fn commit_batch(
     index: &Index,
     batch: Vec<Job>,
 ) -> Vec<(u64, Result<PutOutcome, Error>)> {
-    let items: Vec<_> = batch
-        .iter()
-        .map(|job| (job.spooled.path(), job.new.object_key()))
-        .collect();
-    let placed = store.place_batch(&items);
+    // A local store takes the spool files by rename; a remote one already
+    // has the objects (uploaded before the commit), and the spool files go
+    // when the jobs are dropped.
+    let placed = if store.is_local() {
+        let items: Vec<_> = batch
+            .iter()
+            .map(|job| (job.spooled.path(), job.new.object_key()))
+            .collect();
+        store.place_batch(&items)
+    } else {
+        batch.iter().map(|_| Ok(())).collect()
+    };
 
     let mut results = Vec::with_capacity(batch.len());
     let mut committed = Vec::with_capacity(batch.len());
     for (job, result) in batch.into_iter().zip(placed) {
         match result {
             Ok(()) => {
-                job.spooled.guard.disarm();
+                if store.is_local() {
+                    job.spooled.guard.disarm();
+                }
                 committed.push((job.id, job.new));
             }
             // The spool file is still in the spool; dropping the job removes it.
@@ -143,10 +152,10 @@ fn commit_batch(
 }
 
 fn remove_moved_object(store: &BlobStore, old: &ObjectKey, new: &ObjectKey) {
-    let path = store.local_path(old);
-    match std::fs::remove_file(&path) {
+    // On a blocking thread of the runtime: the delete is awaited here.
+    let deleted = tokio::runtime::Handle::current().block_on(store.delete(old));
+    match deleted {
         Ok(()) => tracing::info!(old = %old, new = %new, "instance moved; old object removed"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             tracing::warn!(old = %old, error = %e, "could not remove the moved instance's old object")
         }

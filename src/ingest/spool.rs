@@ -230,9 +230,11 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Writes what is left, fsyncs, and hands the durable file to `then`,
-    /// all on one blocking thread (one hop off the runtime per instance).
-    pub async fn finish<T, F>(mut self, then: F) -> std::io::Result<T>
+    /// Writes what is left, fsyncs when `durable` (the spool file becomes the
+    /// object in a local store; for a remote one the upload is what counts),
+    /// and hands the file to `then`, all on one blocking thread (one hop off
+    /// the runtime per instance).
+    pub async fn finish<T, F>(mut self, durable: bool, then: F) -> std::io::Result<T>
     where
         F: FnOnce(Spooled) -> T + Send + 'static,
         T: Send + 'static,
@@ -246,7 +248,9 @@ impl SpoolWriter {
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             file.write_all(&rest)?;
-            file.sync_data()?;
+            if durable {
+                file.sync_data()?;
+            }
             drop(file);
             Ok(then(spooled))
         })
@@ -294,7 +298,7 @@ mod tests {
         assert_eq!(swept, 0);
         let mut w = spool.create().await.unwrap();
         w.write(b"abc").await.unwrap();
-        let done = w.finish(|s| s).await.unwrap();
+        let done = w.finish(true, |s| s).await.unwrap();
         assert_eq!(std::fs::read(done.path()).unwrap(), b"abc");
         let path = done.path().to_owned();
         drop(done);

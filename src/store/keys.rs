@@ -1,6 +1,7 @@
 //! Object keys. Self-describing, so the index can be rebuilt from the store:
 //! `studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm` for instances,
-//! `studies/<StudyUID>/media/<file name>` for media (PDFs, images, videos).
+//! `studies/<StudyUID>/media/<file name>` for media (PDFs, images, videos),
+//! `studies/<StudyUID>/media-meta/<file name>.json` for their sidecars.
 //! Built only from validated UIDs and file names, so a key can never leave
 //! the store's root.
 
@@ -9,6 +10,9 @@ use crate::uid::Uid;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct ObjectKey(String);
+
+/// The folder of a study that holds its media sidecars.
+pub const MEDIA_SIDECARS: &str = "media-meta";
 
 impl ObjectKey {
     pub fn instance(study: &Uid, series: &Uid, sop: &Uid) -> ObjectKey {
@@ -19,6 +23,14 @@ impl ObjectKey {
     pub fn media(study: &Uid, name: &str) -> ObjectKey {
         debug_assert!(valid_media_name(name));
         ObjectKey(format!("studies/{study}/media/{name}"))
+    }
+
+    /// The sidecar of a media file: its index record as JSON, kept in the
+    /// store so `reindex` can restore it. Not a key [`ObjectKey::parse`]
+    /// accepts (never served).
+    pub fn media_sidecar(study: &Uid, name: &str) -> ObjectKey {
+        debug_assert!(valid_media_name(name));
+        ObjectKey(format!("studies/{study}/{MEDIA_SIDECARS}/{name}.json"))
     }
 
     /// The study and file name of a media key.
@@ -60,6 +72,11 @@ impl ObjectKey {
     /// The last path segment, for Content-Disposition.
     pub fn file_name(&self) -> &str {
         self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// `Content-Disposition` for a download of this object.
+    pub fn content_disposition(&self) -> String {
+        format!("attachment; filename=\"{}\"", self.file_name())
     }
 
     pub fn as_str(&self) -> &str {

@@ -10,16 +10,23 @@ use serde_json::{Value, json};
 use super::events::{EphemeralAccess, SecondaryCaptureAccess, StudyAccess, StudyRef};
 use super::views::StudyView;
 use crate::app::App;
+use crate::store::ObjectKey;
+
+/// What can go wrong answering an event (the event itself is never an
+/// error: a bad one gets a refusal in the answer).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Index(#[from] crate::index::Error),
+    #[error("signing a download URL: {0}")]
+    Store(#[from] crate::store::Error),
+}
 use crate::store::signer::UploadBinding;
 use crate::uid::Uid;
 
 /// `study.access_requested`: a signed GET URL for every instance, the
 /// study's media, and the manifest, serialised. Blocking (index reads).
-pub fn study_access(
-    app: &App,
-    event: &StudyAccess,
-    now: SystemTime,
-) -> Result<Vec<u8>, crate::index::Error> {
+pub fn study_access(app: &App, event: &StudyAccess, now: SystemTime) -> Result<Vec<u8>, Error> {
     let refuse =
         |error: String| json_bytes(&json!({ "authorized": false, "urls": [], "error": error }));
     let uid = match Uid::parse(&event.study_instance_uid) {
@@ -44,7 +51,7 @@ pub fn ephemeral_access(
     app: &App,
     event: &EphemeralAccess,
     now: SystemTime,
-) -> Result<Vec<u8>, crate::index::Error> {
+) -> Result<Vec<u8>, Error> {
     let refuse =
         |error: &str| json_bytes(&json!({ "authorized": false, "urls": [], "error": error }));
     let named = event.study_instance_uids();
@@ -123,14 +130,39 @@ impl Access<'_> {
         study: &Uid,
         view: &StudyView,
         now: SystemTime,
-    ) -> Result<(), crate::index::Error> {
+    ) -> Result<(), Error> {
         let ttl = app.cfg.url_ttl();
+        let media = app.index.media_of_study(study)?;
         self.urls.reserve(view.keys.len());
-        self.urls
-            .extend(view.keys.iter().map(|k| app.signer.file_url(k, ttl, now)));
-        for m in app.index.media_of_study(study)? {
-            self.media_urls.push(MediaUrl {
+        if app.store.is_local() {
+            self.urls
+                .extend(view.keys.iter().map(|k| app.signer.file_url(k, ttl, now)));
+            self.media_urls.extend(media.into_iter().map(|m| MediaUrl {
                 url: app.signer.file_url(&m.object_key, ttl, now),
+                mime_type: m.mime_type,
+                file_name: m.file_name,
+            }));
+            return Ok(());
+        }
+        // Presigned by the store (on this blocking thread: signing makes no
+        // request, so this does not wait on the network).
+        let presign = |key: &ObjectKey, mime: &str| {
+            let signed = tokio::runtime::Handle::current().block_on(app.store.download_url(
+                key,
+                mime,
+                &key.content_disposition(),
+                ttl,
+            ));
+            signed
+                .map_err(Error::from)
+                .map(|url| url.expect("a remote store signs"))
+        };
+        for key in &view.keys {
+            self.urls.push(presign(key, "application/dicom")?);
+        }
+        for m in media {
+            self.media_urls.push(MediaUrl {
+                url: presign(&m.object_key, &m.mime_type)?,
                 mime_type: m.mime_type,
                 file_name: m.file_name,
             });
@@ -146,7 +178,7 @@ fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 /// `patient_study.enrichment_requested`: what the indexed DICOM header says
 /// about the patient and the study, in the contract's formats; `{}` when the
 /// study is unknown. Blocking.
-pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, crate::index::Error> {
+pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, Error> {
     let Some(study) = Uid::parse(&event.study_instance_uid)
         .ok()
         .map(|u| app.index.study(&u))
@@ -221,7 +253,7 @@ pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, cr
 /// `clinical_context.enrichment_requested`: the report texts Avara delivered
 /// for the same patient's other studies, as `priorReports`; `{}` when there
 /// are none. Blocking.
-pub fn clinical_context(app: &App, event: &StudyRef) -> Result<Value, crate::index::Error> {
+pub fn clinical_context(app: &App, event: &StudyRef) -> Result<Value, Error> {
     let current = Uid::parse(&event.study_instance_uid).ok();
     let from_study = match &current {
         Some(uid) => app.index.study(uid)?.and_then(|s| s.tags.patient_id),
@@ -311,7 +343,7 @@ pub fn secondary_capture_access(
     app: &App,
     event: &SecondaryCaptureAccess,
     now: SystemTime,
-) -> Result<Value, crate::index::Error> {
+) -> Result<Value, Error> {
     let refuse = |error: String| json!({ "authorized": false, "uploadUrls": [], "error": error });
     let parse = |what: &str, raw: &str| {
         Uid::parse(raw).map_err(|e| format!("{what} is not a DICOM UID: {e}"))
