@@ -3,6 +3,7 @@
 
     python3 bench/ingest.py                       # all sets, 3 runs each (~5 min)
     python3 bench/ingest.py --sets small9 --quick # one set, one run
+    python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (s3s-fs)
 
 Must run as root (it creates a private network namespace).  Python 3.11,
 standard library only; the test data generator is run with .venv/bin/python.
@@ -16,6 +17,11 @@ Method
 * Sets: ct512 (1000 x ~512 KiB CT), small9 (5000 x ~9 KiB), mf100 (4 x 100 MiB
   multi-frame).  Modes: "1 assoc" = one storescu sending the whole set;
   "4 parallel" = four storescu processes at once, one quarter each.
+* S3 (--receivers gateway,gateway-s3): "gateway-s3" is the gateway with
+  --storage s3://bench/gw against s3s-fs 0.14.1 (SigV4 checked, objects as
+  files) on the same loopback and disk, started fresh for every run; its CPU
+  shares the 2 cores with the gateway and the senders.  Peak RSS is the
+  gateway's alone.
 * Receivers: DCMTK `/usr/bin/storescp --fork -od OUT PORT` (always --fork, as
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
@@ -100,7 +106,11 @@ SETS = {
     "mf100": (4, 420_000_000),
 }
 MODES = {"1 assoc": 1, "4 parallel": 4}
-RECEIVERS = ("dcmtk", "gateway")
+RECEIVERS = ("dcmtk", "gateway")  # the default; --receivers picks others
+S3S_FS = shutil.which("s3s-fs") or str(Path.home() / ".cargo" / "bin" / "s3s-fs")
+S3_PORT = 18014
+S3_BUCKET = "bench"
+S3_KEYS = ("AKIDBENCH", "bench-secret-not-a-secret")
 PARTS = 4
 SAMPLE_INTERVAL = 0.02  # seconds between RSS samples
 READY_TIMEOUT = 15.0  # seconds for a receiver to start listening
@@ -505,7 +515,44 @@ class GatewayReceiver(Receiver):
         return [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
 
 
-RECEIVER_CLASSES = {"dcmtk": DcmtkReceiver, "gateway": GatewayReceiver}
+class GatewayS3Receiver(GatewayReceiver):
+    """The gateway storing into s3s-fs (a SigV4-checking S3 server) on the
+    same loopback; the server's files live in the run's output directory."""
+
+    name = "gateway-s3"
+
+    def start(self) -> None:
+        s3_dir = self.out_dir / "s3"
+        (s3_dir / S3_BUCKET).mkdir(parents=True)
+        self.s3_log = open(self.log_path.with_name("s3s-fs.log"), "wb")
+        self.s3 = subprocess.Popen(
+            [S3S_FS, "--host", "127.0.0.1", "--port", str(S3_PORT),
+             "--access-key", S3_KEYS[0], "--secret-key", S3_KEYS[1], str(s3_dir)],
+            stdout=self.s3_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for(lambda: listening(S3_PORT), READY_TIMEOUT, "s3s-fs to listen")
+        super().start()
+
+    def command(self) -> list[str]:
+        return super().command() + [
+            "--storage", f"s3://{S3_BUCKET}/gw",
+            "--storage-endpoint", f"http://127.0.0.1:{S3_PORT}",
+            "--storage-allow-http", "true",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return gateway_env() | {"AWS_ACCESS_KEY_ID": S3_KEYS[0], "AWS_SECRET_ACCESS_KEY": S3_KEYS[1]}
+
+    def stop(self) -> list[str]:
+        problems = super().stop()
+        if getattr(self, "s3", None) is not None:
+            self.s3.terminate()
+            self.s3.wait()
+            self.s3_log.close()
+        return problems
+
+
+RECEIVER_CLASSES = {"dcmtk": DcmtkReceiver, "gateway": GatewayReceiver, "gateway-s3": GatewayS3Receiver}
 
 
 # --------------------------------------------------------------------------
@@ -633,20 +680,31 @@ def fmt(value: float | None, digits: int = 0) -> str:
 
 
 def results_table(summaries: dict) -> str:
+    """One column group per receiver; ratios against the first receiver."""
+    receivers = list(next(iter(summaries.values())))
+    first, others = receivers[0], receivers[1:]
     header = (
-        "| set | mode | DCMTK inst/s | gateway inst/s | gateway/DCMTK | DCMTK MB/s | gateway MB/s "
-        "| DCMTK peak RSS MiB | gateway peak RSS MiB |\n"
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| set | mode | "
+        + " | ".join(f"{r} inst/s" for r in receivers)
+        + "".join(f" | {r}/{first}" for r in others)
+        + " | "
+        + " | ".join(f"{r} MB/s" for r in receivers)
+        + " | "
+        + " | ".join(f"{r} peak RSS MiB" for r in receivers)
+        + " |\n|---|---|"
+        + "--:|" * (3 * len(receivers) + len(others))
+        + "\n"
     )
     rows = []
-    for (set_name, mode), pair in summaries.items():
-        d, g = pair["dcmtk"], pair["gateway"]
-        ratio = g["inst_per_s"] / d["inst_per_s"] if "inst_per_s" in d and "inst_per_s" in g else None
-        rows.append(
-            f"| {set_name} | {mode} | {fmt(d.get('inst_per_s'), 1)} | {fmt(g.get('inst_per_s'), 1)} "
-            f"| {fmt(ratio, 2)} | {fmt(d.get('mb_per_s'), 1)} | {fmt(g.get('mb_per_s'), 1)} "
-            f"| {fmt(d.get('peak_rss_mib'), 1)} | {fmt(g.get('peak_rss_mib'), 1)} |"
-        )
+    for (set_name, mode), by_rx in summaries.items():
+        base = by_rx[first].get("inst_per_s")
+        cells = [fmt(by_rx[r].get("inst_per_s"), 1) for r in receivers]
+        cells += [
+            fmt(by_rx[r]["inst_per_s"] / base if base and "inst_per_s" in by_rx[r] else None, 2) for r in others
+        ]
+        cells += [fmt(by_rx[r].get("mb_per_s"), 1) for r in receivers]
+        cells += [fmt(by_rx[r].get("peak_rss_mib"), 1) for r in receivers]
+        rows.append(f"| {set_name} | {mode} | " + " | ".join(cells) + " |")
     return header + "\n".join(rows) + "\n"
 
 
@@ -718,11 +776,13 @@ def problems_section(results: list[RunResult]) -> str:
 def write_report(results, summaries, info, command, elapsed, args, results_dir: Path) -> Path:
     date = datetime.date.today().isoformat()
     suffix = "-quick" if args.runs == 1 else ""
+    if args.receivers != list(RECEIVERS):
+        suffix = "-" + "-".join(args.receivers) + suffix
     md_path = results_dir / f"ingest-{date}{suffix}.md"
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     method = __doc__.split("Method\n------\n", 1)[1].strip()
     text = (
-        f"# Ingest benchmark, gateway vs DCMTK storescp ({date})\n\n"
+        f"# Ingest benchmark, {' vs '.join(args.receivers)} ({date})\n\n"
         f"Command: `{command}` (run as root, from `{os.getcwd()}`)\n\n"
         f"Total run time: {elapsed / 60:.1f} min; {args.runs} run(s) per cell, medians shown.\n\n"
         f"## Results\n\n{results_table(summaries)}\n"
@@ -756,10 +816,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of %(default)s")
     parser.add_argument("--runs", type=int, default=3, help="runs per (set, mode, receiver); default 3")
     parser.add_argument("--quick", action="store_true", help="one run each (same as --runs 1)")
+    parser.add_argument(
+        "--receivers",
+        default=",".join(RECEIVERS),
+        help="comma-separated, from " + ", ".join(RECEIVER_CLASSES) + "; ratios are against the first (default %(default)s)",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results", help="report dir")
     args = parser.parse_args()
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    args.receivers = [r.strip() for r in args.receivers.split(",") if r.strip()]
+    if set(args.receivers) - set(RECEIVER_CLASSES) or len(args.receivers) < 1:
+        parser.error(f"unknown receiver(s) in {args.receivers}")
     unknown = set(args.sets) - set(SETS)
     if unknown:
         parser.error(f"unknown set(s): {', '.join(sorted(unknown))}")
@@ -769,8 +837,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def check_tools() -> None:
-    for tool in (STORESCU, STORESCP, GATEWAY_BUILD):
+def check_tools(receivers: list[str]) -> None:
+    tools = [STORESCU, STORESCP, GATEWAY_BUILD] + ([S3S_FS] if "gateway-s3" in receivers else [])
+    for tool in tools:
         if not os.access(tool, os.X_OK):
             sys.exit(f"missing {tool} (build the gateway with `cargo build --release`)")
     newest_src = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.rs"))
@@ -786,12 +855,12 @@ def snapshot_gateway(work_dir: Path) -> None:
     GatewayReceiver.binary = copy
 
 
-def run_set(bench_set: BenchSet, runs: int, work_dir: Path) -> list[RunResult]:
+def run_set(bench_set: BenchSet, runs: int, work_dir: Path, receivers: list[str]) -> list[RunResult]:
     """All modes x runs x receivers of one set; receivers alternate going first."""
     results = []
     for mode in MODES:
         for run in range(1, runs + 1):
-            for receiver in RECEIVERS if run % 2 else RECEIVERS[::-1]:
+            for receiver in receivers if run % 2 else receivers[::-1]:
                 r = run_once(receiver, bench_set, mode, run, work_dir)
                 status = "ok" if r.ok else "FAILED: " + "; ".join(r.problems)[:300]
                 log(
@@ -808,7 +877,7 @@ def main() -> None:
     command = shlex.join([sys.executable, *sys.argv])
     args = parse_args()
     enter_private_netns()
-    check_tools()
+    check_tools(args.receivers)
     check_disk(args.work_dir, args.sets, args.runs)
     snapshot_gateway(args.work_dir)
     info = machine_info()
@@ -824,12 +893,12 @@ def main() -> None:
     for bench_set in bench_sets:
         wait_for_inode_reuse(args.work_dir)
         try:
-            results += run_set(bench_set, args.runs, args.work_dir)
+            results += run_set(bench_set, args.runs, args.work_dir, args.receivers)
         finally:
             remove_outputs(args.work_dir)
         for mode in MODES:
             summaries[(bench_set.name, mode)] = {
-                rx: summarize(results, bench_set, mode, rx) for rx in RECEIVERS
+                rx: summarize(results, bench_set, mode, rx) for rx in args.receivers
             }
 
     elapsed = time.monotonic() - started

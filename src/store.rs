@@ -48,6 +48,8 @@ pub enum Error {
     },
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    #[error("upload task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("storage configuration: {0}")]
     Config(#[from] crate::config::Error),
     #[error("{store} {what}: {source}")]
@@ -250,13 +252,21 @@ impl BlobStore {
     /// once the store confirmed the write. Memory: one part buffer per
     /// part in flight (at most three per upload).
     pub async fn upload(&self, spool: &Path, len: u64, key: &ObjectKey) -> Result<()> {
-        let Backend::S3 {
-            part_size, uploads, ..
-        } = &*self.backend
-        else {
+        let Backend::S3 { uploads, .. } = &*self.backend else {
             return Ok(());
         };
         let _slot = uploads.acquire().await.expect("never closed");
+        // A task of its own, so an association dropped mid-upload (a peer
+        // abort, the shutdown deadline) still completes or aborts the
+        // multipart upload instead of leaving its parts behind.
+        let (store, spool, key) = (self.clone(), spool.to_owned(), key.clone());
+        tokio::spawn(async move { store.upload_now(&spool, len, &key).await }).await?
+    }
+
+    async fn upload_now(&self, spool: &Path, len: u64, key: &ObjectKey) -> Result<()> {
+        let Backend::S3 { part_size, .. } = &*self.backend else {
+            return Ok(());
+        };
         let location = key.to_path();
         let mut file = tokio::fs::File::open(spool)
             .await
