@@ -3,9 +3,11 @@
 #
 #   scripts/test.sh            # as CI runs it
 #
-# Installs: Debian's dcmtk (storescu, echoscu, dcmdump), and a Python venv in
-# .venv with pydicom and pynetdicom. Then: rustfmt check, clippy, and
-# `cargo test` (unit tests and the integration tests against real peers).
+# Installs: Debian's dcmtk (storescu, echoscu, dcmdump), a Python venv in
+# .venv with pydicom and pynetdicom, and s3s-fs (the S3 server of the S3
+# tests, which checks SigV4 signatures for real) into ~/.cargo/bin. Then:
+# rustfmt check, clippy, and `cargo test` (unit tests and the integration
+# tests against real peers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,14 @@ fi
 if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt; then
     echo "pip could not install tests/requirements.txt" >&2
     exit 1
+fi
+
+# Pinned: later versions need a newer Rust; the tests know 0.14.1's layout.
+S3S_FS_VERSION=0.14.1
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]; then
+    step "installing s3s-fs $S3S_FS_VERSION (a few minutes)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --locked --features binary
 fi
 
 step "rustfmt"

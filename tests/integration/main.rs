@@ -8,4 +8,5 @@ mod files;
 mod http_api;
 mod lifecycle;
 mod peers;
+mod s3;
 mod webhook;

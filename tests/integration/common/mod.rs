@@ -6,12 +6,13 @@
 #![allow(dead_code)]
 
 pub mod dul;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -43,11 +44,69 @@ pub fn fixture(name_part: &str) -> Value {
         .unwrap_or_else(|| panic!("no fixture matching {name_part}"))
 }
 
-/// Log lines shared with the thread that drains the gateway's stderr.
+/// The last line of a [`Log`] once the process closed its output.
+const CLOSED: &str = "<stderr closed>";
+
+/// Log lines shared with the thread that drains a process's output.
 #[derive(Default)]
 struct Log {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+}
+
+impl Log {
+    /// A log filled from `output` by a thread, each line echoed with `echo`
+    /// as prefix when `GATEWAY_TEST_LOG` is set; ends with [`CLOSED`].
+    fn drain(output: impl std::io::Read + Send + 'static, echo: &'static str) -> Arc<Log> {
+        let log = Arc::new(Log::default());
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("GATEWAY_TEST_LOG").is_some() {
+                    eprintln!("{echo}: {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().push(CLOSED.into());
+            sink.changed.notify_all();
+        });
+        log
+    }
+
+    /// Blocks until a line after the first `skip` contains `needle`; fails
+    /// the test if `who` ends first or nothing comes within [`LOG_WAIT`].
+    fn wait_for_after(&self, skip: usize, needle: &str, who: &str) -> String {
+        let deadline = Instant::now() + LOG_WAIT;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(skip).find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if lines.last().is_some_and(|l| l == CLOSED) {
+                panic!(
+                    "{who} exited before logging {needle:?}:\n{}",
+                    lines.join("\n")
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {who} log line with {needle:?} within {LOG_WAIT:?}:\n{}",
+                lines.join("\n")
+            );
+            lines = self.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
 }
 
 pub struct Gateway {
@@ -92,42 +151,36 @@ impl Gateway {
         gw
     }
 
-    fn spawn(data_dir: PathBuf, args: Vec<String>, envs: Vec<(String, String)>) -> Gateway {
+    /// `dicom-gateway serve` on `data_dir`, listening on port 0, with its
+    /// stderr piped.
+    fn command(data_dir: &Path, args: &[String], envs: &[(String, String)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dicom-gateway"));
         cmd.arg("serve")
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(data_dir)
             .args([
                 "--dicom-listen",
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
             ])
-            .args(&args)
+            .args(args)
             .env_remove("DICOM_GATEWAY_API_TOKEN")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in &envs {
+        for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start dicom-gateway");
-        let log = Arc::new(Log::default());
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("GATEWAY_TEST_LOG").is_some() {
-                    eprintln!("gateway: {line}");
-                }
-                sink.lines.lock().unwrap().push(line);
-                sink.changed.notify_all();
-            }
-            sink.lines.lock().unwrap().push("<stderr closed>".into());
-            sink.changed.notify_all();
-        });
+        cmd
+    }
+
+    fn spawn(data_dir: PathBuf, args: Vec<String>, envs: Vec<(String, String)>) -> Gateway {
+        let mut child = Gateway::command(&data_dir, &args, &envs)
+            .spawn()
+            .expect("start dicom-gateway");
+        let log = Log::drain(child.stderr.take().unwrap(), "gateway");
         let mut gw = Gateway {
             data_dir,
             _tmp: None,
@@ -163,42 +216,54 @@ impl Gateway {
 
     /// Like [`wait_for_log`], looking only at lines after the first `skip`.
     pub fn wait_for_log_after(&self, skip: usize, needle: &str) -> String {
-        let deadline = Instant::now() + LOG_WAIT;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if let Some(l) = lines.iter().skip(skip).find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            if lines.last().is_some_and(|l| l == "<stderr closed>") {
-                panic!(
-                    "gateway exited before logging {needle:?}:\n{}",
-                    lines.join("\n")
-                );
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {needle:?} within {LOG_WAIT:?}:\n{}",
-                lines.join("\n")
-            );
-            lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
-        }
+        self.log.wait_for_after(skip, needle, "gateway")
     }
 
     pub fn log_len(&self) -> usize {
-        self.log.lines.lock().unwrap().len()
+        self.log.len()
     }
 
     /// Stops the gateway and returns everything it logged (for checking
     /// what must *not* be there).
     pub fn final_log(&mut self) -> String {
         assert!(self.stop().success());
-        self.wait_for_log("<stderr closed>");
+        self.wait_for_log(CLOSED);
         self.log_text()
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lines.lock().unwrap().join("\n")
+        self.log.text()
+    }
+
+    /// Runs a gateway that is expected to give up at start-up: waits (at most
+    /// `limit`) for it to exit by itself; returns its status and stderr.
+    pub fn start_expecting_exit(opts: Opts, limit: Duration) -> (ExitStatus, String) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let child = Gateway::command(&tmp.path().join("data"), &opts.args, &opts.envs)
+            .spawn()
+            .expect("start dicom-gateway");
+        let pid = child.id();
+        let (done, exited) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        match exited.recv_timeout(limit) {
+            Ok(out) => {
+                let out = out.expect("wait for dicom-gateway");
+                (
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", &pid.to_string()])
+                    .status();
+                panic!(
+                    "dicom-gateway still running after {limit:?}: it should have refused to start"
+                );
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
