@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;
@@ -18,6 +19,8 @@ pub struct App {
     pub signer: UrlSigner,
     /// Access answers' per-study parts, cached until the study changes.
     pub views: Arc<StudyViews>,
+    /// Looks in a shared store for studies other gateways received.
+    pub discovery: Arc<Discovery>,
     /// Wakes the report worker when a `report.delivered` was recorded.
     pub reports: Arc<tokio::sync::Notify>,
 }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dicom;
+pub mod discovery;
 pub mod http;
 pub mod index;
 pub mod ingest;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::dicom::DicomServer;
 use crate::index::Index;
 use crate::ingest::Ingest;
@@ -84,6 +86,7 @@ pub async fn run(
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
     let signer = UrlSigner::load_or_create(&cfg.url_signing_keys_path(), &cfg.public_url)
         .context("URL signing keys")?;
+    let discovery = Arc::new(Discovery::new(&store));
     let app = App {
         cfg: Arc::clone(&cfg),
         index: index.clone(),
@@ -91,6 +94,7 @@ pub async fn run(
         ingest: Arc::new(ingest),
         signer,
         views: Arc::new(StudyViews::new(STUDY_VIEWS)),
+        discovery,
         reports: Arc::new(tokio::sync::Notify::new()),
     };
 

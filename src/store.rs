@@ -52,7 +52,7 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
     #[error("storage configuration: {0}")]
     Config(#[from] crate::config::Error),
-    #[error("{store} {what}: {source}")]
+    #[error("{store} {what}")]
     Probe {
         store: String,
         what: &'static str,

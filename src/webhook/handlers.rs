@@ -33,6 +33,7 @@ pub fn study_access(app: &App, event: &StudyAccess, now: SystemTime) -> Result<V
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(format!("studyInstanceUid is not a DICOM UID: {e}"))),
     };
+    app.discovery.refresh_blocking(&app.store, &app.index, &uid);
     let Some(view) = app.views.get(&app.index, &uid)? else {
         return Ok(refuse(format!("study {uid} is not on this gateway")));
     };
@@ -64,7 +65,10 @@ pub fn ephemeral_access(
     let mut unknown = Vec::new();
     for raw in named {
         let view = match Uid::parse(&raw) {
-            Ok(uid) => app.views.get(&app.index, &uid)?.map(|v| (uid, v)),
+            Ok(uid) => {
+                app.discovery.refresh_blocking(&app.store, &app.index, &uid);
+                app.views.get(&app.index, &uid)?.map(|v| (uid, v))
+            }
             Err(_) => None,
         };
         match view {
@@ -179,12 +183,11 @@ fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 /// about the patient and the study, in the contract's formats; `{}` when the
 /// study is unknown. Blocking.
 pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, Error> {
-    let Some(study) = Uid::parse(&event.study_instance_uid)
-        .ok()
-        .map(|u| app.index.study(&u))
-        .transpose()?
-        .flatten()
-    else {
+    let Ok(uid) = Uid::parse(&event.study_instance_uid) else {
+        return Ok(json!({}));
+    };
+    app.discovery.refresh_blocking(&app.store, &app.index, &uid);
+    let Some(study) = app.index.study(&uid)? else {
         return Ok(json!({}));
     };
     let t = &study.tags;
@@ -352,6 +355,7 @@ pub fn secondary_capture_access(
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(e)),
     };
+    app.discovery.refresh_blocking(&app.store, &app.index, &study);
     if app.index.study(&study)?.is_none() {
         return Ok(refuse(format!("study {study} is not on this gateway")));
     }

@@ -653,3 +653,82 @@ fn start_up_fails_clearly_with_wrong_credentials() {
         s3.keys()
     );
 }
+
+/// Two gateways, separate data directories, one bucket (behind a load
+/// balancer): each answers `study.access_requested` for a study only the
+/// other received, by listing the study's prefix and indexing its headers;
+/// every URL it hands out downloads.
+#[test]
+fn two_gateways_on_one_bucket_each_answer_for_the_others_studies() {
+    let s3 = S3Server::start();
+    let a = gateway(&s3, Opts::default());
+    let b = gateway(&s3, Opts::default());
+    assert_ne!(a.data_dir, b.data_dir);
+
+    let (study, sent) = store_study1(&a);
+    let sr = common::fixture("sr/basic_text_sr.dcm");
+    common::assert_ok(
+        &common::storescu(&b, &["-xe"], &[&fixture_path(&sr)]),
+        "storescu",
+    );
+    let sr_study = sr["study"].as_str().unwrap();
+    assert!(b.studies().iter().all(|s| s["studyInstanceUid"] != study.as_str()));
+    assert!(a.studies().iter().all(|s| s["studyInstanceUid"] != sr_study));
+
+    // B never received study1: it finds it in the store.
+    let answer = access(&b, &study);
+    let urls = instance_urls(&answer);
+    assert_eq!(urls.len(), sent.len(), "{answer}");
+    let manifest_sops: usize = answer["manifest"]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sops"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(manifest_sops, sent.len(), "{answer}");
+    for url in &urls {
+        assert_eq!(authority(url), authority(&s3.endpoint()), "{url}");
+        let got = fetch(url);
+        assert_eq!(got.status, 200, "{url}");
+        let sop = sent
+            .keys()
+            .find(|sop| url.contains(&format!("/{sop}.dcm")))
+            .unwrap_or_else(|| panic!("{url} names no sent instance"));
+        assert_eq!(
+            common::dataset_bytes_of(&got.body),
+            common::dataset_bytes(&sent[sop]),
+            "{url}"
+        );
+    }
+    // ... and now lists it as its own, with the calling AE A recorded.
+    let listed = instances(&b, &study);
+    assert_eq!(listed.len(), sent.len());
+    assert!(listed.iter().all(|i| i["source"] == "STORESCU"), "{listed:?}");
+    b.wait_for_log("indexed what the store holds of a study this gateway did not receive");
+
+    // And the other way round.
+    let answer = access(&a, sr_study);
+    assert_eq!(instance_urls(&answer).len(), 1, "{answer}");
+    assert_eq!(fetch(&instance_urls(&answer)[0]).status, 200);
+
+    // A study neither has is refused by both, after looking.
+    for gw in [&a, &b] {
+        let out = Command::new(common::python())
+            .arg(common::repo().join("tests/peers/avara_sender.py"))
+            .args(["--url", &gw.url("/webhooks/avara"), "--key", KEY])
+            .arg(
+                json!({
+                    "id": "whe_0123456789abcdef0123456789abcdef",
+                    "type": "study.access_requested",
+                    "data": { "studyInstanceUid": "1.2.3.4.5.6.7.8.9" },
+                })
+                .to_string(),
+            )
+            .output()
+            .unwrap();
+        common::assert_ok(&out, "avara_sender.py");
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["body"]["authorized"], false, "{answer}");
+        assert_eq!(answer["body"]["urls"], json!([]), "{answer}");
+    }
+}

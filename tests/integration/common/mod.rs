@@ -479,13 +479,12 @@ pub fn assert_ok(out: &Output, what: &str) {
 
 /// The data set bytes of a Part-10 file (what follows the File Meta group).
 pub fn dataset_bytes(path: &Path) -> Vec<u8> {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(
-        &bytes[128..132],
-        b"DICM",
-        "{} is not Part-10",
-        path.display()
-    );
+    dataset_bytes_of(&std::fs::read(path).unwrap())
+}
+
+/// The data set bytes of a Part-10 object in memory.
+pub fn dataset_bytes_of(bytes: &[u8]) -> Vec<u8> {
+    assert_eq!(&bytes[128..132], b"DICM", "not Part-10");
     // (0002,0000) UL group length, explicit VR LE: tag(4) VR(2) len(2) value(4).
     assert_eq!(&bytes[132..136], &[0x02, 0x00, 0x00, 0x00]);
     let group_len = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;

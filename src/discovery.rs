@@ -1,0 +1,106 @@
+//! Several gateways, one store: a gateway asked about a study looks in the
+//! store for what its own index lacks, so it can answer for studies another
+//! gateway received.
+//!
+//! - A study the index does not know is looked up in the store every time
+//!   it is asked for (one listing of its prefix).
+//! - With a shared (remote) store, a study the index knows is listed again
+//!   when it was last listed more than [`RELIST_AFTER`] ago, so instances the
+//!   other gateway received later show up too. A local store belongs to one
+//!   gateway: known studies are never re-listed.
+//!
+//! Only what the index lacks is read (headers of new instances, sidecars of
+//! new media); a store that cannot be listed is logged and the answer comes
+//! from the index alone.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::index::Index;
+use crate::maintenance;
+use crate::store::BlobStore;
+use crate::uid::Uid;
+
+/// How stale a known study's listing may be (shared stores only).
+pub const RELIST_AFTER: Duration = Duration::from_secs(30);
+
+/// Studies remembered as listed; beyond this the memory starts over.
+const REMEMBERED: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Discovery {
+    /// `None`: known studies are never re-listed (a local store).
+    relist_after: Option<Duration>,
+    listed: Mutex<HashMap<Uid, Instant>>,
+}
+
+impl Discovery {
+    pub fn new(store: &BlobStore) -> Discovery {
+        Discovery {
+            relist_after: (!store.is_local()).then_some(RELIST_AFTER),
+            listed: Mutex::default(),
+        }
+    }
+
+    /// Indexes what the store holds of `study` and the index lacks, when it
+    /// is due (see the module docs). Never fails: a store that cannot be
+    /// listed leaves the index as it was.
+    pub async fn refresh(&self, store: &BlobStore, index: &Index, study: &Uid) {
+        let known = {
+            let index = index.clone();
+            let study = study.clone();
+            tokio::task::spawn_blocking(move || index.study(&study))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .is_some()
+        };
+        if known && !self.due(study) {
+            return;
+        }
+        match maintenance::index_study(store, index, study).await {
+            Ok(summary) => {
+                self.mark(study);
+                if summary.instances + summary.media > 0 {
+                    tracing::info!(
+                        study = %study,
+                        instances = summary.instances,
+                        media = summary.media,
+                        "indexed what the store holds of a study this gateway did not receive"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                study = %study,
+                error = %e,
+                "could not look for the study in the store; answering from the index"
+            ),
+        }
+    }
+
+    /// The blocking form, for handlers running on a blocking thread.
+    pub fn refresh_blocking(&self, store: &BlobStore, index: &Index, study: &Uid) {
+        tokio::runtime::Handle::current().block_on(self.refresh(store, index, study));
+    }
+
+    fn due(&self, study: &Uid) -> bool {
+        let Some(after) = self.relist_after else {
+            return false;
+        };
+        let listed = self.listed.lock().expect("discovery lock");
+        listed.get(study).is_none_or(|at| at.elapsed() >= after)
+    }
+
+    fn mark(&self, study: &Uid) {
+        if self.relist_after.is_none() {
+            return;
+        }
+        let mut listed = self.listed.lock().expect("discovery lock");
+        if listed.len() >= REMEMBERED {
+            listed.clear();
+        }
+        listed.insert(study.clone(), Instant::now());
+    }
+}
