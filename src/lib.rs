@@ -13,6 +13,7 @@ pub mod dicom;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod maintenance;
 pub mod reports;
 pub mod shutdown;
 pub mod store;

@@ -7,5 +7,6 @@ mod durability;
 mod files;
 mod http_api;
 mod lifecycle;
+mod maintenance;
 mod peers;
 mod webhook;
