@@ -25,6 +25,42 @@ pub enum Command {
     /// Print a signed download URL for a stored object (e.g. to share one
     /// instance), using the data directory's signing keys.
     SignUrl(SignUrlArgs),
+    /// Rebuild the index from the object store (stop the gateway first).
+    ///
+    /// Lists every study in the store and indexes what the index lacks:
+    /// instances from their headers, media and reports from their sidecars.
+    /// Entries the index already has are kept as they are.
+    ///
+    /// Exit status: 0 when every object under studies/ is indexed, 1 when
+    /// some could not be (each is printed with the reason), 2 when the
+    /// command could not run (gateway running, store unreachable, …).
+    Reindex(ReindexArgs),
+    /// Compare the index with the object store (stop the gateway first).
+    ///
+    /// Prints every index entry whose object is missing (or has another
+    /// size) and every instance or media object no entry points at.
+    ///
+    /// Exit status: 0 when they agree, 1 when they do not, 2 when the
+    /// command could not run.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Clear the index's instance, study and media entries first, for a
+    /// full rebuild (receive times then come from the objects' modification
+    /// times, and sources from their headers). Report jobs, webhook answers
+    /// and Avara study pairings are kept: the store does not hold them.
+    #[arg(long)]
+    pub wipe: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -54,6 +90,17 @@ impl Cli {
     }
 }
 
+impl Command {
+    /// The exit status when the command fails to run. The maintenance
+    /// commands keep 1 for "ran, and found problems".
+    pub fn failure_status(&self) -> u8 {
+        match self {
+            Command::Reindex(_) | Command::Verify(_) => 2,
+            Command::Serve(_) | Command::SignUrl(_) => 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +122,20 @@ mod tests {
             };
             assert_eq!(args.overrides.ae_title.as_deref(), Some("X"));
         }
+    }
+
+    #[test]
+    fn maintenance_commands_take_the_serve_overrides() {
+        let argv = ["dicom-gateway", "reindex", "--data-dir", "/d", "--wipe"];
+        let Command::Reindex(args) = Cli::parse_from(argv).into_command() else {
+            panic!("not reindex");
+        };
+        assert!(args.wipe);
+        assert_eq!(args.overrides.data_dir.as_deref(), Some("/d".as_ref()));
+        let argv = ["dicom-gateway", "verify", "--storage", "s3://b/p"];
+        let Command::Verify(args) = Cli::parse_from(argv).into_command() else {
+            panic!("not verify");
+        };
+        assert_eq!(args.overrides.storage_url.as_deref(), Some("s3://b/p"));
     }
 }

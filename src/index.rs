@@ -16,10 +16,14 @@
 //! A batch of instances is written in one transaction over the three trees and
 //! made durable with one flush (group commit): callers acknowledge only after
 //! [`Index::put_batch`] returns.
+//!
+//! Instances, studies and media can be rebuilt from the object store
+//! (`crate::maintenance`); report jobs, webhook answers and Avara pairings
+//! cannot.
 
 mod records;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,16 +32,21 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use records::{
-    InstanceRecord, InstanceTags, MediaRecord, NewEntry, NewInstance, PutOutcome, ReportInfo,
-    ReportJob, ReportState, Series, StudyRecord, StudyTags, in_viewing_order,
+    FillOutcome, InstanceRecord, InstanceTags, MediaRecord, NewEntry, NewInstance, PutOutcome,
+    ReportInfo, ReportJob, ReportState, Series, StudyRecord, StudyTags, in_viewing_order,
 };
 
+use crate::store::ObjectKey;
 use crate::uid::Uid;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "the index at {path} is in use by another process: is the gateway running? stop it first"
+    )]
+    Locked { path: PathBuf },
     #[error("open index at {path}: {source}")]
     Open {
         path: PathBuf,
@@ -56,6 +65,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("index key {key:?} does not start with a Study Instance UID")]
+    BadKey { key: String },
     #[error("index record {key:?} is corrupt: {source}")]
     Corrupt {
         key: String,
@@ -139,6 +150,20 @@ fn decode_all<T: serde::de::DeserializeOwned>(
     .collect()
 }
 
+/// sled takes an exclusive `flock` on its files and reports a second opener
+/// with this message (sled is pinned, and a test holds it to it).
+fn open_error(path: &Path, source: sled::Error) -> Error {
+    match &source {
+        sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => Error::Locked {
+            path: path.to_owned(),
+        },
+        _ => Error::Open {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 fn instance_key(study: &Uid, series: &Uid, sop: &Uid) -> Vec<u8> {
     format!("{study}/{series}/{sop}").into_bytes()
 }
@@ -158,10 +183,7 @@ impl Index {
             // We flush explicitly at every commit; no background flusher needed.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| open_error(path, source))?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| Error::Open {
                 path: path.to_owned(),
@@ -189,23 +211,14 @@ impl Index {
     /// Writes a batch of instances in one transaction and flushes it to disk.
     /// Blocking: call from a blocking thread.
     pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
-        let outcome = (&self.instances, &self.sops, &self.studies, &self.media).transaction(
-            |(instances, sops, studies, media)| {
-                batch
-                    .iter()
-                    .map(|entry| match entry {
-                        NewEntry::Instance(new) => put_one(instances, sops, studies, new),
-                        NewEntry::Media(record) => put_media(media, record),
-                    })
-                    .collect::<Result<Vec<_>, ConflictableTransactionError<Error>>>()
-            },
-        );
-        let outcomes = outcome.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(source) => Error::Db {
-                op: "transaction",
-                source,
-            },
+        let outcomes = self.transact(|instances, sops, studies, media| {
+            batch
+                .iter()
+                .map(|entry| match entry {
+                    NewEntry::Instance(new) => put_one(instances, sops, studies, new),
+                    NewEntry::Media(record) => put_media(media, record),
+                })
+                .collect::<TxResult<Vec<_>>>()
         })?;
         // After the commit, so a view built from what a reader saw before
         // it carries an older stamp and is not reused.
@@ -215,13 +228,115 @@ impl Index {
             } => key.study(),
             _ => None,
         });
-        let written = batch.iter().map(|e| match e {
-            NewEntry::Instance(i) => i.record.study_instance_uid.clone(),
-            NewEntry::Media(m) => m.study_instance_uid.clone(),
-        });
-        self.stamps.bump(written.chain(moved_from));
+        self.stamps
+            .bump(batch.iter().map(entry_study).chain(moved_from));
         self.flush()?;
         Ok(outcomes)
+    }
+
+    /// Like [`Index::put_batch`], but never replaces anything: an instance
+    /// whose SOP Instance UID is indexed (under any key) and a media file
+    /// whose name is indexed are left as they are. For rebuilding from the
+    /// store, also while the gateway runs: the check and the write are one
+    /// transaction, so an instance ingest stores (or moves) meanwhile is
+    /// never overwritten with what an older listing saw. Blocking.
+    pub fn put_missing(&self, batch: &[NewEntry]) -> Result<Vec<FillOutcome>> {
+        let outcomes = self.transact(|instances, sops, studies, media| {
+            batch
+                .iter()
+                .map(|entry| match entry {
+                    NewEntry::Instance(new) => {
+                        match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
+                            Some(key) if key == new.record.object_key => {
+                                Ok(FillOutcome::AlreadyIndexed)
+                            }
+                            Some(key) => Ok(FillOutcome::IndexedElsewhere(key)),
+                            None => {
+                                put_one(instances, sops, studies, new).map(|_| FillOutcome::Added)
+                            }
+                        }
+                    }
+                    NewEntry::Media(record) => {
+                        if media.get(media_key(record).as_bytes())?.is_some() {
+                            Ok(FillOutcome::AlreadyIndexed)
+                        } else {
+                            put_media(media, record).map(|_| FillOutcome::Added)
+                        }
+                    }
+                })
+                .collect::<TxResult<Vec<_>>>()
+        })?;
+        let added = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == FillOutcome::Added)
+            .map(|(e, _)| entry_study(e));
+        self.stamps.bump(added);
+        self.flush()?;
+        Ok(outcomes)
+    }
+
+    /// Runs `op` as one transaction over the instance, SOP, study and media
+    /// trees.
+    fn transact<T>(
+        &self,
+        op: impl Fn(
+            &TransactionalTree,
+            &TransactionalTree,
+            &TransactionalTree,
+            &TransactionalTree,
+        ) -> TxResult<T>,
+    ) -> Result<T> {
+        (&self.instances, &self.sops, &self.studies, &self.media)
+            .transaction(|(instances, sops, studies, media)| op(instances, sops, studies, media))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(source) => Error::Db {
+                    op: "transaction",
+                    source,
+                },
+            })
+    }
+
+    /// Removes every instance, study and media entry: what `reindex` can
+    /// rebuild from the store. Report jobs, webhook answers and Avara study
+    /// pairings stay (the store does not have them). Not atomic: if it is
+    /// interrupted, run it again. For a stopped gateway. Blocking.
+    pub fn clear_rebuildable(&self) -> Result<()> {
+        let studies = self.indexed_studies()?;
+        for tree in [&self.instances, &self.sops, &self.studies, &self.media] {
+            tree.clear().map_err(db_err("clear"))?;
+        }
+        self.stamps.bump(studies.into_iter());
+        self.flush()
+    }
+
+    /// Every study that has instance or media entries, whether or not its
+    /// study record exists. Reads one key per study: after each, it seeks
+    /// past the study's prefix.
+    pub fn indexed_studies(&self) -> Result<BTreeSet<Uid>> {
+        let mut studies = BTreeSet::new();
+        for (tree, op) in [
+            (&self.instances, "scan instances"),
+            (&self.media, "scan media"),
+        ] {
+            let mut from = Vec::new();
+            while let Some(kv) = tree.range(from.as_slice()..).next() {
+                let (key, _) = kv.map_err(db_err(op))?;
+                let study = key.split(|b| *b == SEP).next().unwrap_or(&key);
+                let uid = std::str::from_utf8(study)
+                    .ok()
+                    .and_then(|s| Uid::parse(s).ok())
+                    .ok_or_else(|| Error::BadKey {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                    })?;
+                // The first key after every `<study>/…` one.
+                from = study.to_vec();
+                from.push(SEP + 1);
+                studies.insert(uid);
+            }
+        }
+        Ok(studies)
     }
 
     /// Changes whenever the study's instances or media change (0 if they
@@ -417,8 +532,34 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
 
+fn entry_study(entry: &NewEntry) -> Uid {
+    match entry {
+        NewEntry::Instance(i) => i.record.study_instance_uid.clone(),
+        NewEntry::Media(m) => m.study_instance_uid.clone(),
+    }
+}
+
+fn media_key(record: &MediaRecord) -> String {
+    format!("{}/{}", record.study_instance_uid, record.file_name)
+}
+
+/// Where the index has `sop`, if anywhere.
+fn indexed_key(
+    instances: &TransactionalTree,
+    sops: &TransactionalTree,
+    sop: &Uid,
+) -> TxResult<Option<ObjectKey>> {
+    let Some(place) = sops.get(sop.as_str().as_bytes())? else {
+        return Ok(None);
+    };
+    match instances.get(&place)? {
+        Some(v) => Ok(Some(tx_decode::<InstanceRecord>(&place, &v)?.object_key)),
+        None => Ok(None),
+    }
+}
+
 fn put_media(media: &TransactionalTree, record: &MediaRecord) -> TxResult<PutOutcome> {
-    let key = format!("{}/{}", record.study_instance_uid, record.file_name);
+    let key = media_key(record);
     let old = media.insert(key.as_bytes(), encode(record))?;
     Ok(match old {
         Some(_) => PutOutcome::Replaced { previous_key: None },
@@ -475,7 +616,14 @@ fn put_one(
             s.tags.merge(&new.study);
             s.instance_count += 1;
             s.total_bytes += rec.size;
-            s.last_received = rec.received_at.clone();
+            // Ingest receives in time order; a rebuild may not (RFC 3339 in
+            // UTC with millis compares as text).
+            if rec.received_at < s.first_received {
+                s.first_received = rec.received_at.clone();
+            }
+            if rec.received_at > s.last_received {
+                s.last_received = rec.received_at.clone();
+            }
             s
         }
         None => StudyRecord {
@@ -494,7 +642,6 @@ fn put_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ObjectKey;
 
     fn uid(s: &str) -> Uid {
         Uid::parse(s).unwrap()
@@ -639,6 +786,135 @@ mod tests {
         index.pair_avara_study("stu_1", &uid("1.2.3")).unwrap();
         assert_eq!(index.avara_study("stu_1").unwrap(), Some(uid("1.2.3")));
         assert_eq!(index.avara_study("stu_2").unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_index_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Index::open(dir.path()).unwrap();
+        let err = Index::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("is the gateway running? stop it first")
+        );
+    }
+
+    fn media(study: &str, name: &str, mime: &str) -> NewEntry {
+        let st = uid(study);
+        NewEntry::Media(MediaRecord {
+            object_key: ObjectKey::media(&st, name),
+            study_instance_uid: st,
+            file_name: name.into(),
+            mime_type: mime.into(),
+            size: 3,
+            stored_at: "2026-11-23T12:00:00.000Z".into(),
+            source: "operator".into(),
+            report: None,
+        })
+    }
+
+    #[test]
+    fn put_missing_adds_what_is_missing_and_replaces_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index
+            .put_batch(&[
+                new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 10),
+                media("1.2.3", "a.pdf", "application/pdf"),
+            ])
+            .unwrap();
+        let before = index.study_stamp(&uid("1.2.3"));
+        let out = index
+            .put_missing(&[
+                // Same SOP, same key, other size: kept as it was.
+                new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 99),
+                // Same SOP under another series: kept where it was.
+                new_instance("1.2.3", "1.2.3.2", "1.2.3.1.1", 99),
+                new_instance("1.2.3", "1.2.3.1", "1.2.3.1.2", 5),
+                media("1.2.3", "a.pdf", "text/plain"),
+                media("1.2.3", "b.png", "image/png"),
+            ])
+            .unwrap();
+        let first = ObjectKey::instance(&uid("1.2.3"), &uid("1.2.3.1"), &uid("1.2.3.1.1"));
+        assert_eq!(
+            out,
+            vec![
+                FillOutcome::AlreadyIndexed,
+                FillOutcome::IndexedElsewhere(first),
+                FillOutcome::Added,
+                FillOutcome::AlreadyIndexed,
+                FillOutcome::Added,
+            ]
+        );
+        let study = index.study(&uid("1.2.3")).unwrap().unwrap();
+        assert_eq!((study.instance_count, study.total_bytes), (2, 15));
+        let a = index.media(&uid("1.2.3"), "a.pdf").unwrap().unwrap();
+        assert_eq!(a.mime_type, "application/pdf");
+        assert_eq!(index.media_of_study(&uid("1.2.3")).unwrap().len(), 2);
+        assert!(index.study_stamp(&uid("1.2.3")) > before);
+
+        // Nothing missing: nothing written, stamp unchanged.
+        let stamp = index.study_stamp(&uid("1.2.3"));
+        let again = index
+            .put_missing(&[new_instance("1.2.3", "1.2.3.1", "1.2.3.1.2", 5)])
+            .unwrap();
+        assert_eq!(again, vec![FillOutcome::AlreadyIndexed]);
+        assert_eq!(index.study_stamp(&uid("1.2.3")), stamp);
+    }
+
+    #[test]
+    fn receive_times_span_the_study_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let at = |sop: &str, t: &str| {
+            let NewEntry::Instance(mut new) = new_instance("1.2.3", "1.2.3.1", sop, 1) else {
+                unreachable!()
+            };
+            new.record.received_at = t.into();
+            NewEntry::Instance(new)
+        };
+        index
+            .put_missing(&[
+                at("1.2.3.1.2", "2026-11-23T12:00:02.000Z"),
+                at("1.2.3.1.1", "2026-11-23T12:00:01.000Z"),
+                at("1.2.3.1.3", "2026-11-23T12:00:03.000Z"),
+                at("1.2.3.1.0", "2026-11-23T12:00:02.500Z"),
+            ])
+            .unwrap();
+        let study = index.study(&uid("1.2.3")).unwrap().unwrap();
+        assert_eq!(study.first_received, "2026-11-23T12:00:01.000Z");
+        assert_eq!(study.last_received, "2026-11-23T12:00:03.000Z");
+    }
+
+    #[test]
+    fn clearing_keeps_what_the_store_cannot_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index
+            .put_batch(&[
+                new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 10),
+                new_instance("1.2.3", "1.2.3.2", "1.2.3.2.1", 10),
+                new_instance("1.2.30", "1.2.30.1", "1.2.30.1.1", 10),
+                new_instance("1.2.3.4", "1.2.3.4.1", "1.2.3.4.1.1", 10),
+                media("1.2.3", "a.pdf", "application/pdf"),
+                media("1.2.5", "a.pdf", "application/pdf"),
+                media("1.2.5", "b.pdf", "application/pdf"),
+            ])
+            .unwrap();
+        index.pair_avara_study("stu_1", &uid("1.2.3")).unwrap();
+        // Studies whose UIDs prefix one another are each found once.
+        let studies: Vec<_> = index.indexed_studies().unwrap().into_iter().collect();
+        assert_eq!(
+            studies,
+            [uid("1.2.3"), uid("1.2.3.4"), uid("1.2.30"), uid("1.2.5")]
+        );
+
+        index.clear_rebuildable().unwrap();
+        assert!(index.indexed_studies().unwrap().is_empty());
+        assert!(index.studies().unwrap().is_empty());
+        assert!(index.instance(&uid("1.2.3.1.1")).unwrap().is_none());
+        assert_eq!(index.avara_study("stu_1").unwrap(), Some(uid("1.2.3")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod http;
 pub mod index;
 pub mod ingest;
+pub mod maintenance;
 pub mod reports;
 pub mod shutdown;
 pub mod store;

@@ -2,33 +2,37 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use dicom_gateway::cli::{Cli, Command, SignUrlArgs};
+use dicom_gateway::cli::{Cli, Command, ReindexArgs, SignUrlArgs, VerifyArgs};
 use dicom_gateway::config::{Config, SecretEnv};
 use dicom_gateway::store::ObjectKey;
 use dicom_gateway::store::signer::UrlSigner;
-use dicom_gateway::{Listeners, shutdown, telemetry};
+use dicom_gateway::{Listeners, maintenance, shutdown, telemetry};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    match try_main() {
-        Ok(()) => ExitCode::SUCCESS,
+    let command = Cli::parse().into_command();
+    let failure = command.failure_status();
+    match try_main(command) {
+        Ok(status) => status,
         Err(e) => {
             eprintln!("dicom-gateway: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(failure)
         }
     }
 }
 
-fn try_main() -> anyhow::Result<()> {
-    let args = match Cli::parse().into_command() {
+fn try_main(command: Command) -> anyhow::Result<ExitCode> {
+    let args = match command {
         Command::Serve(args) => args,
-        Command::SignUrl(args) => return sign_url(args),
+        Command::SignUrl(args) => return sign_url(args).map(|()| ExitCode::SUCCESS),
+        Command::Reindex(args) => return reindex(args),
+        Command::Verify(args) => return verify(args),
     };
     let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
     if args.print_config {
         print!("{}", cfg.to_redacted_toml());
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     telemetry::init();
     tune_allocator();
@@ -41,7 +45,28 @@ fn try_main() -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         shutdown::on_signals(cancel.clone()).context("installing signal handlers")?;
         dicom_gateway::run(cfg, listeners, cancel).await
-    })
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reindex`: the summary on stdout, the log on stderr.
+fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
+    telemetry::init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let summary = runtime.block_on(maintenance::reindex_data_dir(&cfg, args.wipe))?;
+    print!("{summary}");
+    Ok(ExitCode::from(u8::from(!summary.is_complete())))
+}
+
+/// `verify`: each problem and the counts on stdout.
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
+    telemetry::init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let report = runtime.block_on(maintenance::verify_data_dir(&cfg))?;
+    print!("{report}");
+    Ok(ExitCode::from(u8::from(!report.is_consistent())))
 }
 
 fn sign_url(args: SignUrlArgs) -> anyhow::Result<()> {

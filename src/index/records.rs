@@ -194,6 +194,18 @@ pub enum PutOutcome {
     Replaced { previous_key: Option<ObjectKey> },
 }
 
+/// What [`Index::put_missing`](super::Index::put_missing) did with an entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FillOutcome {
+    /// The index did not have it; it does now.
+    Added,
+    /// The index already had it under this key; its entry was left as is.
+    AlreadyIndexed,
+    /// The index has the same SOP Instance UID under another key (the store
+    /// holds it twice); the entry was left as is.
+    IndexedElsewhere(ObjectKey),
+}
+
 /// A series and its instances.
 pub type Series = (Uid, Vec<InstanceRecord>);
 

@@ -1,11 +1,12 @@
 //! The Part-10 header the gateway writes in front of received data sets, and
 //! the read-back of a stored header for indexing.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::{tags, uids};
+use dicom_object::file::ReadPreamble;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 
@@ -60,9 +61,12 @@ pub fn part10_prefix(
 }
 
 /// What indexing needs from a stored object's header.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Header {
     pub transfer_syntax: Uid,
+    /// Source Application Entity Title (0002,0016) of the meta group: the
+    /// calling AE the gateway received the instance from, if it wrote one.
+    pub source_ae: Option<String>,
     pub study: Uid,
     pub series: Uid,
     pub sop_instance: Uid,
@@ -73,13 +77,43 @@ pub struct Header {
 
 /// Reads a Part-10 file's meta group and data set up to (not into) the pixel
 /// data. Blocking.
+pub fn read_header(path: &Path) -> Result<Header, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::Parse(e.to_string()))?;
+    read_header_from(file)
+}
+
+/// Reads a Part-10 object's header from `reader`, positioned at its first
+/// byte. Blocking when the reader is.
 ///
 /// The read stops at Float Pixel Data (7FE0,0008), the first of the three
-/// pixel data tags, so no bulk data is ever loaded.
-pub fn read_header(path: &Path) -> Result<Header, Error> {
+/// pixel data tags, so no bulk data is ever loaded: a prefix of the object
+/// that reaches the pixel data is enough.
+///
+/// The preamble is detected the way `dicom-object` does for files: skipped
+/// when `DICM` follows it, absent when the object starts with `DICM`, and
+/// otherwise assumed (so a non-DICOM object fails on the magic).
+pub fn read_header_from(mut reader: impl Read) -> Result<Header, Error> {
+    let mut head = [0u8; 132];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Parse(e.to_string())),
+        }
+    }
+    let head = &head[..filled];
+    let magic_after_preamble = head.get(128..132) == Some(&b"DICM"[..]);
+    let preamble = if !magic_after_preamble && head.starts_with(b"DICM") {
+        ReadPreamble::Never
+    } else {
+        ReadPreamble::Always
+    };
     let obj = OpenFileOptions::new()
         .read_until(tags::FLOAT_PIXEL_DATA)
-        .open_file(path)
+        .read_preamble(preamble)
+        .from_reader(head.chain(reader))
         .map_err(|e| Error::Parse(e.to_string()))?;
     let uid = |tag: Tag, name: &'static str| -> Result<Uid, Error> {
         let raw = text(&obj, tag).ok_or(Error::Missing(name))?;
@@ -129,8 +163,16 @@ pub fn read_header(path: &Path) -> Result<Header, Error> {
         referring_physician_name: text(&obj, tags::REFERRING_PHYSICIAN_NAME),
         institution_name: text(&obj, tags::INSTITUTION_NAME),
     };
+    let source_ae = obj
+        .meta()
+        .source_application_entity_title
+        .as_deref()
+        .map(|ae| ae.trim_matches(|c: char| c == '\0' || c.is_whitespace()))
+        .filter(|ae| !ae.is_empty())
+        .map(str::to_owned);
     Ok(Header {
         transfer_syntax,
+        source_ae,
         study: uid(tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
         series: uid(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
         sop_instance: uid(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,

@@ -33,6 +33,24 @@ impl ObjectKey {
         ObjectKey(format!("studies/{study}/{MEDIA_SIDECARS}/{name}.json"))
     }
 
+    /// The media key a sidecar key (`studies/<study>/media-meta/<name>.json`)
+    /// describes.
+    pub fn parse_sidecar(raw: &str) -> Option<ObjectKey> {
+        let rest = raw.strip_prefix("studies/")?;
+        let (study, file) = rest.split_once('/')?;
+        let name = file
+            .strip_prefix(MEDIA_SIDECARS)?
+            .strip_prefix('/')?
+            .strip_suffix(".json")?;
+        if !valid_media_name(name) {
+            return None;
+        }
+        // Uid::parse drops padding: only the exact spelling is ours.
+        let study = Uid::parse(study).ok()?;
+        (ObjectKey::media_sidecar(&study, name).as_str() == raw)
+            .then(|| ObjectKey::media(&study, name))
+    }
+
     /// The study and file name of a media key.
     pub fn as_media(&self) -> Option<(Uid, &str)> {
         let rest = self.0.strip_prefix("studies/")?;
@@ -124,6 +142,22 @@ mod tests {
             Some((Uid::parse("1.2.3").unwrap(), "report-1.pdf"))
         );
         assert_eq!(key.as_media(), None);
+        let sidecar = ObjectKey::media_sidecar(&Uid::parse("1.2.3").unwrap(), "report-1.pdf");
+        assert_eq!(
+            sidecar.as_str(),
+            "studies/1.2.3/media-meta/report-1.pdf.json"
+        );
+        assert_eq!(ObjectKey::parse_sidecar(sidecar.as_str()), Some(media));
+        assert_eq!(ObjectKey::parse(sidecar.as_str()), None);
+        for bad in [
+            "studies/1.2.3/media-meta/report-1.pdf",
+            "studies/1.2.3/media-meta/.x.json",
+            "studies/1.2.3/media-meta/a/b.json",
+            "studies/1.2.3 /media-meta/a.json",
+            "studies/1.2.3/media/a.json",
+        ] {
+            assert_eq!(ObjectKey::parse_sidecar(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod durability;
 mod files;
 mod http_api;
 mod lifecycle;
+mod maintenance;
 mod peers;
 mod s3;
 mod webhook;
