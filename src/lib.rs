@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::discovery::Discovery;
 use crate::dicom::DicomServer;
+use crate::discovery::Discovery;
 use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;

@@ -355,7 +355,8 @@ pub fn secondary_capture_access(
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(e)),
     };
-    app.discovery.refresh_blocking(&app.store, &app.index, &study);
+    app.discovery
+        .refresh_blocking(&app.store, &app.index, &study);
     if app.index.study(&study)?.is_none() {
         return Ok(refuse(format!("study {study} is not on this gateway")));
     }

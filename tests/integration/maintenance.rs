@@ -1,13 +1,13 @@
 //! `dicom-gateway reindex` and `verify` against a store the real gateway
 //! wrote: the local backend, and S3 (s3s-fs).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::SystemTime;
 
 use serde_json::Value;
 
+use crate::common::s3::S3Server;
 use crate::common::{self, Gateway, Opts};
 
 /// The gateway binary run as a maintenance command on `data_dir`.
@@ -354,102 +354,10 @@ fn a_corrupt_object_is_skipped_and_the_rest_indexed() {
     );
 }
 
-/// s3s-fs (which checks SigV4) serving one bucket from a temporary
-/// directory, on a port the OS picked. A minimal stand-in for the shared S3
-/// harness of the s3tests branch; switch to `common::s3::S3Server` once that
-/// is merged.
-struct S3sFs {
-    _tmp: tempfile::TempDir,
-    /// `<root>/<bucket>`: s3s-fs keeps each object as the file `<bucket>/<key>`.
-    bucket_dir: PathBuf,
-    endpoint: String,
-    child: Child,
-}
-
-const S3_BUCKET: &str = "dicom";
-
-impl S3sFs {
-    fn start() -> S3sFs {
-        let binary = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
-            .map(|dir| dir.join("s3s-fs"))
-            .find(|p| p.is_file())
-            .expect(
-                "s3s-fs is missing: cargo install s3s-fs --version 0.14.1 --locked --features binary",
-            );
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("s3");
-        let bucket_dir = root.join(S3_BUCKET);
-        std::fs::create_dir_all(&bucket_dir).unwrap();
-        let mut child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args([
-                "--access-key",
-                "AKIDREINDEX",
-                "--secret-key",
-                "SECRETREINDEX",
-            ])
-            .arg(&root)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        // It logs the address once it listens (on stdout).
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = "server is running at http://";
-        let addr: String = loop {
-            let line = lines
-                .next()
-                .expect("s3s-fs exited before listening")
-                .unwrap();
-            if let Some((_, rest)) = line.split_once(ready) {
-                break rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                    .collect();
-            }
-        };
-        // Keep reading, so s3s-fs never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        S3sFs {
-            _tmp: tmp,
-            bucket_dir,
-            endpoint: format!("http://{addr}"),
-            child,
-        }
-    }
-
-    /// A gateway (or maintenance command) storing under `prefix`.
-    fn opts(&self, prefix: &str) -> Opts {
-        Opts::default()
-            .arg("--storage")
-            .arg(&format!("s3://{S3_BUCKET}/{prefix}"))
-            .arg("--storage-endpoint")
-            .arg(&self.endpoint)
-            .arg("--storage-allow-http")
-            .arg("true")
-            .env("AWS_ACCESS_KEY_ID", "AKIDREINDEX")
-            .env("AWS_SECRET_ACCESS_KEY", "SECRETREINDEX")
-            .env("AWS_SESSION_TOKEN", "")
-    }
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn reindex_and_verify_work_on_an_s3_store() {
-    let s3 = S3sFs::start();
-    let opts = s3.opts("site-a");
+    let s3 = S3Server::start();
+    let opts = s3.gateway_opts("site-a");
     let mut gw = Gateway::start_with(opts.clone());
     let studies = send(&gw, &["study1/", "ts/explicit_be"]);
     let study1 = common::fixture("study1/")["study"]
@@ -496,7 +404,7 @@ fn reindex_and_verify_work_on_an_s3_store() {
         .as_str()
         .unwrap()
         .to_owned();
-    std::fs::remove_file(s3.bucket_dir.join("site-a").join(&lost)).unwrap();
+    std::fs::remove_file(s3.object(&format!("site-a/{lost}"))).unwrap();
     let out = maintenance_with("verify", &gw.data_dir, &[], &opts);
     assert_status(&out, 1, "verify with an object gone from the bucket");
     assert!(
