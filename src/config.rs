@@ -130,6 +130,9 @@ pub struct StorageConfig {
     /// Seconds one store request may take, retries included, before the
     /// instance is refused (0xA700) rather than acknowledged.
     pub timeout: u64,
+    /// Seconds after which a study this gateway knows is listed again in a
+    /// shared store, to pick up what other gateways stored for it.
+    pub relist_after: u64,
     #[serde(skip)]
     pub credentials: S3Credentials,
 }
@@ -164,6 +167,7 @@ impl Default for StorageConfig {
             part_size: 8 << 20,
             max_uploads: 8,
             timeout: 30,
+            relist_after: 30,
             credentials: S3Credentials::default(),
         }
     }
@@ -331,6 +335,9 @@ pub struct Overrides {
     /// S3 request time limit in seconds, retries included [default: 30].
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_TIMEOUT", value_name = "SECS")]
     pub storage_timeout: Option<u64>,
+    /// Seconds before a known study is listed again in a shared store [default: 30].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
+    pub storage_relist_after: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -388,6 +395,9 @@ impl Config {
         }
         if let Some(v) = over.storage_timeout {
             st.timeout = v;
+        }
+        if let Some(v) = over.storage_relist_after {
+            st.relist_after = v;
         }
         st.credentials = S3Credentials {
             access_key_id: env.aws_access_key_id.clone().filter(|v| !v.is_empty()),

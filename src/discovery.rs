@@ -5,7 +5,8 @@
 //! - A study the index does not know is looked up in the store every time
 //!   it is asked for (one listing of its prefix).
 //! - With a shared (remote) store, a study the index knows is listed again
-//!   when it was last listed more than [`RELIST_AFTER`] ago, so instances the
+//!   when it was last listed more than `storage.relist_after` ago (30 s by
+//!   default), so instances the
 //!   other gateway received later show up too. A local store belongs to one
 //!   gateway: known studies are never re-listed.
 //!
@@ -22,9 +23,6 @@ use crate::maintenance;
 use crate::store::BlobStore;
 use crate::uid::Uid;
 
-/// How stale a known study's listing may be (shared stores only).
-pub const RELIST_AFTER: Duration = Duration::from_secs(30);
-
 /// Studies remembered as listed; beyond this the memory starts over.
 const REMEMBERED: usize = 10_000;
 
@@ -36,9 +34,9 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(store: &BlobStore) -> Discovery {
+    pub fn new(store: &BlobStore, relist_after: Duration) -> Discovery {
         Discovery {
-            relist_after: (!store.is_local()).then_some(RELIST_AFTER),
+            relist_after: (!store.is_local()).then_some(relist_after),
             listed: Mutex::default(),
         }
     }

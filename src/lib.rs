@@ -87,7 +87,10 @@ pub async fn run(
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
     let signer = UrlSigner::load_or_create(&cfg.url_signing_keys_path(), &cfg.public_url)
         .context("URL signing keys")?;
-    let discovery = Arc::new(Discovery::new(&store));
+    let discovery = Arc::new(Discovery::new(
+        &store,
+        std::time::Duration::from_secs(cfg.storage.relist_after),
+    ));
     let app = App {
         cfg: Arc::clone(&cfg),
         index: index.clone(),

@@ -747,3 +747,42 @@ fn two_gateways_on_one_bucket_each_answer_for_the_others_studies() {
         assert_eq!(answer["body"]["urls"], json!([]), "{answer}");
     }
 }
+
+/// A study split between two gateways (each received one series): the one
+/// that knows part of it picks up the rest from the store once its listing
+/// is stale (`--storage-relist-after 0`: at every request).
+#[test]
+fn a_study_split_between_gateways_is_answered_whole() {
+    let s3 = S3Server::start();
+    let a = gateway(&s3, Opts::default());
+    let b = gateway(&s3, Opts::default().arg("--storage-relist-after").arg("0"));
+    let files = |series: &str| -> Vec<PathBuf> {
+        study1()
+            .iter()
+            .filter(|f| f["file"].as_str().unwrap().contains(series))
+            .map(fixture_path)
+            .collect()
+    };
+    let send = |gw: &Gateway, files: &[PathBuf]| {
+        let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        common::assert_ok(&common::storescu(gw, &["-xe"], &refs), "storescu");
+    };
+    let (first, second) = (files("series1/"), files("series2/"));
+    assert!(!first.is_empty() && !second.is_empty());
+    let study = study1()[0]["study"].as_str().unwrap().to_owned();
+
+    send(&b, &first);
+    assert_eq!(instance_urls(&access(&b, &study)).len(), first.len());
+    send(&a, &second);
+    let whole = access(&b, &study);
+    assert_eq!(
+        instance_urls(&whole).len(),
+        first.len() + second.len(),
+        "{whole}"
+    );
+    assert_eq!(whole["manifest"]["series"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        b.study(&study)["instanceCount"],
+        (first.len() + second.len()) as u64
+    );
+}
