@@ -93,6 +93,23 @@ fn put_media(gw: &Gateway, study: &str, name: &str, mime: &str, body: &[u8]) -> 
 }
 
 /// The operator API's view of everything: the study list and each study.
+/// study1's UID, after a PDF was stored with it through the operator API.
+fn study1_with_a_report(gw: &Gateway) -> String {
+    let study1 = common::fixture("study1/")["study"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = put_media(
+        gw,
+        &study1,
+        "report.pdf",
+        "application/pdf",
+        b"%PDF-1.4\n%%EOF\n",
+    );
+    assert_eq!(status, 201);
+    study1
+}
+
 fn snapshot(gw: &Gateway, studies: &[String]) -> Value {
     let details: Vec<Value> = studies.iter().map(|s| gw.study(s)).collect();
     serde_json::json!({ "studies": gw.studies(), "details": details })
@@ -166,20 +183,7 @@ fn reindex_rebuilds_what_the_api_answered() {
         ],
     );
     assert_eq!(studies.len(), 5);
-    let study1 = common::fixture("study1/")["study"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        put_media(
-            &gw,
-            &study1,
-            "report.pdf",
-            "application/pdf",
-            b"%PDF-1.4\n%%EOF\n"
-        ),
-        201
-    );
+    let study1 = study1_with_a_report(&gw);
     // A type the file name does not give: only the sidecar knows it.
     assert_eq!(
         put_media(&gw, &study1, "clip.bin", "video/mp4", &[0u8; 32]),
@@ -360,20 +364,7 @@ fn reindex_and_verify_work_on_an_s3_store() {
     let opts = s3.gateway_opts("site-a");
     let mut gw = Gateway::start_with(opts.clone());
     let studies = send(&gw, &["study1/", "ts/explicit_be"]);
-    let study1 = common::fixture("study1/")["study"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        put_media(
-            &gw,
-            &study1,
-            "report.pdf",
-            "application/pdf",
-            b"%PDF-1.4\n%%EOF\n"
-        ),
-        201
-    );
+    study1_with_a_report(&gw);
     let before = snapshot(&gw, &studies);
     assert!(gw.stop().success());
     // Nothing of the gateway's is on local disk but the index (and spool).
