@@ -43,22 +43,16 @@ impl Discovery {
 
     /// Indexes what the store holds of `study` and the index lacks, when it
     /// is due (see the module docs). Never fails: a store that cannot be
-    /// listed leaves the index as it was.
-    pub async fn refresh(&self, store: &BlobStore, index: &Index, study: &Uid) {
-        let known = {
-            let index = index.clone();
-            let study = study.clone();
-            tokio::task::spawn_blocking(move || index.study(&study))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .is_some()
-        };
+    /// listed leaves the index as it was. Blocking: for handlers, which run
+    /// on a blocking thread of the runtime (the store is awaited there).
+    pub fn refresh(&self, store: &BlobStore, index: &Index, study: &Uid) {
+        let known = index.study(study).ok().flatten().is_some();
         if known && !self.due(study) {
             return;
         }
-        match maintenance::index_study(store, index, study).await {
+        let found = tokio::runtime::Handle::current()
+            .block_on(maintenance::index_study(store, index, study));
+        match found {
             Ok(summary) => {
                 self.mark(study);
                 if summary.instances + summary.media > 0 {
@@ -76,11 +70,6 @@ impl Discovery {
                 "could not look for the study in the store; answering from the index"
             ),
         }
-    }
-
-    /// The blocking form, for handlers running on a blocking thread.
-    pub fn refresh_blocking(&self, store: &BlobStore, index: &Index, study: &Uid) {
-        tokio::runtime::Handle::current().block_on(self.refresh(store, index, study));
     }
 
     fn due(&self, study: &Uid) -> bool {
