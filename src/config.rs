@@ -118,7 +118,9 @@ pub struct StorageConfig {
     /// (a signature covers the host). Default: `endpoint`.
     pub public_endpoint: Option<String>,
     pub region: String,
-    /// Virtual-hosted addressing (`bucket.endpoint`) instead of path style.
+    /// Virtual-hosted addressing instead of path style: requests go to the
+    /// endpoint as given, which must then name the bucket
+    /// (`https://bucket.s3.example.com`), and so must `public_endpoint`.
     pub virtual_hosted: bool,
     /// Allow plain-HTTP endpoints (on-site MinIO and the like).
     pub allow_http: bool,
@@ -560,8 +562,20 @@ impl Config {
                     }
                 }
             }
-            if st.part_size < 5 << 20 {
-                return invalid("storage.part_size", "S3 parts are at least 5 MiB".into());
+            if !(5 << 20..=512 << 20).contains(&st.part_size) {
+                return invalid(
+                    "storage.part_size",
+                    "must be 5 MiB (S3's smallest part) to 512 MiB (each upload holds up to three in memory)".into(),
+                );
+            }
+            if self.max_instance_size.div_ceil(st.part_size) > 10_000 {
+                return invalid(
+                    "storage.part_size",
+                    format!(
+                        "max_instance_size ({} bytes) would take more than S3's 10,000 parts",
+                        self.max_instance_size
+                    ),
+                );
             }
             if st.max_uploads == 0 || st.timeout == 0 {
                 return invalid(

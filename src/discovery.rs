@@ -23,6 +23,10 @@ use crate::maintenance;
 use crate::store::BlobStore;
 use crate::uid::Uid;
 
+/// How long a request may wait for the store to be listed: Avara waits a
+/// few seconds for an answer.
+const LOOK_LIMIT: Duration = Duration::from_secs(3);
+
 /// Studies remembered as listed; beyond this the memory starts over.
 const REMEMBERED: usize = 10_000;
 
@@ -50,11 +54,14 @@ impl Discovery {
         if known && !self.due(study) {
             return;
         }
-        let found = tokio::runtime::Handle::current()
-            .block_on(maintenance::index_study(store, index, study));
+        let found = tokio::runtime::Handle::current().block_on(async {
+            tokio::time::timeout(LOOK_LIMIT, maintenance::index_study(store, index, study)).await
+        });
+        // Marked whatever happened: a store that is down is not asked again
+        // for this study until the listing is due anyway.
+        self.mark(study);
         match found {
-            Ok(summary) => {
-                self.mark(study);
+            Ok(Ok(summary)) => {
                 if summary.instances + summary.media > 0 {
                     tracing::info!(
                         study = %study,
@@ -64,10 +71,15 @@ impl Discovery {
                     );
                 }
             }
-            Err(e) => tracing::warn!(
+            Ok(Err(e)) => tracing::warn!(
                 study = %study,
                 error = %e,
                 "could not look for the study in the store; answering from the index"
+            ),
+            Err(_) => tracing::warn!(
+                study = %study,
+                limit = ?LOOK_LIMIT,
+                "looking for the study in the store took too long; answering from the index"
             ),
         }
     }

@@ -4,9 +4,11 @@
 
 mod commit;
 pub mod header;
+mod locks;
 pub mod spool;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
@@ -17,6 +19,7 @@ use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
 pub use commit::Committer;
+use locks::KeyLocks;
 use spool::{Spool, SpoolWriter, Spooled};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,6 +110,8 @@ pub struct Stored {
 pub struct Ingest {
     spool: Spool,
     store: BlobStore,
+    /// One ingest at a time per SOP Instance UID or media file.
+    locks: Arc<KeyLocks>,
     committer: Committer,
     max_instance_size: u64,
     min_free_space: u64,
@@ -142,6 +147,17 @@ impl Ingest {
     /// Opens the spool, sweeping what an earlier process left in it.
     pub fn start(cfg: &Config, store: BlobStore, index: Index) -> std::io::Result<Ingest> {
         let (spool, swept) = Spool::open(&cfg.spool_dir())?;
+        if let Some(root) = store.local_root() {
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::metadata(spool.dir())?.dev() != std::fs::metadata(root)?.dev() {
+                return Err(std::io::Error::other(format!(
+                    "the spool ({}) and the object store ({}) must be on one filesystem: \
+                     received instances are renamed into the store",
+                    spool.dir().display(),
+                    root.display()
+                )));
+            }
+        }
         if swept > 0 {
             tracing::warn!(
                 count = swept,
@@ -152,6 +168,7 @@ impl Ingest {
             spool,
             committer: Committer::new(store.clone(), index),
             store,
+            locks: Arc::default(),
             max_instance_size: cfg.max_instance_size,
             min_free_space: cfg.min_free_space,
         })
@@ -199,11 +216,17 @@ impl Ingest {
         if self.store.is_local() {
             // Check, rename into place and commit on the thread that
             // fsynced the spool file.
-            let committer = self.committer.clone();
+            let (committer, locks, store) = (
+                self.committer.clone(),
+                Arc::clone(&self.locks),
+                self.store.clone(),
+            );
             return writer
                 .finish(true, move |spooled| {
                     let (record, new) = describe(&spooled, &expected, source)?;
+                    let _one_at_a_time = locks.lock_blocking(record.sop_instance_uid.as_str());
                     let outcome = committer.commit(spooled, new)?;
+                    remove_moved_local(&store, &outcome, &record.object_key);
                     Ok(Stored { record, outcome })
                 })
                 .await
@@ -217,15 +240,18 @@ impl Ingest {
             .await
             .map_err(Error::Spool)?;
         let (record, new) = described?;
+        let _one_at_a_time = self.locks.lock(record.sop_instance_uid.as_str()).await;
         let outcome = self.upload_and_commit(spooled, new).await?;
+        self.remove_moved(&outcome, &record.object_key).await;
         Ok(Stored { record, outcome })
     }
 
     /// Makes a received media file durable in the store and the index, as a
-    /// file of `study` named `name`, with a sidecar next to it that keeps its
-    /// record (so `reindex` restores the MIME type and report fields).
-    /// Returns its record and whether it replaced an earlier file of that
-    /// name.
+    /// file of `study` named `name`, then writes a sidecar next to it that
+    /// keeps its record (so `reindex` restores the MIME type and report
+    /// fields; written once the file is in place, so it never describes
+    /// bytes the store does not have). Returns its record and whether it
+    /// replaced an earlier file of that name.
     pub async fn finish_media(
         &self,
         receiving: Receiving,
@@ -245,10 +271,6 @@ impl Ingest {
             report,
             study_instance_uid: study.clone(),
         };
-        let sidecar = serde_json::to_vec(&record).expect("records serialise");
-        self.store
-            .put_small(&ObjectKey::media_sidecar(&study, &name), sidecar)
-            .await?;
         let local = self.store.is_local();
         let (spooled, new) = writer
             .finish(local, {
@@ -257,7 +279,15 @@ impl Ingest {
             })
             .await
             .map_err(Error::Spool)?;
+        let _one_at_a_time = self.locks.lock(record.object_key.as_str()).await;
         let outcome = self.upload_and_commit(spooled, new).await?;
+        let sidecar = serde_json::to_vec(&record).expect("records serialise");
+        let sidecar_key = ObjectKey::media_sidecar(&study, &name);
+        if let Err(e) = self.store.put_small(&sidecar_key, sidecar).await {
+            // The file is stored and indexed; only a rebuild from the store
+            // would miss its type (guessed from the name) and report fields.
+            tracing::warn!(key = %sidecar_key, error = %e, "could not write a media sidecar");
+        }
         Ok((record, outcome != PutOutcome::Added))
     }
 
@@ -273,6 +303,24 @@ impl Ingest {
             .map_err(|e| Error::Spool(std::io::Error::other(e)))?
     }
 
+    /// Deletes the old object of an instance that moved study or series
+    /// (still under the instance's lock, so a re-send cannot be deleted).
+    async fn remove_moved(&self, outcome: &PutOutcome, new: &ObjectKey) {
+        if let PutOutcome::Replaced {
+            previous_key: Some(old),
+        } = outcome
+        {
+            match self.store.delete(old).await {
+                Ok(()) => {
+                    tracing::info!(old = %old, new = %new, "instance moved; old object removed")
+                }
+                Err(e) => {
+                    tracing::warn!(old = %old, error = %e, "could not remove the moved instance's old object")
+                }
+            }
+        }
+    }
+
     fn check_free_space(&self) -> Result<()> {
         match free_space(self.spool.dir()) {
             Ok(free) if free < self.min_free_space => Err(Error::DiskFull {
@@ -280,6 +328,25 @@ impl Ingest {
             }),
             Ok(_) => Ok(()),
             Err(e) => Err(Error::Spool(e)),
+        }
+    }
+}
+
+/// [`Ingest::remove_moved`] for the local store, on a blocking thread.
+fn remove_moved_local(store: &BlobStore, outcome: &PutOutcome, new: &ObjectKey) {
+    if let PutOutcome::Replaced {
+        previous_key: Some(old),
+    } = outcome
+    {
+        let Some(path) = store.local_path(old) else {
+            return;
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(old = %old, new = %new, "instance moved; old object removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(old = %old, error = %e, "could not remove the moved instance's old object")
+            }
         }
     }
 }

@@ -38,12 +38,12 @@ use crate::store::BlobStore;
 use crate::store::signer::UrlSigner;
 use crate::webhook::views::StudyViews;
 
-/// How long a webhook answer is kept for repeated deliveries of the same
-/// `webhook-id` (Standard Webhooks senders retry for about a day).
 /// Studies whose access answers are kept ready (a few hundred KB each for
 /// a 1000-instance study).
 const STUDY_VIEWS: usize = 32;
 
+/// How long a webhook answer is kept for repeated deliveries of the same
+/// `webhook-id` (Standard Webhooks senders retry for about a day).
 const WEBHOOK_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 fn prune_webhook_answers(index: &Index) -> anyhow::Result<()> {

@@ -38,12 +38,8 @@ pub enum Error {
     NoDataDir(PathBuf),
     #[error("the object store is unusable")]
     Store(#[from] crate::store::Error),
-    #[error("cannot list {prefix}")]
-    List {
-        prefix: String,
-        #[source]
-        source: object_store::Error,
-    },
+    #[error("cannot list {prefix}: {detail}")]
+    List { prefix: String, detail: String },
     #[error("cannot {what}")]
     Index {
         what: &'static str,

@@ -157,6 +157,13 @@ async fn fetch_and_store(app: &App, job: &ReportJob) -> Result<crate::store::Obj
 /// access request made for its `studyId`; the study must be here.
 async fn resolve_study(app: &App, job: &ReportJob) -> Result<Uid, Error> {
     let (given, study_id) = (job.study_instance_uid.clone(), job.study_id.clone());
+    // On a shared store the study may have reached another gateway.
+    if let Some(uid) = given.as_deref().and_then(|u| Uid::parse(u).ok()) {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || app.discovery.refresh(&app.store, &app.index, &uid))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+    }
     blocking(app, move |index| {
         let uid = match given.as_deref().and_then(|u| Uid::parse(u).ok()) {
             Some(uid) => Some(uid),

@@ -46,19 +46,49 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store's own error, as text with the credentials taken out (an
+    /// S3 error body can echo the signed request, session token included).
     #[error("object store: {0}")]
-    ObjectStore(#[from] object_store::Error),
+    ObjectStore(String),
     #[error("upload task: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("storage configuration: {0}")]
     Config(#[from] crate::config::Error),
-    #[error("{store} {what}")]
+    #[error("{store} {what}: {detail}")]
     Probe {
         store: String,
         what: &'static str,
-        #[source]
-        source: object_store::Error,
+        detail: String,
     },
+}
+
+impl From<object_store::Error> for Error {
+    fn from(e: object_store::Error) -> Error {
+        Error::ObjectStore(redacted(&e))
+    }
+}
+
+/// Credentials that must not reach a log through an error text.
+static SECRETS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// An object store error as text, with the S3 secret and session token
+/// replaced: use this wherever such an error is shown.
+pub fn redacted(e: &object_store::Error) -> String {
+    // The whole chain (the cause, e.g. "Connection refused", is often only
+    // in a source), each part once.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = cause.source();
+    }
+    for secret in SECRETS.get().into_iter().flatten() {
+        text = text.replace(secret.as_str(), "<redacted>");
+    }
+    text
 }
 
 impl Error {
@@ -92,6 +122,17 @@ impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe())
     }
+}
+
+/// What a presigned download URL says about the download.
+#[derive(Debug, Clone)]
+pub struct Presign<'a> {
+    pub content_type: &'a str,
+    pub disposition: &'a str,
+    /// When the URL stops working (at most 7 days from now).
+    pub expires_at: std::time::SystemTime,
+    /// A URL for `HEAD` rather than `GET` (SigV4 binds the method).
+    pub head: bool,
 }
 
 /// The name of the probe object written at start-up (S3).
@@ -164,6 +205,13 @@ impl BlobStore {
             }
             b.build()
         };
+        let c = &st.credentials;
+        let secrets = [&c.secret_access_key, &c.session_token]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose().to_owned())
+            .filter(|s| !s.is_empty());
+        let _ = SECRETS.set(secrets.collect());
         let store = PrefixStore::new(build(st.endpoint.as_ref())?, prefix);
         let public = st.public_endpoint.as_ref().or(st.endpoint.as_ref());
         let signer = PrefixStore::new(build(public)?, prefix);
@@ -184,24 +232,25 @@ impl BlobStore {
         let endpoint = self.describe();
         let failed = |what| {
             let store = endpoint.clone();
-            move |source| Error::Probe {
+            move |e: object_store::Error| Error::Probe {
                 store,
                 what,
-                source,
+                detail: redacted(&e),
             }
         };
         let path = object_store::path::Path::from_iter([
             PROBE_PREFIX,
             &format!("{}-{}", std::process::id(), unique()),
         ]);
+        // A plain write first: that is all ingest needs.
+        self.store
+            .put(&path, PutPayload::from_static(b"probe"))
+            .await
+            .map_err(failed("is not writable"))?;
         let create = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        self.store
-            .put_opts(&path, PutPayload::from_static(b"probe"), create.clone())
-            .await
-            .map_err(failed("is not writable"))?;
         match self
             .store
             .put_opts(&path, PutPayload::from_static(b"probe"), create)
@@ -243,6 +292,14 @@ impl BlobStore {
     /// Whether objects are files under a local root (placed by rename).
     pub fn is_local(&self) -> bool {
         matches!(&*self.backend, Backend::Local { .. })
+    }
+
+    /// The root directory of a local store.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &*self.backend {
+            Backend::Local { root } => Some(root),
+            Backend::S3 { .. } => None,
+        }
     }
 
     /// The filesystem path of a key, for the local store.
@@ -320,30 +377,30 @@ impl BlobStore {
         Ok(())
     }
 
-    /// A presigned download URL straight from the store (S3), answering with
-    /// `content_type` and `disposition`; `None` for the local store, whose
-    /// objects the gateway serves itself.
-    pub async fn download_url(
-        &self,
-        key: &ObjectKey,
-        content_type: &str,
-        disposition: &str,
-        ttl: Duration,
-    ) -> Result<Option<String>> {
+    /// A presigned URL straight from the store (S3) for a download that
+    /// answers with `p.content_type` and `p.disposition`; `None` for the
+    /// local store, whose objects the gateway serves itself.
+    pub async fn download_url(&self, key: &ObjectKey, p: &Presign<'_>) -> Result<Option<String>> {
         let Backend::S3 { signer, .. } = &*self.backend else {
             return Ok(None);
         };
         let options = SignedUrlOptions::new().with_query([
-            ("response-content-type", content_type),
-            ("response-content-disposition", disposition),
+            ("response-content-type", p.content_type),
+            ("response-content-disposition", p.disposition),
         ]);
+        // The store signs at the current time: ask for what is left until
+        // the expiry, so an answer computed again later expires when the
+        // first one did.
+        let left = p
+            .expires_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        // In whole seconds, rounded up: signing times are whole seconds.
+        let left = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+            .clamp(Duration::from_secs(1), signer::MAX_TTL);
+        let method = if p.head { Method::HEAD } else { Method::GET };
         let url = signer
-            .signed_url_opts(
-                Method::GET,
-                &key.to_path(),
-                ttl.min(signer::MAX_TTL),
-                &options,
-            )
+            .signed_url_opts(method, &key.to_path(), left, &options)
             .await?;
         Ok(Some(url.into()))
     }
@@ -431,4 +488,38 @@ fn unique() -> u128 {
 /// fsync a directory, making the entries created or renamed in it durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, SecretEnv};
+
+    #[test]
+    fn store_errors_never_show_the_s3_secret_or_session_token() {
+        let env = SecretEnv {
+            aws_access_key_id: Some("AKIDSHOWN".into()),
+            aws_secret_access_key: Some("s3cr3t-key-value".into()),
+            aws_session_token: Some("session-token-value".into()),
+            ..SecretEnv::default()
+        };
+        let over = Overrides {
+            storage_url: Some("s3://dicom/site".into()),
+            storage_endpoint: Some("http://127.0.0.1:9".into()),
+            storage_allow_http: Some(true),
+            ..Overrides::default()
+        };
+        let cfg = Config::load(&over, &env).unwrap();
+        let store = BlobStore::open_s3(&cfg, "dicom", "site").unwrap();
+        assert!(!format!("{store:?}").contains("s3cr3t"));
+        // What an S3 SignatureDoesNotMatch body echoes back.
+        let echoed = object_store::Error::Generic {
+            store: "S3",
+            source: "<CanonicalRequest>x-amz-security-token:session-token-value\nkey s3cr3t-key-value</CanonicalRequest>".into(),
+        };
+        let shown = Error::from(echoed).to_string();
+        assert!(!shown.contains("session-token-value"), "{shown}");
+        assert!(!shown.contains("s3cr3t-key-value"), "{shown}");
+        assert!(shown.contains("x-amz-security-token:<redacted>"), "{shown}");
+    }
 }

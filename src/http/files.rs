@@ -14,12 +14,8 @@ use tokio_util::io::ReaderStream;
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::store::ObjectKey;
 use crate::store::signer::Signature;
-
-/// Lifetime of the store URL a gateway file URL redirects to (S3): long
-/// enough to follow the redirect and read a large object.
-const PRESIGNED_REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+use crate::store::{ObjectKey, Presign};
 
 pub async fn get_file(
     State(app): State<App>,
@@ -50,9 +46,17 @@ pub async fn get_file(
     let disposition = key.content_disposition();
     let Some(path) = app.store.local_path(&key) else {
         // The store serves its own objects: send the viewer there.
+        // Valid as long as the gateway's URL is, not longer.
+        let expires_at = UNIX_EPOCH + std::time::Duration::from_secs(signature.exp);
+        let presign = Presign {
+            content_type: &content_type,
+            disposition: &disposition,
+            expires_at,
+            head: method == Method::HEAD,
+        };
         let url = app
             .store
-            .download_url(&key, &content_type, &disposition, PRESIGNED_REDIRECT_TTL)
+            .download_url(&key, &presign)
             .await
             .map_err(ApiError::internal)?
             .expect("a remote store signs");

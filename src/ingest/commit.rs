@@ -1,8 +1,9 @@
 //! Group commit without a committer thread.
 //!
-//! Every ingest ends on a blocking thread that has just fsynced its spool
-//! file. It queues its instance here; if no commit is running it leads one:
-//! it takes everything queued, renames the batch into the store, fsyncs each
+//! Every ingest ends on a blocking thread with its object complete: a
+//! fsynced spool file (local store) or a confirmed upload (S3). It queues its
+//! entry here; if no commit is running it leads one: it takes everything
+//! queued, renames the batch's spool files into a local store and fsyncs each
 //! touched directory once, writes all index entries in one transaction and
 //! flushes once. Threads that queued meanwhile wait, and one of them leads the
 //! next batch. A lone instance pays no thread hop for this; concurrent ones
@@ -14,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::Error;
 use super::spool::Spooled;
 use crate::index::{Index, NewEntry, PutOutcome};
-use crate::store::{BlobStore, ObjectKey};
+use crate::store::BlobStore;
 
 /// Most instances committed together.
 const MAX_BATCH: usize = 256;
@@ -125,13 +126,9 @@ fn commit_batch(
     let news: Vec<NewEntry> = committed.iter().map(|(_, new)| new.clone()).collect();
     match index.put_batch(&news) {
         Ok(outcomes) => {
-            for ((id, new), outcome) in committed.into_iter().zip(outcomes) {
-                if let PutOutcome::Replaced {
-                    previous_key: Some(old),
-                } = &outcome
-                {
-                    remove_moved_object(store, old, new.object_key());
-                }
+            // A moved instance's old object is the caller's to delete, after
+            // the batch: a slow delete must not hold up everyone's commit.
+            for ((id, _), outcome) in committed.into_iter().zip(outcomes) {
                 results.push((id, Ok(outcome)));
             }
         }
@@ -149,15 +146,4 @@ fn commit_batch(
         }
     }
     results
-}
-
-fn remove_moved_object(store: &BlobStore, old: &ObjectKey, new: &ObjectKey) {
-    // On a blocking thread of the runtime: the delete is awaited here.
-    let deleted = tokio::runtime::Handle::current().block_on(store.delete(old));
-    match deleted {
-        Ok(()) => tracing::info!(old = %old, new = %new, "instance moved; old object removed"),
-        Err(e) => {
-            tracing::warn!(old = %old, error = %e, "could not remove the moved instance's old object")
-        }
-    }
 }

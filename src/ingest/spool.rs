@@ -274,7 +274,8 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     }
 }
 
-/// A complete, durable spool file waiting to be placed in the store.
+/// A complete spool file waiting to be placed in the store (fsynced when it
+/// is to become the object itself, in a local store).
 #[derive(Debug)]
 pub struct Spooled {
     pub guard: SpoolGuard,

@@ -53,7 +53,7 @@ pub(super) async fn read_header(
 }
 
 fn unreadable(e: object_store::Error) -> SkipReason {
-    SkipReason::Unreadable(e.to_string())
+    SkipReason::Unreadable(crate::store::redacted(&e))
 }
 
 /// dicom-rs's parser is not hardened against every malformed input; a panic

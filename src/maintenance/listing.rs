@@ -105,7 +105,10 @@ async fn list_all(store: &BlobStore, prefix: &Path) -> Result<Vec<ObjectMeta>> {
 
 fn list_error(prefix: &Path) -> impl FnOnce(object_store::Error) -> Error {
     let prefix = prefix.to_string();
-    move |source| Error::List { prefix, source }
+    move |e| Error::List {
+        prefix,
+        detail: crate::store::redacted(&e),
+    }
 }
 
 #[cfg(test)]

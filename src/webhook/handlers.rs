@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::events::{EphemeralAccess, SecondaryCaptureAccess, StudyAccess, StudyRef};
 use super::views::StudyView;
 use crate::app::App;
-use crate::store::ObjectKey;
+use crate::store::{ObjectKey, Presign};
 
 /// What can go wrong answering an event (the event itself is never an
 /// error: a bad one gets a refusal in the answer).
@@ -148,15 +148,19 @@ impl Access<'_> {
             }));
             return Ok(());
         }
-        // Presigned by the store (on this blocking thread: signing makes no
-        // request, so this does not wait on the network).
+        // Presigned by the store, on this blocking thread: signing itself
+        // makes no request (with static credentials; without them the first
+        // signature fetches credentials from the instance metadata service).
         let presign = |key: &ObjectKey, mime: &str| {
-            let signed = tokio::runtime::Handle::current().block_on(app.store.download_url(
-                key,
-                mime,
-                &key.content_disposition(),
-                ttl,
-            ));
+            let disposition = key.content_disposition();
+            let p = Presign {
+                content_type: mime,
+                disposition: &disposition,
+                expires_at: now + ttl.min(crate::store::signer::MAX_TTL),
+                head: false,
+            };
+            let signed =
+                tokio::runtime::Handle::current().block_on(app.store.download_url(key, &p));
             signed
                 .map_err(Error::from)
                 .map(|url| url.expect("a remote store signs"))

@@ -158,3 +158,27 @@ fn an_association_still_open_after_the_grace_period_is_aborted() {
     gw.wait_for_log("shutdown grace period over");
     assert!(scu.receive_abort(), "the peer was not sent an A-ABORT");
 }
+
+/// A local store on another filesystem than the spool cannot take
+/// instances by rename: the gateway says so at start-up instead of refusing
+/// every instance later.
+#[test]
+fn a_local_store_on_another_filesystem_than_the_spool_is_refused_at_start() {
+    use std::os::unix::fs::MetadataExt;
+    let shm = std::path::Path::new("/dev/shm");
+    let here = tempfile::tempdir().unwrap();
+    assert_ne!(
+        std::fs::metadata(shm).unwrap().dev(),
+        std::fs::metadata(here.path()).unwrap().dev(),
+        "this test needs /dev/shm on its own filesystem"
+    );
+    let store = tempfile::tempdir_in(shm).unwrap();
+    let url = format!("file://{}", store.path().display());
+    let (status, stderr) = Gateway::start_expecting_exit(
+        common::Opts::default().arg("--storage").arg(&url),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(!status.success(), "started anyway:\n{stderr}");
+    assert!(stderr.contains("must be on one filesystem"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
