@@ -150,12 +150,7 @@ fn a_gigabyte_instance_streams_through_in_bounded_memory() {
     let gw = Gateway::start();
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.dcm");
-    let out = std::process::Command::new(common::python())
-        .arg(common::repo().join("testdata/generate.py"))
-        .args(["big", big.to_str().unwrap(), "--size-mib", "1100"])
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "generate.py big");
+    common::generate_big(&big, 1100);
     let sent = std::fs::metadata(&big).unwrap().len();
     assert!(sent > 1 << 30);
 

@@ -60,12 +60,7 @@ fn send(gw: &Gateway, prefixes: &[&str]) -> Vec<String> {
         if !prefixes.iter().any(|p| file.starts_with(p)) {
             continue;
         }
-        let flags: Vec<&str> = f["storescu_flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let flags = common::storescu_flags(&f);
         let out = common::storescu(gw, &flags, &[&fixture_path(&f)]);
         common::assert_ok(&out, &format!("storescu {file}"));
         let study = f["study"].as_str().unwrap().to_owned();

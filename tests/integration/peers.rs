@@ -115,12 +115,7 @@ fn every_transfer_syntax_family_is_stored_as_received() {
             let answer = common::pynet(&gw, &["store", path.to_str().unwrap()]);
             assert_eq!(answer["results"][0]["status"], 0, "{}: {answer}", f["file"]);
         } else {
-            let flags: Vec<&str> = f["storescu_flags"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap())
-                .collect();
+            let flags = common::storescu_flags(f);
             common::assert_ok(
                 &common::storescu(&gw, &flags, &[&path]),
                 f["file"].as_str().unwrap(),

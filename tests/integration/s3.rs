@@ -417,7 +417,7 @@ fn a_gigabyte_instance_goes_up_in_parts_in_bounded_memory() {
     let gw = gateway(&s3, Opts::default());
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.dcm");
-    generate_big(&big, 1100);
+    common::generate_big(&big, 1100);
     let sent = std::fs::metadata(&big).unwrap().len();
     assert!(sent > 1 << 30);
 
@@ -457,31 +457,6 @@ fn a_gigabyte_instance_goes_up_in_parts_in_bounded_memory() {
     // Same data set length as the source (the meta groups differ).
     assert_eq!(stored_len - meta_len(&stored), sent - meta_len(&big));
     assert!(gw.spool_files().is_empty());
-}
-
-/// One multi-frame instance with `size_mib` MiB of pixel data, written by
-/// `generate.py big` (as durability.rs uses it, streamed) under a shorter
-/// UID root: s3s-fs keeps an open multipart upload's metadata in a file named
-/// after the base64 of bucket and key, which passes the 255-byte file name
-/// limit (ENAMETOOLONG, a 500 for the gateway) once the key is longer than
-/// about 125 bytes; the generator's own UIDs make it 143. (Real S3 takes keys
-/// up to 1024 bytes; the gateway's longest is about 210.)
-fn generate_big(path: &Path, size_mib: u32) {
-    let out = Command::new(common::python())
-        .arg("-c")
-        .arg(
-            "import argparse, sys\n\
-             sys.path.insert(0, sys.argv[1])\n\
-             import generate\n\
-             generate.UID_ROOT = '2.25.'\n\
-             generate.cmd_big(argparse.Namespace(out_file=sys.argv[2], size_mib=int(sys.argv[3])))",
-        )
-        .arg(common::repo().join("testdata"))
-        .arg(path)
-        .arg(size_mib.to_string())
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "generate.py big");
 }
 
 /// Bytes of a Part-10 file up to the end of its File Meta group.
@@ -550,7 +525,7 @@ fn the_store_dying_during_a_multipart_upload_is_a700_and_the_instance_stores_onc
     // 200 MiB: 25 parts of 8 MiB, so the upload is well under way, not
     // done, when the store goes.
     let big = dir.path().join("big.dcm");
-    generate_big(&big, 200);
+    common::generate_big(&big, 200);
     let send = || {
         let answer = common::pynet(&gw, &["store", big.to_str().unwrap()]);
         answer["results"][0]["status"].clone()

@@ -417,6 +417,16 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// DCMTK storescu (by absolute path: pynetdicom installs a `storescu` too).
+/// The storescu flags a fixture is sent with (fixtures.json).
+pub fn storescu_flags(fixture: &Value) -> Vec<&str> {
+    fixture["storescu_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
 pub fn storescu(gw: &Gateway, flags: &[&str], files: &[&Path]) -> Output {
     run(Command::new(require("/usr/bin/storescu"))
         .env("TCP_NODELAY", "1")
@@ -499,4 +509,28 @@ pub fn meta_transfer_syntax(path: &Path) -> String {
     )
     .trim()
     .to_owned()
+}
+
+/// One multi-frame instance with `size_mib` MiB of pixel data, written by
+/// `generate.py big` under a short UID root (`2.25.`): s3s-fs keeps an open multipart upload's metadata in a file named
+/// after the base64 of bucket and key, which passes the 255-byte file name
+/// limit (ENAMETOOLONG, a 500 for the gateway) once the key is longer than
+/// about 125 bytes; the generator's own UIDs make it 143. (Real S3 takes keys
+/// up to 1024 bytes; the gateway's longest is about 210.)
+pub fn generate_big(path: &Path, size_mib: u32) {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import argparse, sys\n\
+             sys.path.insert(0, sys.argv[1])\n\
+             import generate\n\
+             generate.UID_ROOT = '2.25.'\n\
+             generate.cmd_big(argparse.Namespace(out_file=sys.argv[2], size_mib=int(sys.argv[3])))",
+        )
+        .arg(repo().join("testdata"))
+        .arg(path)
+        .arg(size_mib.to_string())
+        .output()
+        .unwrap();
+    assert_ok(&out, "generate.py big");
 }
