@@ -83,14 +83,7 @@ fn access(gw: &Gateway, study: &str) -> Value {
         "type": "study.access_requested",
         "data": { "studyId": "stu_fedcba9876543210fedcba9876543210", "studyInstanceUid": study },
     });
-    let out = Command::new(common::python())
-        .arg(common::repo().join("tests/peers/avara_sender.py"))
-        .args(["--url", &gw.url("/webhooks/avara"), "--key", KEY])
-        .arg(event.to_string())
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "avara_sender.py");
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = webhook(gw, &event);
     assert_eq!(answer["status"], 200, "{answer}");
     assert_eq!(answer["body"]["authorized"], true, "{answer}");
     answer["body"].clone()
@@ -703,21 +696,14 @@ fn two_gateways_on_one_bucket_each_answer_for_the_others_studies() {
 
     // A study neither has is refused by both, after looking.
     for gw in [&a, &b] {
-        let out = Command::new(common::python())
-            .arg(common::repo().join("tests/peers/avara_sender.py"))
-            .args(["--url", &gw.url("/webhooks/avara"), "--key", KEY])
-            .arg(
-                json!({
-                    "id": "whe_0123456789abcdef0123456789abcdef",
-                    "type": "study.access_requested",
-                    "data": { "studyInstanceUid": "1.2.3.4.5.6.7.8.9" },
-                })
-                .to_string(),
-            )
-            .output()
-            .unwrap();
-        common::assert_ok(&out, "avara_sender.py");
-        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let answer = webhook(
+            gw,
+            &json!({
+                "id": "whe_0123456789abcdef0123456789abcdef",
+                "type": "study.access_requested",
+                "data": { "studyInstanceUid": "1.2.3.4.5.6.7.8.9" },
+            }),
+        );
         assert_eq!(answer["body"]["authorized"], false, "{answer}");
         assert_eq!(answer["body"]["urls"], json!([]), "{answer}");
     }
@@ -760,4 +746,93 @@ fn a_study_split_between_gateways_is_answered_whole() {
         b.study(&study)["instanceCount"],
         (first.len() + second.len()) as u64
     );
+}
+
+/// `study.access_requested` etc. through Avara's own tools: the answer.
+fn webhook(gw: &Gateway, event: &Value) -> Value {
+    let out = Command::new(common::python())
+        .arg(common::repo().join("tests/peers/avara_sender.py"))
+        .args(["--url", &gw.url("/webhooks/avara"), "--key", KEY])
+        .arg(event.to_string())
+        .output()
+        .unwrap();
+    common::assert_ok(&out, "avara_sender.py");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// With S3 the gateway stays the way in for what the viewer and Avara send
+/// back: a secondary capture uploaded to its signed URL and a delivered
+/// report land in the bucket (the report with a sidecar keeping its
+/// fields), and the next access answer hands both out from the store.
+#[test]
+fn uploads_and_reports_go_through_the_gateway_into_the_bucket() {
+    use crate::webhook::{PDF, PdfServer, capture_event, put, report_event, secondary_capture};
+    let s3 = S3Server::start();
+    let gw = gateway(&s3, Opts::default());
+    let (study, sent) = store_study1(&gw);
+
+    let (series, sop) = ("2.25.4242", "2.25.4242.1");
+    let answer = webhook(&gw, &capture_event(&study, Some(series), Some(sop)));
+    assert_eq!(answer["body"]["authorized"], true, "{answer}");
+    let upload = answer["body"]["uploadUrls"][0].as_str().unwrap().to_owned();
+    assert!(
+        upload.contains("/uploads/"),
+        "uploads go to the gateway: {upload}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sc = dir.path().join("sc.dcm");
+    secondary_capture(&sc, &study, series, sop);
+    let (status, stored) = put(&gw, &upload, &std::fs::read(&sc).unwrap());
+    assert_eq!(
+        (status, stored["sopInstanceUid"].as_str()),
+        (201, Some(sop))
+    );
+    let sc_key = format!("{PREFIX}/studies/{study}/{series}/{sop}.dcm");
+    assert!(s3.keys().contains(&sc_key), "{:?}", s3.keys());
+
+    let pdf = dir.path().join("r.pdf");
+    std::fs::write(&pdf, PDF).unwrap();
+    let server = PdfServer::start(&pdf, &[]);
+    let answer = webhook(
+        &gw,
+        &report_event(&server.url, json!({ "studyInstanceUid": study })),
+    );
+    assert_eq!(answer["body"], json!({ "success": true }), "{answer}");
+    gw.wait_for_log("report stored");
+    let media = gw.study(&study)["media"][0].clone();
+    let name = media["fileName"].as_str().unwrap().to_owned();
+    let in_bucket =
+        std::fs::read(s3.object(&format!("{PREFIX}/studies/{study}/media/{name}"))).unwrap();
+    assert_eq!(in_bucket, PDF);
+    let sidecar: Value = serde_json::from_slice(
+        &std::fs::read(s3.object(&format!("{PREFIX}/studies/{study}/media-meta/{name}.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sidecar["mimeType"], "application/pdf");
+    assert_eq!(sidecar["report"], media["report"]);
+    assert_eq!(sidecar["report"]["isCritical"], true);
+
+    let answer = access(&gw, &study);
+    let urls = instance_urls(&answer);
+    assert_eq!(urls.len(), sent.len() + 1);
+    let sc_url = urls
+        .iter()
+        .find(|u| u.contains(&format!("/{sop}.dcm")))
+        .unwrap();
+    assert_eq!(authority(sc_url), authority(&s3.endpoint()));
+    let got = fetch(sc_url);
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        common::dataset_bytes_of(&got.body),
+        common::dataset_bytes(&sc)
+    );
+    let report_url = answer["mediaUrls"][0]["url"].as_str().unwrap();
+    assert_eq!(authority(report_url), authority(&s3.endpoint()));
+    let got = fetch(report_url);
+    assert_eq!(
+        (got.status, got.content_type.as_str()),
+        (200, "application/pdf")
+    );
+    assert_eq!(got.body, PDF);
 }

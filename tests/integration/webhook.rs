@@ -270,7 +270,7 @@ fn without_a_key_the_webhook_refuses_everything() {
 }
 
 /// A Secondary Capture Part-10 file made with pydicom.
-fn secondary_capture(path: &std::path::Path, study: &str, series: &str, sop: &str) {
+pub(crate) fn secondary_capture(path: &std::path::Path, study: &str, series: &str, sop: &str) {
     common::pydicom(
         r#"
 import sys
@@ -294,7 +294,7 @@ ds.save_as(path, enforce_file_format=True)
     );
 }
 
-fn capture_event(study: &str, series: Option<&str>, sop: Option<&str>) -> Value {
+pub(crate) fn capture_event(study: &str, series: Option<&str>, sop: Option<&str>) -> Value {
     let mut data =
         json!({ "studyId": "stu_fedcba9876543210fedcba9876543210", "studyInstanceUid": study });
     if let (Some(series), Some(sop)) = (series, sop) {
@@ -304,7 +304,7 @@ fn capture_event(study: &str, series: Option<&str>, sop: Option<&str>) -> Value 
     json!({ "id": "whe_0123456789abcdef0123456789abcdec", "type": "secondary_capture.access_requested", "data": data })
 }
 
-fn put(gw: &Gateway, url: &str, body: &[u8]) -> (u16, Value) {
+pub(crate) fn put(gw: &Gateway, url: &str, body: &[u8]) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -599,13 +599,13 @@ fn the_newer_events_are_answered_from_the_index() {
 }
 
 /// tests/peers/pdf_server.py, killed when dropped.
-struct PdfServer {
+pub(crate) struct PdfServer {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PdfServer {
-    fn start(pdf: &std::path::Path, extra: &[&str]) -> PdfServer {
+    pub(crate) fn start(pdf: &std::path::Path, extra: &[&str]) -> PdfServer {
         use std::io::BufRead;
         let mut child = Command::new(common::python())
             .arg(common::repo().join("tests/peers/pdf_server.py"))
@@ -633,7 +633,7 @@ impl Drop for PdfServer {
     }
 }
 
-fn report_event(url: &str, data_extra: Value) -> Value {
+pub(crate) fn report_event(url: &str, data_extra: Value) -> Value {
     let mut data = json!({
         "isCritical": true,
         "presignedUrl": url,
@@ -647,7 +647,7 @@ fn report_event(url: &str, data_extra: Value) -> Value {
     json!({ "id": "whe_0123456789abcdef0123456789abcdea", "type": "report.delivered", "data": data })
 }
 
-const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
+pub(crate) const PDF: &[u8] = b"%PDF-1.4\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
 
 #[test]
 fn a_delivered_report_is_fetched_despite_failures_and_kept_as_media() {
