@@ -26,7 +26,7 @@ pub use verify::{Problem, ProblemKind, Report, verify};
 
 use crate::config::Config;
 use crate::index::Index;
-use crate::store::BlobStore;
+use crate::store::{BlobStore, ObjectKey};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -82,6 +82,15 @@ async fn open(cfg: &Config) -> Result<(BlobStore, Index)> {
 pub async fn reindex_data_dir(cfg: &Config, wipe: bool) -> Result<Summary> {
     let (store, index) = open(cfg).await?;
     tracing::info!(store = %store.describe(), wipe, "reindexing");
+    // What only the index knows of its media goes to the store first, so a
+    // wipe cannot lose it.
+    let written = write_missing_sidecars(&store, &index).await?;
+    if written > 0 {
+        tracing::info!(
+            written,
+            "wrote media sidecars the store lacked, from the index"
+        );
+    }
     if wipe {
         blocking(&index, "clear the index", |i| i.clear_rebuildable()).await?;
         tracing::info!("cleared the index's instance, study and media entries");
@@ -89,6 +98,33 @@ pub async fn reindex_data_dir(cfg: &Config, wipe: bool) -> Result<Summary> {
     let summary = reindex(&store, &index).await?;
     blocking(&index, "flush the index", |i| i.flush()).await?;
     Ok(summary)
+}
+
+/// Writes the sidecar of every indexed media file whose sidecar is not in
+/// the store (one written by a gateway that stopped between storing a file
+/// and its sidecar). Returns how many it wrote.
+async fn write_missing_sidecars(store: &BlobStore, index: &Index) -> Result<u64> {
+    use object_store::ObjectStoreExt;
+    let studies = blocking(index, "list the studies", |i| i.indexed_studies()).await?;
+    let mut written = 0;
+    for study in studies {
+        let media = {
+            let study = study.clone();
+            blocking(index, "list media", move |i| i.media_of_study(&study)).await?
+        };
+        for record in media {
+            let key = ObjectKey::media_sidecar(&study, &record.file_name);
+            match store.object_store().head(&key.to_path()).await {
+                Ok(_) => continue,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(crate::store::Error::from(e).into()),
+            }
+            let json = serde_json::to_vec(&record).expect("records serialise");
+            store.put_small(&key, json).await?;
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// `dicom-gateway verify`: compares the configured index with the

@@ -221,6 +221,19 @@ fn reindex_rebuilds_what_the_api_answered() {
     );
     gw.restart();
     assert_eq!(snapshot(&gw, &studies), after);
+
+    // A sidecar lost (a gateway stopped between a file and its sidecar):
+    // reindex writes it again from the index before a wipe can lose it.
+    assert!(gw.stop().success());
+    let sidecar = gw
+        .objects()
+        .join(format!("studies/{study1}/media-meta/clip.bin.json"));
+    std::fs::remove_file(&sidecar).unwrap();
+    let out = maintenance("reindex", &gw.data_dir, &["--wipe"]);
+    assert_status(&out, 0, "reindex --wipe");
+    assert!(sidecar.is_file());
+    gw.restart();
+    assert_eq!(gw.study(&study1)["media"][0]["mimeType"], "video/mp4");
 }
 
 #[test]
