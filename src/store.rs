@@ -21,13 +21,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::signer::{Method, SignedUrlOptions, Signer};
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
@@ -342,33 +344,15 @@ impl BlobStore {
             self.store.put(&location, bytes.into()).await?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(&location).await?;
-        let mut parts = WriteMultipart::new_with_chunk_size(upload, *part_size);
-        let mut buf = vec![0u8; 1 << 20];
-        let sent: Result<()> = async {
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .await
-                    .map_err(Error::io("read spool", spool))?;
-                if n == 0 {
-                    return Ok(());
-                }
-                parts.wait_for_capacity(2).await?;
-                parts.write(&buf[..n]);
-            }
+        let mut upload = self.store.put_multipart(&location).await?;
+        let sent = match send_parts(&mut *upload, &mut file, *part_size, spool).await {
+            Ok(()) => upload.complete().await.map(drop).map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if sent.is_err() {
+            abort_upload(upload, key.clone());
         }
-        .await;
-        match sent {
-            // `finish` aborts the upload itself when a part failed.
-            Ok(()) => parts.finish().await.map(drop).map_err(Error::from),
-            Err(e) => {
-                if let Err(abort) = parts.abort().await {
-                    tracing::warn!(key = %key, error = %abort, "could not abort a multipart upload");
-                }
-                Err(e)
-            }
-        }
+        sent
     }
 
     /// Writes a small object (a media sidecar) durably.
@@ -476,6 +460,72 @@ impl BlobStore {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Parts in flight per upload (memory: one more is being filled).
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Reads `file` in parts of `part_size` and uploads them, at most
+/// [`PARTS_IN_FLIGHT`] at once.
+async fn send_parts(
+    upload: &mut dyn MultipartUpload,
+    file: &mut tokio::fs::File,
+    part_size: usize,
+    spool: &Path,
+) -> Result<()> {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let mut part = Vec::with_capacity(part_size);
+        (&mut *file)
+            .take(part_size as u64)
+            .read_to_end(&mut part)
+            .await
+            .map_err(Error::io("read spool", spool))?;
+        if part.is_empty() {
+            break;
+        }
+        while in_flight.len() >= PARTS_IN_FLIGHT {
+            in_flight.next().await.transpose()?;
+        }
+        in_flight.push(upload.put_part(part.into()));
+    }
+    while let Some(done) = in_flight.next().await {
+        done?;
+    }
+    Ok(())
+}
+
+/// How often, and how far apart at most, an abort is retried.
+const ABORT_ATTEMPTS: u32 = 12;
+const ABORT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Aborts a failed multipart upload so its parts do not stay in the store,
+/// in the background, retried with back-off (about ten minutes in all): the
+/// failure that ended the upload is often the store being away.
+fn abort_upload(mut upload: Box<dyn MultipartUpload>, key: ObjectKey) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        for attempt in 1..=ABORT_ATTEMPTS {
+            match upload.abort().await {
+                Ok(()) => {
+                    tracing::info!(key = %key, attempt, "aborted a failed multipart upload");
+                    return;
+                }
+                Err(e) if attempt == ABORT_ATTEMPTS => {
+                    tracing::warn!(
+                        key = %key,
+                        error = %redacted(&e),
+                        "could not abort a failed multipart upload; its parts stay until \
+                         the bucket's lifecycle rule removes them"
+                    );
+                }
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(ABORT_BACKOFF_MAX);
+                }
+            }
+        }
+    });
 }
 
 /// A number unlikely to repeat, for probe names.

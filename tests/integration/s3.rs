@@ -536,8 +536,15 @@ fn the_store_dying_during_a_multipart_upload_is_a700_and_the_instance_stores_onc
     assert!(s3.keys().is_empty(), "{:?}", s3.keys());
     assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
 
-    // Back: the same instance goes up in full.
+    // Back: the failed upload's parts are aborted (retried until the store
+    // answers), and the same instance goes up in full.
     s3.start_again();
+    gw.wait_for_log("aborted a failed multipart upload");
+    assert!(
+        s3.incomplete_uploads().is_empty(),
+        "{:?}",
+        s3.incomplete_uploads()
+    );
     assert_eq!(send(), 0);
     let studies = gw.studies();
     assert_eq!(studies.len(), 1);
