@@ -125,6 +125,17 @@ impl fmt::Display for Summary {
     }
 }
 
+/// Whether the store has no object under `key` (an error to list or read is
+/// not "gone").
+async fn object_is_gone(store: &BlobStore, key: &ObjectKey) -> Result<bool> {
+    use object_store::ObjectStoreExt;
+    match store.object_store().head(&key.to_path()).await {
+        Ok(_) => Ok(false),
+        Err(object_store::Error::NotFound { .. }) => Ok(true),
+        Err(e) => Err(crate::store::Error::from(e).into()),
+    }
+}
+
 /// Indexes every study in the store (see [`index_study`]), a few at once.
 /// Objects under `studies/` that are no gateway key are reported as skipped.
 pub async fn reindex(store: &BlobStore, index: &Index) -> Result<Summary> {
@@ -212,7 +223,21 @@ pub async fn index_study(store: &BlobStore, index: &Index, study: &Uid) -> Resul
                 }
                 (FillOutcome::AlreadyIndexed, _) => summary.already_indexed += 1,
                 (FillOutcome::IndexedElsewhere(other), entry) => {
-                    summary.skip(entry.object_key().as_str(), SkipReason::Duplicate(other))
+                    if object_is_gone(store, &other).await? {
+                        // Another gateway moved the instance (a re-send under
+                        // another study or series) and deleted the object this
+                        // index still points at: take the one the store holds.
+                        let replace = vec![entry.clone()];
+                        blocking(index, "write the index", move |i| i.put_batch(&replace)).await?;
+                        tracing::info!(
+                            old = %other,
+                            new = %entry.object_key(),
+                            "index entry pointed at an object that is gone; moved to the one the store holds"
+                        );
+                        summary.instances += 1;
+                    } else {
+                        summary.skip(entry.object_key().as_str(), SkipReason::Duplicate(other))
+                    }
                 }
             }
         }

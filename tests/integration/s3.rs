@@ -843,3 +843,40 @@ fn uploads_and_reports_go_through_the_gateway_into_the_bucket() {
     );
     assert_eq!(got.body, PDF);
 }
+
+/// An instance one gateway moved to another study (a corrected re-send)
+/// while the other gateway still had it under the old one: asked for the
+/// new study, the other gateway finds its entry pointing at an object that
+/// is gone and takes the one the store holds.
+#[test]
+fn an_instance_moved_by_one_gateway_is_followed_by_the_other() {
+    let s3 = S3Server::start();
+    let a = gateway(&s3, Opts::default());
+    let b = gateway(&s3, Opts::default());
+    let (study, sent) = store_study1(&a);
+    assert_eq!(instance_urls(&access(&b, &study)).len(), sent.len());
+
+    // The first instance again, corrected into another study.
+    let (sop, original) = sent.iter().next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let moved = dir.path().join("moved.dcm");
+    common::pydicom(
+        "import sys, pydicom\n\
+         ds = pydicom.dcmread(sys.argv[1])\n\
+         ds.StudyInstanceUID = '2.25.4711'\n\
+         ds.save_as(sys.argv[2])",
+        &[original.to_str().unwrap(), moved.to_str().unwrap()],
+    );
+    common::assert_ok(&common::storescu(&a, &["-xe"], &[&moved]), "storescu");
+    a.wait_for_log("instance moved; old object removed");
+
+    let answer = access(&b, "2.25.4711");
+    let urls = instance_urls(&answer);
+    assert_eq!(urls.len(), 1, "{answer}");
+    assert!(urls[0].contains(&format!("/2.25.4711/")), "{}", urls[0]);
+    assert!(urls[0].contains(&format!("/{sop}.dcm")), "{}", urls[0]);
+    assert_eq!(fetch(&urls[0]).status, 200);
+    b.wait_for_log("index entry pointed at an object that is gone");
+    assert_eq!(b.study(&study)["instanceCount"], (sent.len() - 1) as u64);
+    assert_eq!(b.study("2.25.4711")["instanceCount"], 1);
+}
