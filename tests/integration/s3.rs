@@ -873,7 +873,7 @@ fn an_instance_moved_by_one_gateway_is_followed_by_the_other() {
     let answer = access(&b, "2.25.4711");
     let urls = instance_urls(&answer);
     assert_eq!(urls.len(), 1, "{answer}");
-    assert!(urls[0].contains(&format!("/2.25.4711/")), "{}", urls[0]);
+    assert!(urls[0].contains("/2.25.4711/"), "{}", urls[0]);
     assert!(urls[0].contains(&format!("/{sop}.dcm")), "{}", urls[0]);
     assert_eq!(fetch(&urls[0]).status, 200);
     b.wait_for_log("index entry pointed at an object that is gone");
