@@ -53,9 +53,11 @@ pub async fn get_study(
         what: "Study Instance UID",
         reason: e.to_string(),
     })?;
-    let index = app.index.clone();
     let lookup = uid.clone();
     let (study, instances, media) = tokio::task::spawn_blocking(move || {
+        let index = &app.index;
+        // A study another gateway on the same store received.
+        app.discovery.refresh(&app.store, index, &lookup);
         let study = index.study(&lookup)?;
         let instances = index.instances_of_study(&lookup)?;
         let media = index.media_of_study(&lookup)?;
@@ -118,12 +120,17 @@ pub async fn put_media(
             reason: "a media type such as application/pdf is required".into(),
         })?
         .to_owned();
-    let index = app.index.clone();
     let lookup = study.clone();
-    let known = tokio::task::spawn_blocking(move || index.study(&lookup))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let finder = app.clone();
+    let known = tokio::task::spawn_blocking(move || {
+        finder
+            .discovery
+            .refresh(&finder.store, &finder.index, &lookup);
+        finder.index.study(&lookup)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     if known.is_none() {
         return Err(ApiError::NotFound(format!("study {study}")));
     }

@@ -696,7 +696,8 @@ fn two_gateways_on_one_bucket_each_answer_for_the_others_studies() {
     );
     b.wait_for_log("indexed what the store holds of a study this gateway did not receive");
 
-    // And the other way round.
+    // And the other way round, through the operator API first.
+    assert_eq!(a.study(sr_study)["instanceCount"], 1);
     let answer = access(&a, sr_study);
     assert_eq!(instance_urls(&answer).len(), 1, "{answer}");
     assert_eq!(fetch(&instance_urls(&answer)[0]).status, 200);
