@@ -276,6 +276,27 @@ impl Index {
         Ok(outcomes)
     }
 
+    /// Moves an instance's entry to `new` if, and only if, it still points
+    /// at `from` (checked and written in one transaction): for taking the
+    /// object the store holds when the indexed one is gone, without undoing
+    /// an ingest that stored the instance again meanwhile. Returns whether
+    /// it moved. Blocking.
+    pub fn move_if_at(&self, new: &NewInstance, from: &ObjectKey) -> Result<bool> {
+        let moved = self.transact(|instances, sops, studies, _| {
+            match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
+                Some(key) if key == *from => put_one(instances, sops, studies, new).map(|_| true),
+                _ => Ok(false),
+            }
+        })?;
+        if moved {
+            let old_study = from.study();
+            self.stamps
+                .bump(std::iter::once(new.record.study_instance_uid.clone()).chain(old_study));
+            self.flush()?;
+        }
+        Ok(moved)
+    }
+
     /// Runs `op` as one transaction over the instance, SOP, study and media
     /// trees.
     fn transact<T>(

@@ -148,15 +148,25 @@ impl Ingest {
     pub fn start(cfg: &Config, store: BlobStore, index: Index) -> std::io::Result<Ingest> {
         let (spool, swept) = Spool::open(&cfg.spool_dir())?;
         if let Some(root) = store.local_root() {
-            use std::os::unix::fs::MetadataExt;
-            if std::fs::metadata(spool.dir())?.dev() != std::fs::metadata(root)?.dev() {
-                return Err(std::io::Error::other(format!(
-                    "the spool ({}) and the object store ({}) must be on one filesystem: \
-                     received instances are renamed into the store",
-                    spool.dir().display(),
-                    root.display()
-                )));
-            }
+            // Received instances are renamed into the store: prove it works
+            // here (one filesystem, and one mount of it) rather than refuse
+            // every instance later.
+            let name = format!(".rename-probe-{}", std::process::id());
+            let (from, to) = (spool.dir().join(&name), root.join(&name));
+            std::fs::write(&from, b"")?;
+            let renamed = std::fs::rename(&from, &to);
+            let _ = std::fs::remove_file(if renamed.is_ok() { &to } else { &from });
+            renamed.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the spool ({}) and the object store ({}) must be on one filesystem \
+                         (one mount): received instances are renamed into the store: {e}",
+                        spool.dir().display(),
+                        root.display()
+                    ),
+                )
+            })?;
         }
         if swept > 0 {
             tracing::warn!(

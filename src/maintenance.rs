@@ -5,8 +5,9 @@
 //! a JSON sidecar next to each media file keeps what its name cannot (MIME
 //! type, report fields). So the index can be rebuilt by listing the store:
 //! - [`index_study`] indexes what one study's prefix holds and the index
-//!   lacks. It never replaces an entry, so it is safe while the gateway runs
-//!   (a gateway that misses a study can call it) and idempotent.
+//!   lacks. It replaces an entry only when its object is gone (and the entry
+//!   unchanged), so it is safe while the gateway runs (a gateway that misses
+//!   a study can call it) and idempotent.
 //! - [`reindex`] does that for every study (`dicom-gateway reindex`).
 //! - [`verify`] lists entries without objects and objects without entries
 //!   (`dicom-gateway verify`).
@@ -104,7 +105,6 @@ pub async fn reindex_data_dir(cfg: &Config, wipe: bool) -> Result<Summary> {
 /// the store (one written by a gateway that stopped between storing a file
 /// and its sidecar). Returns how many it wrote.
 async fn write_missing_sidecars(store: &BlobStore, index: &Index) -> Result<u64> {
-    use object_store::ObjectStoreExt;
     let studies = blocking(index, "list the studies", |i| i.indexed_studies()).await?;
     let mut written = 0;
     for study in studies {
@@ -114,10 +114,9 @@ async fn write_missing_sidecars(store: &BlobStore, index: &Index) -> Result<u64>
         };
         for record in media {
             let key = ObjectKey::media_sidecar(&study, &record.file_name);
-            match store.object_store().head(&key.to_path()).await {
-                Ok(_) => continue,
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(crate::store::Error::from(e).into()),
+            // Only for a file the store has, whose sidecar it lacks.
+            if !exists(store, &record.object_key).await? || exists(store, &key).await? {
+                continue;
             }
             let json = serde_json::to_vec(&record).expect("records serialise");
             store.put_small(&key, json).await?;
@@ -125,6 +124,15 @@ async fn write_missing_sidecars(store: &BlobStore, index: &Index) -> Result<u64>
         }
     }
     Ok(written)
+}
+
+async fn exists(store: &BlobStore, key: &ObjectKey) -> Result<bool> {
+    use object_store::ObjectStoreExt;
+    match store.object_store().head(&key.to_path()).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(crate::store::Error::from(e).into()),
+    }
 }
 
 /// `dicom-gateway verify`: compares the configured index with the

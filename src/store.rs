@@ -115,7 +115,7 @@ enum Backend {
         /// Signs with the public endpoint; never sends a request.
         signer: PrefixStore<AmazonS3>,
         part_size: usize,
-        uploads: Semaphore,
+        uploads: Arc<Semaphore>,
         describe: String,
     },
 }
@@ -223,7 +223,7 @@ impl BlobStore {
             backend: Arc::new(Backend::S3 {
                 signer,
                 part_size: st.part_size as usize,
-                uploads: Semaphore::new(st.max_uploads),
+                uploads: Arc::new(Semaphore::new(st.max_uploads)),
                 describe: format!("s3://{bucket}/{prefix} (endpoint {endpoint})"),
             }),
         })
@@ -320,12 +320,21 @@ impl BlobStore {
         let Backend::S3 { uploads, .. } = &*self.backend else {
             return Ok(());
         };
-        let _slot = uploads.acquire().await.expect("never closed");
-        // A task of its own, so an association dropped mid-upload (a peer
-        // abort, the shutdown deadline) still completes or aborts the
-        // multipart upload instead of leaving its parts behind.
+        let slot = Arc::clone(uploads)
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        // A task of its own, holding the upload slot, so an association
+        // dropped mid-upload (a peer abort) still completes or aborts the
+        // multipart upload instead of leaving its parts behind, and counts
+        // against `max_uploads` until it has. (A runtime shutting down
+        // cancels it: the bucket's lifecycle rule is the last resort.)
         let (store, spool, key) = (self.clone(), spool.to_owned(), key.clone());
-        tokio::spawn(async move { store.upload_now(&spool, len, &key).await }).await?
+        tokio::spawn(async move {
+            let _slot = slot;
+            store.upload_now(&spool, len, &key).await
+        })
+        .await?
     }
 
     async fn upload_now(&self, spool: &Path, len: u64, key: &ObjectKey) -> Result<()> {

@@ -51,7 +51,9 @@ pub async fn avara(
     })?;
     tracing::info!(webhook_id = %id, event = %envelope.kind, "webhook");
     let at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    // Signing times are whole seconds, so a recomputed answer is identical.
+    // Signing times are whole seconds, so a recomputed answer is identical
+    // (for the local store; S3 URLs are signed at the current time, for what
+    // is left until the same expiry).
     let now = UNIX_EPOCH + Duration::from_secs(at);
     let kind = Keep::for_event(&envelope.kind);
     let event = serde_json::to_value(&envelope).expect("serialisable");

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+/// Entries at which unreferenced ones are swept.
+const SWEEP_AT: usize = 1024;
+
 /// Per-key locks; a key's entry exists only while someone holds or awaits it.
 #[derive(Debug, Default)]
 pub struct KeyLocks {
@@ -27,6 +30,11 @@ pub struct KeyGuard {
 impl KeyLocks {
     fn entry(&self, key: &str) -> Arc<AsyncMutex<()>> {
         let mut held = self.held.lock().expect("key locks");
+        // A waiter cancelled before it got its key leaves an entry nobody
+        // references; sweep those now and then.
+        if held.len() >= SWEEP_AT {
+            held.retain(|_, e| Arc::strong_count(e) > 1);
+        }
         Arc::clone(held.entry(key.to_owned()).or_default())
     }
 

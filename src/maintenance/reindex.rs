@@ -164,8 +164,10 @@ pub async fn reindex(store: &BlobStore, index: &Index) -> Result<Summary> {
 /// indexed are logged and reported, and do not stop the run; errors are for
 /// a store that cannot be listed or an index that cannot be written.
 ///
-/// Safe while the gateway runs: nothing the index has is replaced, and what
-/// is added is what the store holds.
+/// Safe while the gateway runs: what the index has is replaced only where
+/// its object is gone from the store (an instance another gateway moved),
+/// and then only if the entry did not change meanwhile; what is added is
+/// what the store holds.
 pub async fn index_study(store: &BlobStore, index: &Index, study: &Uid) -> Result<Summary> {
     let mut listing = list_study(store, study).await?;
     let mut summary = Summary::default();
@@ -222,22 +224,31 @@ pub async fn index_study(store: &BlobStore, index: &Index, study: &Uid) -> Resul
                     summary.media_guessed += u64::from(found.guessed);
                 }
                 (FillOutcome::AlreadyIndexed, _) => summary.already_indexed += 1,
-                (FillOutcome::IndexedElsewhere(other), entry) => {
-                    if object_is_gone(store, &other).await? {
-                        // Another gateway moved the instance (a re-send under
-                        // another study or series) and deleted the object this
-                        // index still points at: take the one the store holds.
-                        let replace = vec![entry.clone()];
-                        blocking(index, "write the index", move |i| i.put_batch(&replace)).await?;
+                (FillOutcome::IndexedElsewhere(other), NewEntry::Instance(new))
+                    if object_is_gone(store, &other).await? =>
+                {
+                    // Another gateway moved the instance (a re-send under
+                    // another study or series) and deleted the object this
+                    // index points at: take the one the store holds, unless
+                    // the entry changed meanwhile.
+                    let (moving, from) = (new.clone(), other.clone());
+                    let moved = blocking(index, "write the index", move |i| {
+                        i.move_if_at(&moving, &from)
+                    })
+                    .await?;
+                    if moved {
                         tracing::info!(
                             old = %other,
-                            new = %entry.object_key(),
+                            new = %new.record.object_key,
                             "index entry pointed at an object that is gone; moved to the one the store holds"
                         );
                         summary.instances += 1;
                     } else {
-                        summary.skip(entry.object_key().as_str(), SkipReason::Duplicate(other))
+                        summary.already_indexed += 1;
                     }
+                }
+                (FillOutcome::IndexedElsewhere(other), entry) => {
+                    summary.skip(entry.object_key().as_str(), SkipReason::Duplicate(other))
                 }
             }
         }
