@@ -511,6 +511,20 @@ pub fn meta_transfer_syntax(path: &Path) -> String {
     .to_owned()
 }
 
+/// Generates an instance of `size_mib` MiB of pixel data in a temporary
+/// directory and sends it with storescu (which must succeed): the directory
+/// (removed when dropped) and the file.
+pub fn send_big(gw: &Gateway, size_mib: u32) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.dcm");
+    generate_big(&big, size_mib);
+    assert_ok(
+        &storescu(gw, &["-xe"], &[big.as_path()]),
+        &format!("storescu {size_mib} MiB"),
+    );
+    (dir, big)
+}
+
 /// One multi-frame instance with `size_mib` MiB of pixel data, written by
 /// `generate.py big` under a short UID root (`2.25.`): s3s-fs keeps an open multipart upload's metadata in a file named
 /// after the base64 of bucket and key, which passes the 255-byte file name
