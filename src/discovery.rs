@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::index::Index;
+use crate::app::App;
 use crate::maintenance;
 use crate::store::BlobStore;
 use crate::uid::Uid;
@@ -68,12 +68,12 @@ impl Discovery {
     /// is due (see the module docs), waiting at most [`LOOK_LIMIT`]. Never
     /// fails: a store that cannot be listed leaves the index as it was.
     /// Blocking: for handlers, which run on a blocking thread of the runtime.
-    pub fn refresh(self: &Arc<Self>, store: &BlobStore, index: &Index, study: &Uid) {
-        let known = index.study(study).ok().flatten().is_some();
+    pub fn refresh(self: &Arc<Self>, app: &App, study: &Uid) {
+        let known = app.index.study(study).ok().flatten().is_some();
         if !self.due(study, known) {
             return;
         }
-        let mut done = self.lookup(store, index, study);
+        let mut done = self.lookup(app, study);
         let finished = tokio::runtime::Handle::current().block_on(async {
             tokio::time::timeout(LOOK_LIMIT, done.wait_for(|finished| *finished))
                 .await
@@ -109,26 +109,20 @@ impl Discovery {
     }
 
     /// The lookup of `study` under way, started if there is none.
-    fn lookup(
-        self: &Arc<Self>,
-        store: &BlobStore,
-        index: &Index,
-        study: &Uid,
-    ) -> watch::Receiver<bool> {
+    fn lookup(self: &Arc<Self>, app: &App, study: &Uid) -> watch::Receiver<bool> {
         let mut state = self.lock();
         if let Some(running) = state.running.get(study) {
             return running.clone();
         }
         let (finished, done) = watch::channel(false);
         state.running.insert(study.clone(), done.clone());
-        let (me, store, index, study) = (
-            Arc::clone(self),
-            store.clone(),
-            index.clone(),
-            study.clone(),
-        );
+        let (me, app, study) = (Arc::clone(self), app.clone(), study.clone());
         tokio::spawn(async move {
-            let found = maintenance::index_study(&store, &index, &study).await;
+            // Under ingest's per-instance locks: an instance received again
+            // meanwhile is not mistaken for the one another gateway moved.
+            let found =
+                maintenance::index_study_beside(&app.store, &app.index, &study, app.ingest.locks())
+                    .await;
             me.finished(&study, found);
             let _ = finished.send(true);
         });

@@ -4,7 +4,7 @@
 
 mod commit;
 pub mod header;
-mod locks;
+pub mod locks;
 pub mod spool;
 
 use std::path::Path;
@@ -19,7 +19,7 @@ use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
 pub use commit::Committer;
-use locks::KeyLocks;
+pub use locks::KeyLocks;
 use spool::{Spool, SpoolWriter, Spooled};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -182,6 +182,12 @@ impl Ingest {
             max_instance_size: cfg.max_instance_size,
             min_free_space: cfg.min_free_space,
         })
+    }
+
+    /// The per-instance locks ingest holds from check to clean-up, for
+    /// whoever else changes an instance's entry while the gateway runs.
+    pub fn locks(&self) -> &Arc<KeyLocks> {
+        &self.locks
     }
 
     /// Starts receiving a DIMSE data set in `transfer_syntax`: the spool file

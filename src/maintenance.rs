@@ -22,7 +22,9 @@ mod verify;
 
 use std::path::PathBuf;
 
-pub use reindex::{REINDEX_SOURCE, SkipReason, Skipped, Summary, index_study, reindex};
+pub use reindex::{
+    REINDEX_SOURCE, SkipReason, Skipped, Summary, index_study, index_study_beside, reindex,
+};
 pub use verify::{Problem, ProblemKind, Report, verify};
 
 use crate::config::Config;

@@ -160,7 +160,7 @@ async fn resolve_study(app: &App, job: &ReportJob) -> Result<Uid, Error> {
     // On a shared store the study may have reached another gateway.
     if let Some(uid) = given.as_deref().and_then(|u| Uid::parse(u).ok()) {
         let app = app.clone();
-        tokio::task::spawn_blocking(move || app.discovery.refresh(&app.store, &app.index, &uid))
+        tokio::task::spawn_blocking(move || app.discovery.refresh(&app, &uid))
             .await
             .map_err(|e| Error::Task(e.to_string()))?;
     }

@@ -57,7 +57,7 @@ pub async fn get_study(
     let (study, instances, media) = tokio::task::spawn_blocking(move || {
         let index = &app.index;
         // A study another gateway on the same store received.
-        app.discovery.refresh(&app.store, index, &lookup);
+        app.discovery.refresh(&app, &lookup);
         let study = index.study(&lookup)?;
         let instances = index.instances_of_study(&lookup)?;
         let media = index.media_of_study(&lookup)?;
@@ -123,9 +123,7 @@ pub async fn put_media(
     let lookup = study.clone();
     let finder = app.clone();
     let known = tokio::task::spawn_blocking(move || {
-        finder
-            .discovery
-            .refresh(&finder.store, &finder.index, &lookup);
+        finder.discovery.refresh(&finder, &lookup);
         finder.index.study(&lookup)
     })
     .await

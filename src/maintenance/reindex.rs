@@ -6,6 +6,7 @@
 //! what ingest just stored, and running twice changes nothing.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::StreamExt;
@@ -15,6 +16,7 @@ use super::headers::read_header;
 use super::listing::{StudyListing, list_study, study_dirs};
 use super::{Result, blocking};
 use crate::index::{FillOutcome, Index, InstanceRecord, MediaRecord, NewEntry, NewInstance};
+use crate::ingest::KeyLocks;
 use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
@@ -169,6 +171,19 @@ pub async fn reindex(store: &BlobStore, index: &Index) -> Result<Summary> {
 /// and then only if the entry did not change meanwhile; what is added is
 /// what the store holds.
 pub async fn index_study(store: &BlobStore, index: &Index, study: &Uid) -> Result<Summary> {
+    index_study_beside(store, index, study, None).await
+}
+
+/// [`index_study`] beside a running gateway's ingest: an entry is moved to
+/// the object the store holds only under the instance's ingest lock, so an
+/// instance received again meanwhile is not taken for a moved one.
+pub async fn index_study_beside(
+    store: &BlobStore,
+    index: &Index,
+    study: &Uid,
+    ingest_locks: impl Into<Option<&Arc<KeyLocks>>>,
+) -> Result<Summary> {
+    let ingest_locks = ingest_locks.into();
     let mut listing = list_study(store, study).await?;
     let mut summary = Summary::default();
     if listing.is_empty() {
@@ -224,14 +239,21 @@ pub async fn index_study(store: &BlobStore, index: &Index, study: &Uid) -> Resul
                     summary.media_guessed += u64::from(found.guessed);
                 }
                 (FillOutcome::AlreadyIndexed, _) => summary.already_indexed += 1,
-                (FillOutcome::IndexedElsewhere(other), NewEntry::Instance(new))
-                    if object_is_gone(store, &other).await? =>
-                {
+                (FillOutcome::IndexedElsewhere(other), NewEntry::Instance(new)) => {
+                    let sop = new.record.sop_instance_uid.as_str();
+                    let _one_at_a_time = match ingest_locks {
+                        Some(locks) => Some(locks.lock(sop).await),
+                        None => None,
+                    };
+                    if !object_is_gone(store, &other).await? {
+                        summary.skip(new.record.object_key.as_str(), SkipReason::Duplicate(other));
+                        continue;
+                    }
                     // Another gateway moved the instance (a re-send under
                     // another study or series) and deleted the object this
                     // index points at: take the one the store holds, unless
                     // the entry changed meanwhile.
-                    let (moving, from) = (new.clone(), other.clone());
+                    let (moving, from) = ((**new).clone(), other.clone());
                     let moved = blocking(index, "write the index", move |i| {
                         i.move_if_at(&moving, &from)
                     })

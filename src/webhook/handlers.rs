@@ -33,7 +33,7 @@ pub fn study_access(app: &App, event: &StudyAccess, now: SystemTime) -> Result<V
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(format!("studyInstanceUid is not a DICOM UID: {e}"))),
     };
-    app.discovery.refresh(&app.store, &app.index, &uid);
+    app.discovery.refresh(app, &uid);
     let Some(view) = app.views.get(&app.index, &uid)? else {
         return Ok(refuse(format!("study {uid} is not on this gateway")));
     };
@@ -66,7 +66,7 @@ pub fn ephemeral_access(
     for raw in named {
         let view = match Uid::parse(&raw) {
             Ok(uid) => {
-                app.discovery.refresh(&app.store, &app.index, &uid);
+                app.discovery.refresh(app, &uid);
                 app.views.get(&app.index, &uid)?.map(|v| (uid, v))
             }
             Err(_) => None,
@@ -190,7 +190,7 @@ pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, Er
     let Ok(uid) = Uid::parse(&event.study_instance_uid) else {
         return Ok(json!({}));
     };
-    app.discovery.refresh(&app.store, &app.index, &uid);
+    app.discovery.refresh(app, &uid);
     let Some(study) = app.index.study(&uid)? else {
         return Ok(json!({}));
     };
@@ -359,7 +359,7 @@ pub fn secondary_capture_access(
         Ok(uid) => uid,
         Err(e) => return Ok(refuse(e)),
     };
-    app.discovery.refresh(&app.store, &app.index, &study);
+    app.discovery.refresh(app, &study);
     if app.index.study(&study)?.is_none() {
         return Ok(refuse(format!("study {study} is not on this gateway")));
     }
