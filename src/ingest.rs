@@ -242,7 +242,12 @@ impl Ingest {
                     let (record, new) = describe(&spooled, &expected, source)?;
                     let _one_at_a_time = locks.lock_blocking(record.sop_instance_uid.as_str());
                     let outcome = committer.commit(spooled, new)?;
-                    remove_moved_local(&store, &outcome, &record.object_key);
+                    // On the blocking thread that committed: awaited here.
+                    tokio::runtime::Handle::current().block_on(remove_moved(
+                        &store,
+                        &outcome,
+                        &record.object_key,
+                    ));
                     Ok(Stored { record, outcome })
                 })
                 .await
@@ -258,7 +263,7 @@ impl Ingest {
         let (record, new) = described?;
         let _one_at_a_time = self.locks.lock(record.sop_instance_uid.as_str()).await;
         let outcome = self.upload_and_commit(spooled, new).await?;
-        self.remove_moved(&outcome, &record.object_key).await;
+        remove_moved(&self.store, &outcome, &record.object_key).await;
         Ok(Stored { record, outcome })
     }
 
@@ -319,24 +324,6 @@ impl Ingest {
             .map_err(|e| Error::Spool(std::io::Error::other(e)))?
     }
 
-    /// Deletes the old object of an instance that moved study or series
-    /// (still under the instance's lock, so a re-send cannot be deleted).
-    async fn remove_moved(&self, outcome: &PutOutcome, new: &ObjectKey) {
-        if let PutOutcome::Replaced {
-            previous_key: Some(old),
-        } = outcome
-        {
-            match self.store.delete(old).await {
-                Ok(()) => {
-                    tracing::info!(old = %old, new = %new, "instance moved; old object removed")
-                }
-                Err(e) => {
-                    tracing::warn!(old = %old, error = %e, "could not remove the moved instance's old object")
-                }
-            }
-        }
-    }
-
     fn check_free_space(&self) -> Result<()> {
         match free_space(self.spool.dir()) {
             Ok(free) if free < self.min_free_space => Err(Error::DiskFull {
@@ -348,18 +335,15 @@ impl Ingest {
     }
 }
 
-/// [`Ingest::remove_moved`] for the local store, on a blocking thread.
-fn remove_moved_local(store: &BlobStore, outcome: &PutOutcome, new: &ObjectKey) {
+/// Deletes the old object of an instance that moved study or series
+/// (still under the instance's lock, so a re-send cannot be deleted).
+async fn remove_moved(store: &BlobStore, outcome: &PutOutcome, new: &ObjectKey) {
     if let PutOutcome::Replaced {
         previous_key: Some(old),
     } = outcome
     {
-        let Some(path) = store.local_path(old) else {
-            return;
-        };
-        match std::fs::remove_file(&path) {
+        match store.delete(old).await {
             Ok(()) => tracing::info!(old = %old, new = %new, "instance moved; old object removed"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(old = %old, error = %e, "could not remove the moved instance's old object")
             }

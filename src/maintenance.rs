@@ -117,7 +117,7 @@ async fn write_missing_sidecars(store: &BlobStore, index: &Index) -> Result<u64>
         for record in media {
             let key = ObjectKey::media_sidecar(&study, &record.file_name);
             // Only for a file the store has, whose sidecar it lacks.
-            if !exists(store, &record.object_key).await? || exists(store, &key).await? {
+            if !store.exists(&record.object_key).await? || store.exists(&key).await? {
                 continue;
             }
             let json = serde_json::to_vec(&record).expect("records serialise");
@@ -126,15 +126,6 @@ async fn write_missing_sidecars(store: &BlobStore, index: &Index) -> Result<u64>
         }
     }
     Ok(written)
-}
-
-async fn exists(store: &BlobStore, key: &ObjectKey) -> Result<bool> {
-    use object_store::ObjectStoreExt;
-    match store.object_store().head(&key.to_path()).await {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(crate::store::Error::from(e).into()),
-    }
 }
 
 /// `dicom-gateway verify`: compares the configured index with the

@@ -306,10 +306,7 @@ impl BlobStore {
 
     /// The filesystem path of a key, for the local store.
     pub fn local_path(&self, key: &ObjectKey) -> Option<PathBuf> {
-        match &*self.backend {
-            Backend::Local { root } => Some(root.join(key.as_str())),
-            Backend::S3 { .. } => None,
-        }
+        self.local_root().map(|root| root.join(key.as_str()))
     }
 
     /// Uploads a complete spool file to `key` (S3; the local store places
@@ -317,9 +314,13 @@ impl BlobStore {
     /// once the store confirmed the write. Memory: one part buffer per
     /// part in flight (at most three per upload).
     pub async fn upload(&self, spool: &Path, len: u64, key: &ObjectKey) -> Result<()> {
-        let Backend::S3 { uploads, .. } = &*self.backend else {
+        let Backend::S3 {
+            uploads, part_size, ..
+        } = &*self.backend
+        else {
             return Ok(());
         };
+        let part_size = *part_size;
         let slot = Arc::clone(uploads)
             .acquire_owned()
             .await
@@ -332,20 +333,23 @@ impl BlobStore {
         let (store, spool, key) = (self.clone(), spool.to_owned(), key.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            store.upload_now(&spool, len, &key).await
+            store.upload_now(&spool, len, &key, part_size).await
         })
         .await?
     }
 
-    async fn upload_now(&self, spool: &Path, len: u64, key: &ObjectKey) -> Result<()> {
-        let Backend::S3 { part_size, .. } = &*self.backend else {
-            return Ok(());
-        };
+    async fn upload_now(
+        &self,
+        spool: &Path,
+        len: u64,
+        key: &ObjectKey,
+        part_size: usize,
+    ) -> Result<()> {
         let location = key.to_path();
         let mut file = tokio::fs::File::open(spool)
             .await
             .map_err(Error::io("open spool", spool))?;
-        if len <= *part_size as u64 {
+        if len <= part_size as u64 {
             let mut bytes = Vec::with_capacity(len as usize);
             file.read_to_end(&mut bytes)
                 .await
@@ -354,7 +358,7 @@ impl BlobStore {
             return Ok(());
         }
         let mut upload = self.store.put_multipart(&location).await?;
-        let sent = match send_parts(&mut *upload, &mut file, *part_size, spool).await {
+        let sent = match send_parts(&mut *upload, &mut file, part_size, spool).await {
             Ok(()) => upload.complete().await.map(drop).map_err(Error::from),
             Err(e) => Err(e),
         };
@@ -459,6 +463,15 @@ impl BlobStore {
                 path: dir.to_owned(),
                 source: e,
             }),
+        }
+    }
+
+    /// Whether an object is there.
+    pub async fn exists(&self, key: &ObjectKey) -> Result<bool> {
+        match self.store.head(&key.to_path()).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

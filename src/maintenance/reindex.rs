@@ -127,17 +127,6 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Whether the store has no object under `key` (an error to list or read is
-/// not "gone").
-async fn object_is_gone(store: &BlobStore, key: &ObjectKey) -> Result<bool> {
-    use object_store::ObjectStoreExt;
-    match store.object_store().head(&key.to_path()).await {
-        Ok(_) => Ok(false),
-        Err(object_store::Error::NotFound { .. }) => Ok(true),
-        Err(e) => Err(crate::store::Error::from(e).into()),
-    }
-}
-
 /// Indexes every study in the store (see [`index_study`]), a few at once.
 /// Objects under `studies/` that are no gateway key are reported as skipped.
 pub async fn reindex(store: &BlobStore, index: &Index) -> Result<Summary> {
@@ -245,7 +234,7 @@ pub async fn index_study_beside(
                         Some(locks) => Some(locks.lock(sop).await),
                         None => None,
                     };
-                    if !object_is_gone(store, &other).await? {
+                    if store.exists(&other).await? {
                         summary.skip(new.record.object_key.as_str(), SkipReason::Duplicate(other));
                         continue;
                     }

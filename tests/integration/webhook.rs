@@ -69,8 +69,16 @@ fn store_study1(gw: &Gateway) -> (String, BTreeSet<String>) {
 /// The gateway signs URLs for its public URL; the test reaches it on its
 /// port-0 address (like a reverse proxy would). Only path and query are signed.
 fn local(gw: &Gateway, url: &str) -> String {
-    let path = url.split_once("/files/").expect("a file URL").1;
-    format!("http://{}/files/{path}", gw.http)
+    on_gateway(gw, url, "/files/")
+}
+
+/// `url`, whose path starts with `route`, on the gateway's own address.
+fn on_gateway(gw: &Gateway, url: &str, route: &str) -> String {
+    let path = url
+        .split_once(route)
+        .unwrap_or_else(|| panic!("{url} is not a {route} URL"))
+        .1;
+    format!("http://{}{route}{path}", gw.http)
 }
 
 #[test]
@@ -309,14 +317,12 @@ pub(crate) fn put(gw: &Gateway, url: &str, body: &[u8]) -> (u16, Value) {
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent.put(&local_upload(gw, url)).send(body).unwrap();
+    let mut resp = agent
+        .put(&on_gateway(gw, url, "/uploads/"))
+        .send(body)
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.body_mut().read_json().unwrap_or(Value::Null))
-}
-
-fn local_upload(gw: &Gateway, url: &str) -> String {
-    let path = url.split_once("/uploads/").expect("an upload URL").1;
-    format!("http://{}/uploads/{path}", gw.http)
 }
 
 #[test]
