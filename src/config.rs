@@ -99,8 +99,56 @@ pub struct Config {
     /// Origins (e.g. `https://app.avara.example`) allowed to use the file and
     /// upload routes from a browser. Empty: any.
     pub cors_origins: Vec<String>,
+    /// What a re-sent SOP Instance UID may do to the stored one.
+    pub duplicates: DuplicatePolicy,
+    /// Seconds a new DICOM connection gets to send a complete
+    /// A-ASSOCIATE-RQ (the ARTIM timer of PS3.8 §9.1.5) before it is closed.
+    pub artim_timeout: u64,
+    /// DICOM connections that have not yet associated, counted apart from
+    /// `max_associations`; past it the oldest of them is closed, so idle
+    /// sockets can never lock a modality out.
+    pub max_pending_connections: usize,
+    /// Largest part of a data set before its pixel data that is read as the
+    /// header, in bytes; bulk elements are skipped, not counted.
+    pub max_header_bytes: u64,
+    /// Deepest nesting of sequences accepted in a data set.
+    pub max_sequence_depth: u32,
+    /// Seconds an HTTP client gets to send a request's headers.
+    pub http_header_timeout: u64,
+    /// Seconds an idle keep-alive HTTP connection is kept open.
+    pub http_idle_timeout: u64,
+    /// Lowest average rate (bytes/s) at which a request body must arrive,
+    /// measured after `http_header_timeout` seconds; slower ones get 408.
+    pub http_min_body_rate: u64,
+    /// Concurrent HTTP connections; one more is answered 503 and closed.
+    /// Lowered at start to leave file descriptors for the DICOM side.
+    pub http_max_connections: usize,
+    /// Let Avara's `report.delivered` URLs point at loopback, private,
+    /// link-local or other internal addresses (off: such fetches are refused).
+    pub report_fetch_allow_private: bool,
+    /// Report PDFs fetched at once.
+    pub report_fetch_concurrency: usize,
     /// Where objects live: `[storage]` in the file, `--storage-*` flags.
     pub storage: StorageConfig,
+}
+
+/// What happens when a SOP Instance UID the gateway already holds arrives
+/// again (dcm4chee's overwrite policy, Orthanc's `OverwriteInstances`).
+/// Whatever the policy, an upload URL can never replace or move an instance
+/// of another study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum DuplicatePolicy {
+    /// A re-send within the same study replaces the stored instance; under
+    /// another Study Instance UID it is refused (0xA900) and logged.
+    #[default]
+    ReplaceSameStudy,
+    /// A re-send is refused whatever its study; the first version stays.
+    Reject,
+    /// A re-send replaces the stored instance, moving it to the new study
+    /// or series (for sites that correct studies by re-sending).
+    Replace,
 }
 
 /// The object store. `url` is `file:///path` (default
@@ -233,6 +281,17 @@ impl Default for Config {
             url_ttl: 3600,
             cors_origins: Vec::new(),
             url_signing_keys_file: None,
+            duplicates: DuplicatePolicy::default(),
+            artim_timeout: 10,
+            max_pending_connections: 128,
+            max_header_bytes: 16 << 20,
+            max_sequence_depth: 32,
+            http_header_timeout: 10,
+            http_idle_timeout: 60,
+            http_min_body_rate: 1024,
+            http_max_connections: 1024,
+            report_fetch_allow_private: false,
+            report_fetch_concurrency: 4,
             storage: StorageConfig::default(),
         }
     }
@@ -312,6 +371,39 @@ pub struct Overrides {
     /// Comma-separated browser origins allowed on the file/upload routes [default: any].
     #[arg(long, env = "DICOM_GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Option<Vec<String>>,
+    /// Re-sent SOP Instance UIDs: replace_same_study, reject or replace [default: replace_same_study].
+    #[arg(long, env = "DICOM_GATEWAY_DUPLICATES", value_enum)]
+    pub duplicates: Option<DuplicatePolicy>,
+    /// Seconds a connection gets to send its A-ASSOCIATE-RQ [default: 10].
+    #[arg(long, env = "DICOM_GATEWAY_ARTIM_TIMEOUT", value_name = "SECS")]
+    pub artim_timeout: Option<u64>,
+    /// DICOM connections not yet associated [default: 128].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<usize>,
+    /// Largest data set header (before pixel data) in bytes [default: 16 MiB].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<u64>,
+    /// Deepest sequence nesting accepted [default: 32].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_SEQUENCE_DEPTH")]
+    pub max_sequence_depth: Option<u32>,
+    /// Seconds to send HTTP request headers [default: 10].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_HEADER_TIMEOUT", value_name = "SECS")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds an idle keep-alive HTTP connection is kept [default: 60].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_IDLE_TIMEOUT", value_name = "SECS")]
+    pub http_idle_timeout: Option<u64>,
+    /// Lowest request body rate in bytes/s [default: 1024].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_MIN_BODY_RATE", value_name = "BYTES")]
+    pub http_min_body_rate: Option<u64>,
+    /// Concurrent HTTP connections [default: 1024].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Allow report URLs on loopback/private/link-local addresses.
+    #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_ALLOW_PRIVATE")]
+    pub report_fetch_allow_private: Option<bool>,
+    /// Report PDFs fetched at once [default: 4].
+    #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_CONCURRENCY")]
+    pub report_fetch_concurrency: Option<usize>,
     /// Object store: file:///path or s3://bucket/prefix [default: <data-dir>/objects].
     #[arg(long = "storage", env = "DICOM_GATEWAY_STORAGE", value_name = "URL")]
     pub storage_url: Option<String>,
@@ -375,6 +467,17 @@ impl Config {
             shutdown_grace,
             url_ttl,
             cors_origins,
+            duplicates,
+            artim_timeout,
+            max_pending_connections,
+            max_header_bytes,
+            max_sequence_depth,
+            http_header_timeout,
+            http_idle_timeout,
+            http_min_body_rate,
+            http_max_connections,
+            report_fetch_allow_private,
+            report_fetch_concurrency,
         );
         let st = &mut cfg.storage;
         if over.storage_url.is_some() {
@@ -531,6 +634,28 @@ impl Config {
         if self.max_associations == 0 {
             return invalid("max_associations", "must be at least 1".into());
         }
+        for (name, value) in [
+            (
+                "max_pending_connections",
+                self.max_pending_connections as u64,
+            ),
+            ("artim_timeout", self.artim_timeout),
+            ("max_sequence_depth", u64::from(self.max_sequence_depth)),
+            ("http_header_timeout", self.http_header_timeout),
+            ("http_idle_timeout", self.http_idle_timeout),
+            ("http_max_connections", self.http_max_connections as u64),
+            (
+                "report_fetch_concurrency",
+                self.report_fetch_concurrency as u64,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(name, "must be at least 1".into());
+            }
+        }
+        if self.max_header_bytes < 64 * 1024 {
+            return invalid("max_header_bytes", "must be at least 64 KiB".into());
+        }
         if self.read_timeout == 0 || self.write_timeout == 0 {
             return invalid(
                 "read_timeout/write_timeout",
@@ -616,6 +741,9 @@ impl Config {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
+    }
+    pub fn artim_timeout(&self) -> Duration {
+        Duration::from_secs(self.artim_timeout)
     }
 
     /// The effective configuration as TOML, secrets redacted.

@@ -57,6 +57,9 @@ pub struct InstanceTags {
 pub struct StudyTags {
     pub patient_name: Option<String>,
     pub patient_id: Option<String>,
+    /// Issuer of Patient ID (0010,0021): prior studies match on both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_of_patient_id: Option<String>,
     pub patient_birth_date: Option<String>,
     pub patient_sex: Option<String>,
     pub patient_size: Option<f64>,
@@ -78,6 +81,7 @@ impl StudyTags {
         take!(
             patient_name,
             patient_id,
+            issuer_of_patient_id,
             patient_birth_date,
             patient_sex,
             patient_size,

@@ -152,6 +152,7 @@ pub fn read_header_from(mut reader: impl Read) -> Result<Header, Error> {
     let study_tags = StudyTags {
         patient_name: text(&obj, tags::PATIENT_NAME),
         patient_id: text(&obj, tags::PATIENT_ID),
+        issuer_of_patient_id: text(&obj, tags::ISSUER_OF_PATIENT_ID),
         patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
         patient_sex: text(&obj, tags::PATIENT_SEX),
         patient_size: float(&obj, tags::PATIENT_SIZE),
