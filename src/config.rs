@@ -526,6 +526,14 @@ impl Config {
         if over.avara_webhook_key_file.is_some() {
             cfg.avara_webhook_key_file = over.avara_webhook_key_file.clone();
         }
+        if env
+            .api_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            // Set but blank: a mistake, never "no token".
+            check_api_token("")?;
+        }
         cfg.api_token = secret(
             "api_token",
             "DICOM_GATEWAY_API_TOKEN",
@@ -533,6 +541,9 @@ impl Config {
             cfg.api_token_file.as_deref(),
         )?
         .map(Secret);
+        if let Some(token) = &cfg.api_token {
+            check_api_token(token.expose())?;
+        }
         let keys = secret(
             "avara_webhook_key",
             "AVARA_WEBHOOK_KEY",
@@ -769,6 +780,28 @@ impl Config {
     }
 }
 
+/// Shortest operator API token accepted.
+pub const MIN_API_TOKEN_LEN: usize = 16;
+
+/// The operator API fails closed: a token that is blank (an empty file, a
+/// stray newline) or short enough to guess stops the start instead of
+/// letting every client through.
+fn check_api_token(token: &str) -> Result<()> {
+    let reason = if token.trim().is_empty() {
+        "is empty or only white space (check DICOM_GATEWAY_API_TOKEN / api_token_file)".to_owned()
+    } else if token.chars().count() < MIN_API_TOKEN_LEN {
+        format!("is shorter than {MIN_API_TOKEN_LEN} characters")
+    } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "contains white space or control characters".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::Invalid {
+        name: "api_token",
+        reason,
+    })
+}
+
 /// A secret from the environment or from a file, not both.
 fn secret(
     name: &'static str,
@@ -853,9 +886,33 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_or_short_api_token_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, " \n\t\n").unwrap();
+        let over = Overrides {
+            api_token_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let err = Config::load(&over, &SecretEnv::default()).unwrap_err();
+        assert!(err.to_string().contains("api_token"), "{err}");
+        for token in ["", "   ", "short-token"] {
+            let env = SecretEnv {
+                api_token: Some(token.into()),
+                ..Default::default()
+            };
+            let err = Config::load(&Overrides::default(), &env).unwrap_err();
+            assert!(err.to_string().contains("api_token"), "{token:?}: {err}");
+        }
+        std::fs::write(&file, "a-token-of-24-characters\n").unwrap();
+        let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
+        assert_eq!(cfg.api_token.unwrap().expose(), "a-token-of-24-characters");
+    }
+
+    #[test]
     fn token_is_redacted_everywhere() {
         let env = SecretEnv {
-            api_token: Some("hunter2-token".into()),
+            api_token: Some("hunter2-token-long-enough".into()),
             avara_webhook_key: Some("whsec_aHVudGVyMi13ZWJob29rLWtleQ==".into()),
             aws_access_key_id: Some("AKIDVISIBLE".into()),
             aws_secret_access_key: Some("hunter2-aws".into()),

@@ -114,7 +114,7 @@ pub struct Ingest {
     locks: Arc<KeyLocks>,
     committer: Committer,
     max_instance_size: u64,
-    min_free_space: u64,
+    reserve: Reserve,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -125,19 +125,59 @@ impl std::fmt::Debug for Ingest {
     }
 }
 
+/// Bytes received between two checks of the free space: concurrent
+/// multi-gigabyte instances are stopped while they arrive, before they can
+/// fill the filesystem the index lives on.
+const FREE_SPACE_CHECK_EVERY: u64 = 1 << 20;
+
 /// An instance being received.
 #[derive(Debug)]
 pub struct Receiving {
     writer: SpoolWriter,
     limit: u64,
     source: String,
+    reserve: Reserve,
+    /// Length at which the free space is checked next.
+    check_at: u64,
+}
+
+/// The free space ingest keeps on the spool's filesystem.
+#[derive(Debug, Clone)]
+struct Reserve {
+    dir: Arc<Path>,
+    min: u64,
+}
+
+impl Reserve {
+    fn check(&self) -> Result<()> {
+        match free_space(&self.dir) {
+            Ok(free) if free < self.min => Err(Error::DiskFull { min: self.min }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Spool(e)),
+        }
+    }
 }
 
 impl Receiving {
+    fn new(writer: SpoolWriter, limit: u64, source: String, reserve: Reserve) -> Receiving {
+        Receiving {
+            check_at: writer.len() + FREE_SPACE_CHECK_EVERY,
+            writer,
+            limit,
+            source,
+            reserve,
+        }
+    }
+
     /// Appends data set bytes as they arrive.
     pub async fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.writer.len() + bytes.len() as u64 > self.limit {
+        let len = self.writer.len().saturating_add(bytes.len() as u64);
+        if len > self.limit {
             return Err(Error::TooLarge { limit: self.limit });
+        }
+        if len >= self.check_at {
+            self.reserve.check()?;
+            self.check_at = len.saturating_add(FREE_SPACE_CHECK_EVERY);
         }
         self.writer.write(bytes).await.map_err(Error::Spool)
     }
@@ -175,12 +215,15 @@ impl Ingest {
             );
         }
         Ok(Ingest {
-            spool,
             committer: Committer::new(store.clone(), index),
             store,
             locks: Arc::default(),
             max_instance_size: cfg.max_instance_size,
-            min_free_space: cfg.min_free_space,
+            reserve: Reserve {
+                dir: Arc::from(spool.dir()),
+                min: cfg.min_free_space,
+            },
+            spool,
         })
     }
 
@@ -207,22 +250,24 @@ impl Ingest {
         )?;
         let mut writer = self.spool.create().await.map_err(Error::Spool)?;
         writer.write(&prefix).await.map_err(Error::Spool)?;
-        Ok(Receiving {
+        Ok(Receiving::new(
             writer,
-            limit: self.max_instance_size.saturating_add(prefix.len() as u64),
-            source: source_ae.trim().to_owned(),
-        })
+            self.max_instance_size.saturating_add(prefix.len() as u64),
+            source_ae.trim().to_owned(),
+            self.reserve.clone(),
+        ))
     }
 
     /// Starts receiving an uploaded Part-10 object (it brings its own header).
     pub async fn begin_upload(&self, source: &str) -> Result<Receiving> {
         self.check_free_space()?;
         let writer = self.spool.create().await.map_err(Error::Spool)?;
-        Ok(Receiving {
+        Ok(Receiving::new(
             writer,
-            limit: self.max_instance_size,
-            source: source.to_owned(),
-        })
+            self.max_instance_size,
+            source.to_owned(),
+            self.reserve.clone(),
+        ))
     }
 
     /// Checks the received instance against what was announced, makes it
@@ -325,13 +370,7 @@ impl Ingest {
     }
 
     fn check_free_space(&self) -> Result<()> {
-        match free_space(self.spool.dir()) {
-            Ok(free) if free < self.min_free_space => Err(Error::DiskFull {
-                min: self.min_free_space,
-            }),
-            Ok(_) => Ok(()),
-            Err(e) => Err(Error::Spool(e)),
-        }
+        self.reserve.check()
     }
 }
 

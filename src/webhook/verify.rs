@@ -119,7 +119,10 @@ pub fn verify<'a>(
         .trim()
         .parse()
         .map_err(|_| VerifyError::BadTimestamp)?;
-    let sent = UNIX_EPOCH + Duration::from_secs(timestamp);
+    // Any u64 parses; one past what SystemTime holds is just stale.
+    let sent = UNIX_EPOCH
+        .checked_add(Duration::from_secs(timestamp))
+        .ok_or(VerifyError::Stale)?;
     let skew = now.duration_since(sent).unwrap_or_else(|e| e.duration());
     if skew > TOLERANCE {
         return Err(VerifyError::Stale);
