@@ -168,11 +168,12 @@ mod tests {
             "studies/1.2/1.3/1.4",
             "/studies/1.2/1.3/1.4.dcm",
             "spool/1.2/1.3/1.4.dcm",
-            "studies/1.2/1.3/1.04.dcm",
+            "studies/1.2/1.3/1 4.dcm",
+            "studies/../1.3/1.4.dcm",
             "url-signing-keys",
             "studies/1.2/media/.hidden",
             "studies/1.2/media/a b.pdf",
-            "studies/x/media/report.pdf",
+            "studies/x y/media/report.pdf",
         ] {
             assert_eq!(ObjectKey::parse(bad), None, "{bad}");
         }

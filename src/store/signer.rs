@@ -361,7 +361,7 @@ mod tests {
             "",
             "1.2.3/1.2.3.4",
             "1.2.3/../x/y",
-            "1.2.3/a/b",
+            "1.2.3/a b/c",
             "1.2.3/1.4/1.5/1.6",
         ] {
             assert_eq!(UploadBinding::parse(bad), None, "{bad}");
