@@ -5,6 +5,7 @@ mod access;
 mod association;
 pub mod dimse;
 mod listener;
+mod pending;
 pub mod sop_classes;
 
 pub use listener::DicomServer;

@@ -1,5 +1,6 @@
-//! The DICOM accept loop: peer checks, a bounded number of associations,
-//! negotiation, and a drain with a deadline at shutdown.
+//! The DICOM accept loop: peer checks, connections that have not associated
+//! kept apart and bounded, a bounded number of associations, negotiation, and
+//! a drain with a deadline at shutdown.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use dicom_ul::pdu::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::access::AeAccess;
 use super::association::{Association, End};
+use super::pending::{self, PendingSet};
 use super::sop_classes::STORAGE_SOP_CLASSES;
 use crate::config::Config;
 use crate::ingest::Ingest;
@@ -30,9 +32,10 @@ pub struct DicomServer {
     options: Options,
     ingest: Arc<Ingest>,
     slots: Arc<Semaphore>,
+    pending: Arc<PendingSet>,
     allowed_peers: Vec<IpAddr>,
     grace: Duration,
-    read_timeout: Duration,
+    artim: Duration,
 }
 
 impl DicomServer {
@@ -58,9 +61,10 @@ impl DicomServer {
             options,
             ingest,
             slots: Arc::new(Semaphore::new(cfg.max_associations)),
+            pending: PendingSet::new(cfg.max_pending_connections),
             allowed_peers: cfg.allowed_peers.clone(),
             grace: cfg.shutdown_grace(),
-            read_timeout: cfg.read_timeout(),
+            artim: cfg.artim_timeout(),
         }
     }
 
@@ -86,11 +90,22 @@ impl DicomServer {
                 },
                 () = cancel.cancelled() => break,
             };
-            // Slots are taken here, in accept order, not in the spawned task.
-            let slot = Arc::clone(&self.slots).try_acquire_owned().ok();
+            // Counted (and, when full, the oldest closed) here, in accept
+            // order; an association slot only once its request is complete.
+            let (waiting, evicted) = self.pending.admit();
+            if evicted {
+                tracing::warn!(
+                    limit = self.pending.len(),
+                    "max_pending_connections reached; closed the oldest connection without a request"
+                );
+            }
             let server = Arc::clone(&self);
-            let hard_stop = hard_stop.clone();
-            tracker.spawn(async move { server.handle(socket, peer, slot, hard_stop).await });
+            let (cancel, hard_stop) = (cancel.clone(), hard_stop.clone());
+            tracker.spawn(async move {
+                server
+                    .handle(socket, peer, waiting, cancel, hard_stop)
+                    .await
+            });
         }
         drop(listener);
         tracker.close();
@@ -115,7 +130,8 @@ impl DicomServer {
         &self,
         socket: TcpStream,
         peer: SocketAddr,
-        slot: Option<OwnedSemaphorePermit>,
+        waiting: pending::Pending,
+        cancel: CancellationToken,
         hard_stop: CancellationToken,
     ) {
         if let Err(e) = socket.set_nodelay(true) {
@@ -125,27 +141,29 @@ impl DicomServer {
             tracing::warn!(%peer, "connection from a peer not in allowed_peers; rejected");
             let reason =
                 AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
-            reject(
-                socket,
-                AssociationRJResult::Permanent,
-                reason,
-                self.read_timeout,
-            )
-            .await;
+            let stop = waiting.evicted.clone();
+            tokio::select! {
+                () = reject(socket, AssociationRJResult::Permanent, reason, self.artim) => {}
+                () = stop.cancelled() => {}
+                () = cancel.cancelled() => {}
+            }
             return;
         }
-        let Some(slot) = slot else {
+        let arrived = tokio::select! {
+            arrived = pending::request_arrived(&socket, self.artim, &waiting.evicted) => arrived,
+            () = cancel.cancelled() => return,
+        };
+        if let Err(e) = arrived {
+            tracing::info!(%peer, reason = %e, "connection closed before associating");
+            return;
+        }
+        drop(waiting);
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             tracing::warn!(%peer, "max_associations reached; association rejected (transient)");
             let reason = AssociationRJSource::ServiceProviderPresentation(
                 AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
             );
-            reject(
-                socket,
-                AssociationRJResult::Transient,
-                reason,
-                self.read_timeout,
-            )
-            .await;
+            reject(socket, AssociationRJResult::Transient, reason, self.artim).await;
             return;
         };
         let assoc = tokio::select! {
@@ -171,6 +189,7 @@ impl DicomServer {
             let (end, stored) = Association::new(assoc, calling_ae, &self.ingest)
                 .run(hard_stop)
                 .await;
+            drop(slot);
             match end {
                 End::Released => tracing::info!(stored, "association released"),
                 End::AbortedByPeer => tracing::info!(stored, "association aborted by peer"),

@@ -1,0 +1,141 @@
+//! Idle and unwanted connections cannot lock a modality out of the DICOM
+//! port: connections that have not associated are counted apart from the
+//! association slots, closed after the ARTIM time, and the oldest makes room
+//! for a new one; `allowed_peers` is checked before anything is held.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::common::{self, Gateway, Opts};
+
+/// Peak RSS the gateway may reach under these attacks.
+const RSS_BOUND: u64 = 256 << 20;
+
+fn idle_connections(to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| TcpStream::connect(to).expect("connect"))
+        .collect()
+}
+
+fn store_one(gw: &Gateway) {
+    let f = common::fixture("study1/");
+    let path = common::fixtures_dir().join(f["file"].as_str().unwrap());
+    let out = common::storescu(gw, &common::storescu_flags(&f), &[&path]);
+    common::assert_ok(&out, "storescu while idle connections are held");
+}
+
+/// Whether the gateway closed `conn` (EOF or reset) before `bound` passed.
+/// `bound` only keeps a broken gateway from hanging the test.
+fn closed_by_gateway(conn: &mut TcpStream, bound: Duration) -> bool {
+    conn.set_read_timeout(Some(bound)).unwrap();
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn three_hundred_idle_sockets_do_not_lock_out_a_modality() {
+    let gw = Gateway::start_with(
+        Opts::default()
+            .arg("--max-associations")
+            .arg("4")
+            .arg("--max-pending-connections")
+            .arg("64"),
+    );
+    let mut idle = idle_connections(gw.dicom, 300);
+    // Every one of them is past the association limit many times over;
+    // a modality still gets through, more than once.
+    let echo = common::echoscu(&gw, "DICOMGW");
+    common::assert_ok(&echo, "echoscu while 300 idle connections are open");
+    store_one(&gw);
+    gw.wait_for_log("max_pending_connections reached");
+    // The oldest idle ones were closed to make room.
+    assert!(closed_by_gateway(&mut idle[0], Duration::from_secs(30)));
+    assert!(gw.peak_rss() < RSS_BOUND, "peak RSS {}", gw.peak_rss());
+}
+
+#[test]
+fn a_connection_without_a_request_is_closed_after_the_artim_time() {
+    let gw = Gateway::start_with(Opts::default().arg("--artim-timeout").arg("1"));
+    let mut silent = TcpStream::connect(gw.dicom).unwrap();
+    // Half an A-ASSOCIATE-RQ header, then nothing.
+    let mut partial = TcpStream::connect(gw.dicom).unwrap();
+    partial.write_all(&[0x01, 0x00, 0x00, 0x00]).unwrap();
+    assert!(closed_by_gateway(&mut silent, Duration::from_secs(30)));
+    assert!(closed_by_gateway(&mut partial, Duration::from_secs(30)));
+    gw.wait_for_log("no complete A-ASSOCIATE-RQ within the ARTIM time");
+    store_one(&gw);
+}
+
+#[test]
+fn peers_outside_allowed_peers_hold_no_slot() {
+    // Only 127.0.0.1 may send; a flood from 127.0.0.2 (also loopback) must
+    // not take the one association slot.
+    let gw = Gateway::start_with(
+        Opts::default()
+            .arg("--max-associations")
+            .arg("1")
+            .arg("--allowed-peers")
+            .arg("127.0.0.1"),
+    );
+    let stranger: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let strangers: Vec<TcpStream> = (0..50).map(|_| connect_from(stranger, gw.dicom)).collect();
+    store_one(&gw);
+    // A stranger that sends a request is refused with A-ASSOCIATE-RJ
+    // (PDU type 3), permanently (result 1).
+    let mut asking = connect_from(stranger, gw.dicom);
+    asking.write_all(&associate_rq()).unwrap();
+    asking
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rj = [0u8; 10];
+    asking.read_exact(&mut rj).unwrap();
+    assert_eq!((rj[0], rj[7]), (0x03, 0x01), "{rj:?}");
+    gw.wait_for_log("not in allowed_peers");
+    drop(strangers);
+    store_one(&gw);
+}
+
+/// An A-ASSOCIATE-RQ for Verification, as bytes.
+fn associate_rq() -> Vec<u8> {
+    use dicom_ul::pdu::{AssociationRQ, Pdu, PresentationContextProposed, UserVariableItem};
+    let rq = AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "STRANGER".into(),
+        called_ae_title: "DICOMGW".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    };
+    let mut out = Vec::new();
+    dicom_ul::write_pdu(&mut out, &Pdu::AssociationRQ(rq)).unwrap();
+    out
+}
+
+/// A TCP connection to `to` from the local address `local` (on Linux every
+/// 127/8 address is there without configuration).
+fn connect_from(local: SocketAddr, to: SocketAddr) -> TcpStream {
+    // std has no bind-before-connect; tokio's TcpSocket has.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(local).unwrap();
+        let stream = sock.connect(to).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
