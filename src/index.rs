@@ -12,6 +12,8 @@
 //!   retried event gets the same answer and no second side effect.
 //! - `v1/avara_studies`: Avara `studyId` → Study Instance UID, as paired by
 //!   access requests.
+//! - `v1/replacing`: object keys being overwritten in place by a
+//!   replacement, until the index describes the new object.
 //!
 //! A batch of instances is written in one transaction over the three trees and
 //! made durable with one flush (group commit): callers acknowledge only after
@@ -22,6 +24,7 @@
 //! cannot.
 
 mod records;
+mod replacing;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

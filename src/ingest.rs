@@ -3,6 +3,7 @@
 //! indexed; the caller acknowledges only what [`Ingest::finish`] returned.
 
 mod commit;
+pub mod duplicates;
 pub mod header;
 pub mod locks;
 pub mod spool;
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{Config, DuplicatePolicy};
 use crate::index::{
     Index, InstanceRecord, MediaRecord, NewEntry, NewInstance, PutOutcome, ReportInfo,
 };
@@ -44,6 +45,19 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("index commit failed: {0}")]
     IndexCommit(String),
+    #[error("index: {0}")]
+    Index(#[source] crate::index::Error),
+    /// Refused by the duplicate policy; the stored instance stays.
+    #[error("{}", if *.same_study {
+        "SOP Instance UID already stored (duplicates = reject)"
+    } else {
+        "SOP Instance UID already stored under another Study UID"
+    })]
+    Duplicate { stored_study: Uid, same_study: bool },
+    /// A bug met this instance (a panic, caught): it is refused, nothing
+    /// else is affected.
+    #[error("internal error while {0}; instance not stored")]
+    Panicked(&'static str),
     #[error("gateway is shutting down")]
     ShuttingDown,
 }
@@ -52,8 +66,9 @@ impl Error {
     /// Whether the data itself is at fault (as opposed to the gateway).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Header(_) => ErrorKind::Unparseable,
+            Error::Header(_) | Error::Panicked(_) => ErrorKind::Unparseable,
             Error::Mismatch { .. } => ErrorKind::Mismatch,
+            Error::Duplicate { .. } => ErrorKind::Duplicate,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             _ => ErrorKind::OutOfResources,
         }
@@ -69,6 +84,8 @@ pub enum ErrorKind {
     Mismatch,
     /// Larger than `max_instance_size`.
     TooLarge,
+    /// A SOP Instance UID already stored, which the duplicate policy keeps.
+    Duplicate,
     /// The gateway could not store it (disk, I/O, limits, shutdown).
     OutOfResources,
 }
@@ -115,6 +132,10 @@ pub struct Ingest {
     committer: Committer,
     max_instance_size: u64,
     reserve: Reserve,
+    index: Index,
+    duplicates: DuplicatePolicy,
+    /// Instances the duplicate policy refused since the start.
+    duplicates_refused: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -215,7 +236,10 @@ impl Ingest {
             );
         }
         Ok(Ingest {
-            committer: Committer::new(store.clone(), index),
+            committer: Committer::new(store.clone(), index.clone()),
+            index,
+            duplicates: cfg.duplicates,
+            duplicates_refused: Default::default(),
             store,
             locks: Arc::default(),
             max_instance_size: cfg.max_instance_size,
@@ -270,9 +294,29 @@ impl Ingest {
         ))
     }
 
-    /// Checks the received instance against what was announced, makes it
-    /// durable in the store and the index, and says what happened.
+    /// Checks the received instance against what was announced and the
+    /// duplicate policy, makes it durable in the store and the index, and
+    /// says what happened. A panic on the way fails this instance only.
     pub async fn finish(&self, receiving: Receiving, expected: Check) -> Result<Stored> {
+        use futures::FutureExt;
+        let result = std::panic::AssertUnwindSafe(self.finish_inner(receiving, expected))
+            .catch_unwind()
+            .await
+            .unwrap_or(Err(Error::Panicked("storing it")));
+        if let Err(Error::Duplicate { .. }) = result {
+            self.duplicates_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Instances the duplicate policy refused since the start.
+    pub fn duplicates_refused(&self) -> u64 {
+        self.duplicates_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn finish_inner(&self, receiving: Receiving, expected: Check) -> Result<Stored> {
         let Receiving { writer, source, .. } = receiving;
         if self.store.is_local() {
             // Check, rename into place and commit on the thread that
@@ -282,11 +326,15 @@ impl Ingest {
                 Arc::clone(&self.locks),
                 self.store.clone(),
             );
+            let (index, policy) = (self.index.clone(), self.duplicates);
             return writer
                 .finish(true, move |spooled| {
                     let (record, new) = describe(&spooled, &expected, source)?;
                     let _one_at_a_time = locks.lock_blocking(record.sop_instance_uid.as_str());
+                    let admission = duplicates::admit(policy, &index, &record, &expected)?;
+                    note_replacing(&index, admission, &record)?;
                     let outcome = committer.commit(spooled, new)?;
+                    replaced(&index, admission, &record);
                     // On the blocking thread that committed: awaited here.
                     tokio::runtime::Handle::current().block_on(remove_moved(
                         &store,
@@ -301,15 +349,26 @@ impl Ingest {
         let (spooled, described) = writer
             .finish(false, move |spooled| {
                 let described = describe(&spooled, &expected, source);
-                (spooled, described)
+                (spooled, described, expected)
             })
             .await
-            .map_err(Error::Spool)?;
-        let (record, new) = described?;
+            .map_err(Error::Spool)
+            .map(|(spooled, described, expected)| (spooled, described.map(|d| (d, expected))))?;
+        let ((record, new), expected) = described?;
         let _one_at_a_time = self.locks.lock(record.sop_instance_uid.as_str()).await;
+        let admission = duplicates::admit(self.duplicates, &self.index, &record, &expected)?;
+        note_replacing(&self.index, admission, &record)?;
         let outcome = self.upload_and_commit(spooled, new).await?;
+        replaced(&self.index, admission, &record);
         remove_moved(&self.store, &outcome, &record.object_key).await;
         Ok(Stored { record, outcome })
+    }
+
+    /// Finishes what a crash interrupted before the gateway serves: the
+    /// index entries of replacements that may have overwritten their object
+    /// are described again from the store.
+    pub async fn recover(&self) -> Result<usize> {
+        duplicates::recover(&self.store, &self.index).await
     }
 
     /// Makes a received media file durable in the store and the index, as a
@@ -390,14 +449,45 @@ async fn remove_moved(store: &BlobStore, outcome: &PutOutcome, new: &ObjectKey) 
     }
 }
 
+/// Before a replacement overwrites the stored object in place, notes its
+/// key durably, so a crash before the index commit is repaired at the next
+/// start (see [`duplicates`]); the commit's own flush ends the note.
+fn note_replacing(
+    index: &Index,
+    admission: duplicates::Admission,
+    record: &InstanceRecord,
+) -> Result<()> {
+    if admission == (duplicates::Admission::Replace { same_key: true }) {
+        index
+            .note_replacing(&record.object_key)
+            .map_err(Error::Index)?;
+    }
+    Ok(())
+}
+
+/// Ends the note of a replacement the index now describes. (If the commit
+/// failed instead, the note stays and the next start describes the object.)
+fn replaced(index: &Index, admission: duplicates::Admission, record: &InstanceRecord) {
+    if admission == (duplicates::Admission::Replace { same_key: true }) {
+        if let Err(e) = index.replacing_done(&record.object_key) {
+            tracing::warn!(key = %record.object_key, error = %e, "could not forget a replacement note; it is described again at the next start");
+        }
+    }
+}
+
 /// Reads a spooled instance's header, checks it against what was expected,
-/// and builds its index entry. Blocking.
+/// and builds its index entry. Blocking. A panic in the parser fails this
+/// instance (0xC000) instead of the thread.
 fn describe(
     spooled: &Spooled,
     expected: &Check,
     source: String,
 ) -> Result<(InstanceRecord, NewEntry)> {
-    let header = header::read_header(spooled.path())?;
+    let header = std::panic::catch_unwind(|| {
+        fail::fail_point!("ingest::describe");
+        header::read_header(spooled.path())
+    })
+    .map_err(|_| Error::Panicked("reading its header"))??;
     check(&header.study, &expected.study, "Study Instance UID")?;
     check(&header.series, &expected.series, "Series Instance UID")?;
     check(
@@ -406,13 +496,28 @@ fn describe(
         "SOP Instance UID",
     )?;
     check(&header.sop_class, &expected.sop_class, "SOP Class UID")?;
+    for (name, uid) in [
+        ("Study Instance UID", &header.study),
+        ("Series Instance UID", &header.series),
+        ("SOP Instance UID", &header.sop_instance),
+        ("SOP Class UID", &header.sop_class),
+    ] {
+        if let Some(problem) = uid.nonconformance() {
+            tracing::warn!(%uid, %problem, "non-conformant {name} stored as received");
+        }
+    }
+    Ok(record_from(header, spooled.len, source))
+}
+
+/// The index entry of an instance with `header`, `size` bytes long.
+fn record_from(header: header::Header, size: u64, source: String) -> (InstanceRecord, NewEntry) {
     let record = InstanceRecord {
         object_key: ObjectKey::instance(&header.study, &header.series, &header.sop_instance),
         study_instance_uid: header.study,
         series_instance_uid: header.series,
         sop_instance_uid: header.sop_instance,
         sop_class_uid: header.sop_class,
-        size: spooled.len,
+        size,
         transfer_syntax_uid: header.transfer_syntax,
         received_at: now_rfc3339(),
         source,
@@ -422,7 +527,7 @@ fn describe(
         record: record.clone(),
         study: header.study_tags,
     };
-    Ok((record, NewEntry::Instance(Box::new(new))))
+    (record, NewEntry::Instance(Box::new(new)))
 }
 
 fn check(found: &Uid, expected: &Option<Uid>, name: &'static str) -> Result<()> {

@@ -85,6 +85,10 @@ pub async fn run(
     prune_webhook_answers(&index)?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone())
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
+    ingest
+        .recover()
+        .await
+        .context("repairing replacements a crash interrupted")?;
     let signer = UrlSigner::load_or_create(&cfg.url_signing_keys_path(), &cfg.public_url)
         .context("URL signing keys")?;
     let discovery = Arc::new(Discovery::new(

@@ -36,6 +36,9 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
     }
     telemetry::init();
     tune_allocator();
+    // FAILPOINTS from the environment, in builds with the `failpoints`
+    // feature (the crash tests); nothing otherwise.
+    let _failpoints = fail::FailScenario::setup();
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let listeners = Listeners {

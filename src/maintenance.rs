@@ -22,6 +22,7 @@ mod verify;
 
 use std::path::PathBuf;
 
+pub use headers::read_header as read_stored_header;
 pub use reindex::{
     REINDEX_SOURCE, SkipReason, Skipped, Summary, index_study, index_study_beside, reindex,
 };

@@ -322,8 +322,17 @@ impl<'a> Association<'a> {
                 let code = match e.kind() {
                     ErrorKind::Unparseable => status::CANNOT_UNDERSTAND,
                     ErrorKind::Mismatch => status::DATASET_MISMATCH,
+                    ErrorKind::Duplicate => status::DUPLICATE_SOP_INSTANCE,
                     ErrorKind::OutOfResources | ErrorKind::TooLarge => status::OUT_OF_RESOURCES,
                 };
+                if let ingest::Error::Duplicate { stored_study, .. } = &e {
+                    tracing::warn!(
+                        sop_instance_uid = %expected.sop_instance,
+                        %stored_study,
+                        refused_so_far = self.ingest.duplicates_refused(),
+                        "duplicate SOP Instance UID refused by the duplicate policy; the stored instance stays"
+                    );
+                }
                 tracing::warn!(
                     sop_instance_uid = %expected.sop_instance,
                     status = format_args!("0x{code:04X}"),

@@ -20,6 +20,8 @@ pub mod field {
 /// Status codes the gateway answers with (PS3.4 Annex B, PS3.7 Annex C).
 pub mod status {
     pub const SUCCESS: u16 = 0x0000;
+    /// Duplicate SOP Instance (PS3.7 C.4): refused by the duplicate policy.
+    pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
     pub const OUT_OF_RESOURCES: u16 = 0xA700;

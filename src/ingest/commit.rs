@@ -75,7 +75,18 @@ impl Committer {
                 let take = state.queue.len().min(MAX_BATCH);
                 let batch: Vec<Job> = state.queue.drain(..take).collect();
                 drop(state);
-                let results = commit_batch(&inner.store, &inner.index, batch);
+                let ids: Vec<u64> = batch.iter().map(|job| job.id).collect();
+                // A panic fails this batch (0xA700: nothing of it was
+                // acknowledged) and leaves the committer to the next one.
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    commit_batch(&inner.store, &inner.index, batch)
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!(count = ids.len(), "commit panicked; its batch is refused");
+                    ids.into_iter()
+                        .map(|id| (id, Err(Error::IndexCommit("commit panicked".into()))))
+                        .collect()
+                });
                 state = inner.state.lock().expect("commit lock");
                 state.done.extend(results);
                 state.leading = false;
@@ -95,6 +106,7 @@ fn commit_batch(
     // A local store takes the spool files by rename; a remote one already
     // has the objects (uploaded before the commit), and the spool files go
     // when the jobs are dropped.
+    fail::fail_point!("commit::batch");
     let placed = if store.is_local() {
         let items: Vec<_> = batch
             .iter()
@@ -123,6 +135,8 @@ fn commit_batch(
         return results;
     }
 
+    // Crash tests: the objects are in place, the index does not know yet.
+    fail::fail_point!("commit::placed", |_| std::process::abort());
     let news: Vec<NewEntry> = committed.iter().map(|(_, new)| new.clone()).collect();
     match index.put_batch(&news) {
         Ok(outcomes) => {

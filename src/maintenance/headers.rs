@@ -17,10 +17,7 @@ const FIRST_READ: u64 = 64 << 10;
 /// Reads an instance's header: first from a ranged read of its first bytes,
 /// then, if the header is longer than that, by streaming the object until
 /// the parse reaches the pixel data (never more than a buffer in memory).
-pub(super) async fn read_header(
-    store: &BlobStore,
-    meta: &ObjectMeta,
-) -> Result<Header, SkipReason> {
+pub async fn read_header(store: &BlobStore, meta: &ObjectMeta) -> Result<Header, SkipReason> {
     if meta.size == 0 {
         return Err(SkipReason::NotDicom("empty object".into()));
     }

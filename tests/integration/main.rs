@@ -3,12 +3,14 @@
 mod common;
 
 mod dimse;
+mod duplicates;
 mod durability;
 mod files;
 mod hostile_network;
 mod http_api;
 mod lifecycle;
 mod maintenance;
+mod panics;
 mod peers;
 mod s3;
 mod webhook;

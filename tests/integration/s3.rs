@@ -853,7 +853,8 @@ fn uploads_and_reports_go_through_the_gateway_into_the_bucket() {
 #[test]
 fn an_instance_moved_by_one_gateway_is_followed_by_the_other() {
     let s3 = S3Server::start();
-    let a = gateway(&s3, Opts::default());
+    // A site that corrects studies by re-sending.
+    let a = gateway(&s3, Opts::default().arg("--duplicates").arg("replace"));
     let b = gateway(&s3, Opts::default());
     let (study, sent) = store_study1(&a);
     assert_eq!(instance_urls(&access(&b, &study)).len(), sent.len());

@@ -1,0 +1,195 @@
+//! The duplicate policy, and replacements that survive a crash.
+//!
+//! A SOP Instance UID the gateway already holds may arrive again: a
+//! modality re-sending a study (harmless), a corrected study re-sent under a
+//! new Study UID, a modality's UID bug, or an upload URL holder who knows one
+//! UID. What was acknowledged must never be destroyed by a later request, so
+//! by default a re-send may replace an instance only within the same study
+//! (`duplicates = "replace_same_study"`); `"reject"` keeps the first version
+//! whatever comes, and `"replace"` lets a re-send move an instance to another
+//! study (sites that correct studies by re-sending). A request that names its
+//! study (an upload URL) never replaces an instance of another study.
+//!
+//! A replacement under the same key overwrites the stored object before the
+//! index learns the new record. So that a crash in between cannot leave the
+//! index describing bytes that are gone, the key is first noted (durably) as
+//! being replaced; a start finds such notes and describes whatever object the
+//! store then holds under the key, old or new, before serving.
+
+use object_store::ObjectStoreExt;
+
+use super::{Check, Error, Result};
+use crate::config::DuplicatePolicy;
+use crate::index::{Index, InstanceRecord, NewEntry};
+use crate::store::{BlobStore, ObjectKey};
+
+/// What the policy allows an arriving instance to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A SOP Instance UID the index does not have.
+    New,
+    /// It replaces the stored instance; `same_key` when it overwrites the
+    /// stored object in place (same study and series).
+    Replace { same_key: bool },
+}
+
+/// Decides, under the instance's lock, whether `record` may be stored.
+/// Blocking (an index read).
+pub fn admit(
+    policy: DuplicatePolicy,
+    index: &Index,
+    record: &InstanceRecord,
+    check: &Check,
+) -> Result<Admission> {
+    let Some(stored) = index
+        .instance(&record.sop_instance_uid)
+        .map_err(Error::Index)?
+    else {
+        return Ok(Admission::New);
+    };
+    let same_study = stored.study_instance_uid == record.study_instance_uid;
+    let allowed = match policy {
+        // An upload URL is bound to one study: it cannot reach another.
+        _ if !same_study && check.study.is_some() => false,
+        DuplicatePolicy::Reject => false,
+        DuplicatePolicy::ReplaceSameStudy => same_study,
+        DuplicatePolicy::Replace => true,
+    };
+    if !allowed {
+        return Err(Error::Duplicate {
+            stored_study: stored.study_instance_uid,
+            same_study,
+        });
+    }
+    Ok(Admission::Replace {
+        same_key: stored.object_key == record.object_key,
+    })
+}
+
+/// Describes again every object whose replacement a crash interrupted
+/// (whichever version the store holds), then forgets the notes. Returns how
+/// many were found.
+pub async fn recover(store: &BlobStore, index: &Index) -> Result<usize> {
+    let keys = index.replacing().map_err(Error::Index)?;
+    for key in &keys {
+        match describe_stored(store, key).await? {
+            Some(new) => {
+                let index = index.clone();
+                tokio::task::spawn_blocking(move || index.put_batch(&[new]))
+                    .await
+                    .map_err(|e| Error::Spool(std::io::Error::other(e)))?
+                    .map_err(Error::Index)?;
+                tracing::warn!(key = %key, "index entry of an interrupted replacement described again from the store");
+            }
+            None => {
+                tracing::warn!(key = %key, "interrupted replacement: the object is gone; its entry is left for `verify` to report");
+            }
+        }
+        index.replacing_done(key).map_err(Error::Index)?;
+    }
+    Ok(keys.len())
+}
+
+/// The index entry for the object stored under `key`, from its header.
+async fn describe_stored(store: &BlobStore, key: &ObjectKey) -> Result<Option<NewEntry>> {
+    let meta = match store.object_store().head(&key.to_path()).await {
+        Ok(meta) => meta,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(Error::Store(crate::store::Error::from_object_store(e))),
+    };
+    let header = crate::maintenance::read_stored_header(store, &meta)
+        .await
+        .map_err(|reason| Error::Spool(std::io::Error::other(reason.to_string())))?;
+    let source = header.source_ae.clone().unwrap_or_default();
+    let (_, new) = super::record_from(header, meta.size, source);
+    Ok(Some(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::NewInstance;
+    use crate::uid::Uid;
+
+    fn record(study: &str, series: &str, sop: &str) -> InstanceRecord {
+        let uid = |s: &str| Uid::parse(s).unwrap();
+        InstanceRecord {
+            object_key: ObjectKey::instance(&uid(study), &uid(series), &uid(sop)),
+            study_instance_uid: uid(study),
+            series_instance_uid: uid(series),
+            sop_instance_uid: uid(sop),
+            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
+            size: 10,
+            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+            received_at: "2026-11-30T00:00:00.000Z".into(),
+            source: "TEST".into(),
+            tags: Default::default(),
+        }
+    }
+
+    #[test]
+    fn each_policy_decides_and_an_upload_never_reaches_another_study() {
+        use DuplicatePolicy::*;
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let stored = record("1.1", "1.1.1", "1.1.1.1");
+        let new = NewInstance {
+            record: stored.clone(),
+            study: Default::default(),
+        };
+        index
+            .put_batch(&[NewEntry::Instance(Box::new(new))])
+            .unwrap();
+
+        let dimse = Check::default();
+        let upload_to = |study: &str| Check {
+            study: Some(Uid::parse(study).unwrap()),
+            ..Check::default()
+        };
+        let fresh = record("1.1", "1.1.1", "1.1.1.2");
+        let same_key = record("1.1", "1.1.1", "1.1.1.1");
+        let other_series = record("1.1", "1.1.2", "1.1.1.1");
+        let other_study = record("2.2", "2.2.1", "1.1.1.1");
+        let replace = |same_key| Some(Admission::Replace { same_key });
+        let refused = |r: Result<Admission>| matches!(r, Err(Error::Duplicate { .. }));
+
+        for policy in [ReplaceSameStudy, Reject, Replace] {
+            assert_eq!(
+                admit(policy, &index, &fresh, &dimse).ok(),
+                Some(Admission::New)
+            );
+            // Whatever the policy, an upload bound to its study cannot
+            // replace an instance of another study.
+            assert!(refused(admit(
+                policy,
+                &index,
+                &other_study,
+                &upload_to("2.2")
+            )));
+        }
+        assert_eq!(
+            admit(ReplaceSameStudy, &index, &same_key, &dimse).ok(),
+            replace(true)
+        );
+        assert_eq!(
+            admit(ReplaceSameStudy, &index, &other_series, &dimse).ok(),
+            replace(false)
+        );
+        assert!(refused(admit(
+            ReplaceSameStudy,
+            &index,
+            &other_study,
+            &dimse
+        )));
+        assert!(refused(admit(Reject, &index, &same_key, &dimse)));
+        assert!(refused(admit(Reject, &index, &other_study, &dimse)));
+        assert_eq!(
+            admit(Replace, &index, &other_study, &dimse).ok(),
+            replace(false)
+        );
+        assert_eq!(
+            admit(ReplaceSameStudy, &index, &same_key, &upload_to("1.1")).ok(),
+            replace(true)
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! Nothing acknowledged is destroyed by a later request: the duplicate
+//! policy, and a replacement interrupted by a crash.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::common::{self, Gateway, Opts};
+
+/// Duplicate SOP Instance (PS3.7 C.4), the duplicate policy's refusal.
+const DUPLICATE: u64 = 0x0111;
+
+struct Original {
+    file: PathBuf,
+    study: String,
+    sop: String,
+}
+
+fn original() -> Original {
+    let f = common::fixture("study1/");
+    Original {
+        file: common::fixtures_dir().join(f["file"].as_str().unwrap()),
+        study: f["study"].as_str().unwrap().to_owned(),
+        sop: f["sop_instance"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A copy of `from` with pydicom `edits` (statements on `ds`) applied.
+fn variant(from: &Path, dir: &Path, name: &str, edits: &str) -> PathBuf {
+    let to = dir.join(name);
+    common::pydicom(
+        &format!(
+            "import sys, pydicom\nds = pydicom.dcmread(sys.argv[1])\n{edits}\nds.save_as(sys.argv[2])"
+        ),
+        &[from.to_str().unwrap(), to.to_str().unwrap()],
+    );
+    to
+}
+
+/// Sends `file` with pynetdicom; the status (None if it got none).
+fn store(gw: &Gateway, file: &Path) -> Option<u64> {
+    let answer = common::pynet(gw, &["store", file.to_str().unwrap()]);
+    answer["results"][0]["status"].as_u64()
+}
+
+/// The instance `sop` of `study` as the operator API lists it.
+fn instance(gw: &Gateway, study: &str, sop: &str) -> Value {
+    gw.study(study)["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["instances"].as_array().unwrap().clone())
+        .find(|i| i["sopInstanceUid"] == sop)
+        .unwrap_or_else(|| panic!("{sop} not listed in {study}"))
+}
+
+fn stored_dataset(gw: &Gateway, record: &Value) -> Vec<u8> {
+    common::dataset_bytes(&gw.objects().join(record["objectKey"].as_str().unwrap()))
+}
+
+fn study_status(gw: &Gateway, study: &str) -> u16 {
+    gw.get_json(&format!("/api/studies/{study}"), None).0
+}
+
+#[test]
+fn a_sop_uid_under_another_patients_study_never_touches_the_first() {
+    let gw = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let other = variant(
+        &o.file,
+        dir.path(),
+        "other.dcm",
+        "ds.StudyInstanceUID = '2.25.4242'\nds.PatientID = 'SOMEONE-ELSE'",
+    );
+    assert_eq!(store(&gw, &other), Some(DUPLICATE));
+    gw.wait_for_log("duplicate SOP Instance UID refused by the duplicate policy");
+    let kept = instance(&gw, &o.study, &o.sop);
+    assert_eq!(stored_dataset(&gw, &kept), common::dataset_bytes(&o.file));
+    assert_eq!(study_status(&gw, "2.25.4242"), 404);
+
+    // A re-send within the study replaces (the default policy).
+    let corrected = variant(
+        &o.file,
+        dir.path(),
+        "corrected.dcm",
+        "ds.SeriesDescription = 'corrected by the modality'",
+    );
+    assert_eq!(store(&gw, &corrected), Some(0));
+    let replaced = instance(&gw, &o.study, &o.sop);
+    assert_eq!(
+        stored_dataset(&gw, &replaced),
+        common::dataset_bytes(&corrected)
+    );
+    assert_eq!(gw.study(&o.study)["instanceCount"], 1);
+}
+
+#[test]
+fn reject_keeps_the_first_version_whatever_comes() {
+    let gw = Gateway::start_with(Opts::default().arg("--duplicates").arg("reject"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let again = variant(
+        &o.file,
+        dir.path(),
+        "again.dcm",
+        "ds.SeriesDescription = 'x'",
+    );
+    assert_eq!(store(&gw, &again), Some(DUPLICATE));
+    let kept = instance(&gw, &o.study, &o.sop);
+    assert_eq!(stored_dataset(&gw, &kept), common::dataset_bytes(&o.file));
+}
+
+#[test]
+fn replace_moves_an_instance_to_the_study_it_is_sent_under() {
+    let gw = Gateway::start_with(Opts::default().arg("--duplicates").arg("replace"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let moved = variant(
+        &o.file,
+        dir.path(),
+        "moved.dcm",
+        "ds.StudyInstanceUID = '2.25.77'",
+    );
+    assert_eq!(store(&gw, &moved), Some(0));
+    gw.wait_for_log("instance moved; old object removed");
+    assert_eq!(study_status(&gw, &o.study), 404);
+    let record = instance(&gw, "2.25.77", &o.sop);
+    assert_eq!(stored_dataset(&gw, &record), common::dataset_bytes(&moved));
+}
+
+/// The second version overwrites the first in place; the process dies
+/// before the index learns it. At the next start the index describes what
+/// the store holds, not the bytes that are gone.
+#[test]
+fn a_replacement_interrupted_before_its_index_commit_is_repaired_at_start() {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "needs the failpoints: cargo test --features failpoints (scripts/test.sh does)"
+    );
+    let mut gw =
+        Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::placed=1*off->return"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let first = instance(&gw, &o.study, &o.sop);
+    let bigger = variant(
+        &o.file,
+        dir.path(),
+        "bigger.dcm",
+        "ds.StudyDescription = 'a much longer description ' * 40",
+    );
+    assert_ne!(store(&gw, &bigger), Some(0), "acknowledged across a crash");
+    assert!(
+        !gw.wait_exit().success(),
+        "the failpoint aborts the process"
+    );
+    let on_disk = gw.objects().join(first["objectKey"].as_str().unwrap());
+    let disk_len = std::fs::metadata(&on_disk).unwrap().len();
+    assert_ne!(
+        disk_len,
+        first["size"].as_u64().unwrap(),
+        "the object was replaced"
+    );
+
+    gw.restart();
+    gw.wait_for_log("described again from the store");
+    let now = instance(&gw, &o.study, &o.sop);
+    assert_eq!(now["size"].as_u64().unwrap(), disk_len);
+    assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
+    assert_eq!(gw.study(&o.study)["instanceCount"], 1);
+    // And it serves on (the failpoint fired once; a store commits again).
+    assert_eq!(store(&gw, &o.file), Some(0));
+}

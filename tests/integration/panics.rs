@@ -1,0 +1,61 @@
+//! A bug met by one instance fails that instance, nothing else: a panic
+//! while its header is read answers 0xC000 (a sender does not retry it for
+//! ever), a panic in a group commit fails that batch with 0xA700, and the
+//! association and the gateway go on.
+
+use std::path::PathBuf;
+
+use crate::common::{self, Gateway, Opts};
+
+fn two_instances() -> [PathBuf; 2] {
+    ["study1/series1/ct1.dcm", "study1/series1/ct2.dcm"].map(|f| common::fixtures_dir().join(f))
+}
+
+fn statuses_with(failpoint: &str) -> (Gateway, Vec<Option<u64>>) {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "needs the failpoints: cargo test --features failpoints (scripts/test.sh does)"
+    );
+    let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", failpoint));
+    let [a, b] = two_instances();
+    // One association, the two instances one after the other.
+    let answer = common::pynet(&gw, &["store", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let statuses = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64())
+        .collect();
+    (gw, statuses)
+}
+
+#[test]
+fn a_panic_reading_a_header_fails_that_instance_with_c000_only() {
+    let (gw, statuses) = statuses_with("ingest::describe=1*panic");
+    assert_eq!(statuses, [Some(0xC000), Some(0)]);
+    gw.wait_for_log("internal error while reading its header");
+    // Still serving, and the refused instance can be sent again.
+    let [a, _] = two_instances();
+    common::assert_ok(
+        &common::storescu(&gw, &[], &[&a]),
+        "storescu after the panic",
+    );
+    let study = common::fixture("study1/")["study"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(gw.study(&study)["instanceCount"], 2);
+}
+
+#[test]
+fn a_panic_in_a_group_commit_fails_its_batch_and_the_next_one_proceeds() {
+    let (gw, statuses) = statuses_with("commit::batch=1*panic");
+    assert_eq!(statuses, [Some(0xA700), Some(0)]);
+    gw.wait_for_log("commit panicked; its batch is refused");
+    let study = common::fixture("study1/")["study"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(gw.study(&study)["instanceCount"], 1);
+    assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
+}
