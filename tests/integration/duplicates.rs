@@ -137,10 +137,7 @@ fn replace_moves_an_instance_to_the_study_it_is_sent_under() {
 /// the store holds, not the bytes that are gone.
 #[test]
 fn a_replacement_interrupted_before_its_index_commit_is_repaired_at_start() {
-    assert!(
-        cfg!(feature = "failpoints"),
-        "needs the failpoints: cargo test --features failpoints (scripts/test.sh does)"
-    );
+    crate::panics::require_failpoints();
     let mut gw =
         Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::placed=1*off->return"));
     let dir = tempfile::tempdir().unwrap();

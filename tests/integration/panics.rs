@@ -11,11 +11,17 @@ fn two_instances() -> [PathBuf; 2] {
     ["study1/series1/ct1.dcm", "study1/series1/ct2.dcm"].map(|f| common::fixtures_dir().join(f))
 }
 
-fn statuses_with(failpoint: &str) -> (Gateway, Vec<Option<u64>>) {
+/// Fails a test that needs the failpoints compiled in when they are not.
+#[allow(clippy::assertions_on_constants)]
+pub fn require_failpoints() {
     assert!(
         cfg!(feature = "failpoints"),
         "needs the failpoints: cargo test --features failpoints (scripts/test.sh does)"
     );
+}
+
+fn statuses_with(failpoint: &str) -> (Gateway, Vec<Option<u64>>) {
+    require_failpoints();
     let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", failpoint));
     let [a, b] = two_instances();
     // One association, the two instances one after the other.
