@@ -13,4 +13,5 @@ mod maintenance;
 mod panics;
 mod peers;
 mod s3;
+mod uids;
 mod webhook;
