@@ -50,6 +50,11 @@ pub async fn run(index: Index, cancel: CancellationToken) {
     let mut ticks = tokio::time::interval(PRUNE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate
+    tracing::debug!(
+        task = "pruner",
+        every_s = PRUNE_EVERY.as_secs(),
+        "pruner started"
+    );
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -62,5 +67,75 @@ pub async fn run(index: Index, cancel: CancellationToken) {
             Ok(Err(e)) => tracing::error!(task = "pruner", error = %e, "pruning the index failed"),
             Err(e) => tracing::error!(task = "pruner", error = %e, "pruning the index panicked"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{ReportInfo, ReportJob, ReportState, StoredAnswer};
+
+    const DAY: u64 = 24 * 3600;
+
+    fn job(id: &str, received_at: u64, state: ReportState) -> ReportJob {
+        ReportJob {
+            report: ReportInfo {
+                report_id: id.into(),
+                is_critical: false,
+                plain_text: None,
+            },
+            study_id: None,
+            study_instance_uid: None,
+            presigned_url: "https://example.com/r.pdf".into(),
+            received_at,
+            deadline: received_at + 3600,
+            next_attempt: received_at,
+            attempts: 1,
+            state,
+            last_error: None,
+            object_key: None,
+        }
+    }
+
+    #[test]
+    fn a_pass_forgets_what_is_past_its_retention_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let now = 100 * DAY;
+        for (id, age, state) in [
+            ("stored_8d", 8 * DAY, ReportState::Stored),
+            ("failed_8d", 8 * DAY, ReportState::Failed),
+            ("pending_8d", 8 * DAY, ReportState::Pending),
+            ("stored_6d", 6 * DAY, ReportState::Stored),
+        ] {
+            index.add_report_job(&job(id, now - age, state)).unwrap();
+        }
+        for (id, age) in [("msg_8d", 8 * DAY), ("msg_1d", DAY)] {
+            let answer = StoredAnswer {
+                at: now - age,
+                status: 200,
+                body: serde_json::json!({}),
+                event: None,
+            };
+            index.remember_webhook(id, &answer, true).unwrap();
+        }
+        assert_eq!(
+            prune(&index, now).unwrap(),
+            Pruned {
+                webhook_answers: 1,
+                report_jobs: 2
+            }
+        );
+        let left: Vec<_> = index
+            .report_jobs()
+            .unwrap()
+            .into_iter()
+            .map(|j| j.report.report_id)
+            .collect();
+        assert_eq!(left, ["pending_8d", "stored_6d"]);
+        assert!(index.webhook_answer("msg_8d").unwrap().is_none());
+        assert!(index.webhook_answer("msg_1d").unwrap().is_some());
+        // Two days on, the six-day-old job goes too.
+        assert_eq!(prune(&index, now + 2 * DAY).unwrap().report_jobs, 1);
     }
 }
