@@ -14,15 +14,20 @@
 //!   access requests.
 //! - `v1/replacing`: object keys being overwritten in place by a
 //!   replacement, until the index describes the new object.
+//! - `v1/patients`: `<issuer> 0x00 <patient id> 0x00 <study>` → empty: a
+//!   patient's studies in one prefix scan, kept with the study records in
+//!   the same transaction ([`patients`]).
 //!
-//! A batch of instances is written in one transaction over the three trees and
-//! made durable with one flush (group commit): callers acknowledge only after
-//! [`Index::put_batch`] returns.
+//! A batch of instances is written in one transaction over the instance, SOP,
+//! study, media and patient trees and made durable with one flush (group
+//! commit): callers acknowledge only after [`Index::put_batch`] returns.
 //!
 //! Instances, studies and media can be rebuilt from the object store
 //! (`crate::maintenance`); report jobs, webhook answers and Avara pairings
 //! cannot.
 
+mod patients;
+mod prune;
 mod records;
 mod replacing;
 
@@ -95,6 +100,7 @@ pub struct Index {
     reports: sled::Tree,
     webhooks: sled::Tree,
     avara_studies: sled::Tree,
+    patients: sled::Tree,
     stamps: Arc<Stamps>,
 }
 
@@ -206,19 +212,24 @@ impl Index {
             reports: tree("v1/reports")?,
             webhooks: tree("v1/webhooks")?,
             avara_studies: tree("v1/avara_studies")?,
+            patients: tree("v1/patients")?,
             stamps: Arc::default(),
             db,
+        })
+        .and_then(|index| {
+            index.backfill_patients()?;
+            Ok(index)
         })
     }
 
     /// Writes a batch of instances in one transaction and flushes it to disk.
     /// Blocking: call from a blocking thread.
     pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
-        let outcomes = self.transact(|instances, sops, studies, media| {
+        let outcomes = self.transact(|instances, sops, studies, media, patients| {
             batch
                 .iter()
                 .map(|entry| match entry {
-                    NewEntry::Instance(new) => put_one(instances, sops, studies, new),
+                    NewEntry::Instance(new) => put_one(instances, sops, studies, patients, new),
                     NewEntry::Media(record) => put_media(media, record),
                 })
                 .collect::<TxResult<Vec<_>>>()
@@ -244,7 +255,7 @@ impl Index {
     /// transaction, so an instance ingest stores (or moves) meanwhile is
     /// never overwritten with what an older listing saw. Blocking.
     pub fn put_missing(&self, batch: &[NewEntry]) -> Result<Vec<FillOutcome>> {
-        let outcomes = self.transact(|instances, sops, studies, media| {
+        let outcomes = self.transact(|instances, sops, studies, media, patients| {
             batch
                 .iter()
                 .map(|entry| match entry {
@@ -254,9 +265,8 @@ impl Index {
                                 Ok(FillOutcome::AlreadyIndexed)
                             }
                             Some(key) => Ok(FillOutcome::IndexedElsewhere(key)),
-                            None => {
-                                put_one(instances, sops, studies, new).map(|_| FillOutcome::Added)
-                            }
+                            None => put_one(instances, sops, studies, patients, new)
+                                .map(|_| FillOutcome::Added),
                         }
                     }
                     NewEntry::Media(record) => {
@@ -285,9 +295,11 @@ impl Index {
     /// an ingest that stored the instance again meanwhile. Returns whether
     /// it moved. Blocking.
     pub fn move_if_at(&self, new: &NewInstance, from: &ObjectKey) -> Result<bool> {
-        let moved = self.transact(|instances, sops, studies, _| {
+        let moved = self.transact(|instances, sops, studies, _, patients| {
             match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
-                Some(key) if key == *from => put_one(instances, sops, studies, new).map(|_| true),
+                Some(key) if key == *from => {
+                    put_one(instances, sops, studies, patients, new).map(|_| true)
+                }
                 _ => Ok(false),
             }
         })?;
@@ -300,8 +312,8 @@ impl Index {
         Ok(moved)
     }
 
-    /// Runs `op` as one transaction over the instance, SOP, study and media
-    /// trees.
+    /// Runs `op` as one transaction over the instance, SOP, study, media and
+    /// patient trees.
     fn transact<T>(
         &self,
         op: impl Fn(
@@ -309,10 +321,19 @@ impl Index {
             &TransactionalTree,
             &TransactionalTree,
             &TransactionalTree,
+            &TransactionalTree,
         ) -> TxResult<T>,
     ) -> Result<T> {
-        (&self.instances, &self.sops, &self.studies, &self.media)
-            .transaction(|(instances, sops, studies, media)| op(instances, sops, studies, media))
+        (
+            &self.instances,
+            &self.sops,
+            &self.studies,
+            &self.media,
+            &self.patients,
+        )
+            .transaction(|(instances, sops, studies, media, patients)| {
+                op(instances, sops, studies, media, patients)
+            })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(source) => Error::Db {
@@ -328,7 +349,13 @@ impl Index {
     /// interrupted, run it again. For a stopped gateway. Blocking.
     pub fn clear_rebuildable(&self) -> Result<()> {
         let studies = self.indexed_studies()?;
-        for tree in [&self.instances, &self.sops, &self.studies, &self.media] {
+        for tree in [
+            &self.instances,
+            &self.sops,
+            &self.studies,
+            &self.media,
+            &self.patients,
+        ] {
             tree.clear().map_err(db_err("clear"))?;
         }
         self.stamps.bump(studies.into_iter());
@@ -595,6 +622,7 @@ fn put_one(
     instances: &TransactionalTree,
     sops: &TransactionalTree,
     studies: &TransactionalTree,
+    patients: &TransactionalTree,
     new: &NewInstance,
 ) -> TxResult<PutOutcome> {
     let rec = &new.record;
@@ -617,7 +645,8 @@ fn put_one(
                 s.instance_count = s.instance_count.saturating_sub(1);
                 s.total_bytes = s.total_bytes.saturating_sub(old.size);
                 if s.instance_count == 0 && old.study_instance_uid != rec.study_instance_uid {
-                    studies.remove(study_key)?;
+                    let gone = studies.remove(study_key)?;
+                    patients::track(patients, gone.as_deref(), None)?;
                 } else {
                     studies.insert(study_key, encode(&s))?;
                 }
@@ -659,7 +688,9 @@ fn put_one(
             last_received: rec.received_at.clone(),
         },
     };
-    studies.insert(study_key, encode(&study))?;
+    let previous = studies.insert(study_key, encode(&study))?;
+    // The patient tree follows the study record's patient.
+    patients::track(patients, previous.as_deref(), Some(&study))?;
     Ok(outcome)
 }
 

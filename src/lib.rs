@@ -42,25 +42,6 @@ use crate::webhook::views::StudyViews;
 /// a 1000-instance study).
 const STUDY_VIEWS: usize = 32;
 
-/// How long a webhook answer is kept for repeated deliveries of the same
-/// `webhook-id` (Standard Webhooks senders retry for about a day).
-const WEBHOOK_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
-fn prune_webhook_answers(index: &Index) -> anyhow::Result<()> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let before = now.saturating_sub(WEBHOOK_RETENTION).as_secs();
-    let pruned = index
-        .prune_webhooks(before)
-        .context("pruning webhook answers")?;
-    if pruned > 0 {
-        tracing::info!(
-            pruned,
-            "forgot webhook answers older than the retention period"
-        );
-    }
-    Ok(())
-}
-
 /// The bound sockets the gateway serves on.
 pub struct Listeners {
     pub dicom: TcpListener,
@@ -82,7 +63,8 @@ pub async fn run(
         .context("the object store is unusable")?;
     tracing::info!(store = %store.describe(), "object store");
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
-    prune_webhook_answers(&index)?;
+    reports::retention::prune(&index, reports::unix_now())
+        .context("pruning webhook answers and finished report jobs")?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone())
         .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
     ingest
@@ -125,6 +107,8 @@ pub async fn run(
         Arc::clone(&app.reports),
         worker_stop.clone(),
     ));
+    // Webhook answers and finished report jobs are forgotten while running.
+    let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
     let dicom = Arc::new(DicomServer::new(&cfg, Arc::clone(&app.ingest)));
     let mut dicom_task = tokio::spawn(dicom.serve(listeners.dicom, cancel.clone()));
     let mut http_task = tokio::spawn(http::serve(
@@ -157,6 +141,7 @@ pub async fn run(
     // left pending and resumed at the next start.
     worker_stop.cancel();
     let _ = report_worker.await;
+    let _ = pruner.await;
     // Every association and request is done (each commit flushed the index
     // before it was acknowledged); one last flush for good measure.
     drop(app);

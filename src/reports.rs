@@ -4,14 +4,28 @@
 //! checks it is a PDF within the size limit, and keeps it as media of the
 //! study together with the report's id, criticality and text. Jobs survive a
 //! restart: the worker picks up every pending one when it starts.
+//!
+//! The URL comes from the Internet and is fetched from inside the site, so
+//! [`fetch`] refuses internal targets (a permanent failure, not retried) and
+//! never lets the URL reach a log line or an error text. At most
+//! `report_fetch_concurrency` fetches run at once, each within a time limit,
+//! so one slow host cannot hold back the others past their URL's lifetime.
+//! [`retention`] forgets finished jobs and old webhook answers while the
+//! gateway runs.
 
-use std::io::Read;
+pub mod address;
+pub mod fetch;
+pub mod retention;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::fetch::Fetcher;
 use crate::app::App;
 use crate::index::{ReportJob, ReportState};
 use crate::uid::Uid;
@@ -20,6 +34,9 @@ use crate::uid::Uid;
 pub const MAX_REPORT_BYTES: u64 = 64 << 20;
 /// How long Avara's presigned URLs live, when nothing says otherwise.
 pub const URL_LIFETIME: Duration = Duration::from_secs(3600);
+/// One attempt, fetch and storing included (the fetch itself is limited to
+/// [`fetch::FETCH_LIMIT`]).
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(180);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,6 +44,9 @@ pub enum Error {
     UnknownStudy,
     #[error("fetch failed: {0}")]
     Fetch(String),
+    /// The URL may not be fetched at all: permanent, never retried.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("not a PDF")]
     NotPdf,
     #[error("larger than {MAX_REPORT_BYTES} bytes")]
@@ -37,6 +57,13 @@ pub enum Error {
     Index(#[from] crate::index::Error),
     #[error("worker task: {0}")]
     Task(String),
+}
+
+impl Error {
+    /// Whether trying again could help.
+    fn is_permanent(&self) -> bool {
+        matches!(self, Error::Refused(_))
+    }
 }
 
 pub fn unix_now() -> u64 {
@@ -51,7 +78,13 @@ fn backoff(attempts: u32) -> u64 {
 }
 
 /// Runs until `cancel`; `wake` is notified when a new job was recorded.
+/// Due jobs are attempted concurrently, at most `report_fetch_concurrency`
+/// at a time; a job is never attempted twice at once.
 pub async fn run(app: App, wake: Arc<Notify>, cancel: CancellationToken) {
+    let fetcher = Fetcher::new(app.cfg.report_fetch_allow_private);
+    let slots = Arc::new(Semaphore::new(app.cfg.report_fetch_concurrency.max(1)));
+    let mut running = JoinSet::new();
+    let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
     loop {
         let jobs = match blocking(&app, |index| index.report_jobs()).await {
             Ok(jobs) => jobs,
@@ -60,19 +93,27 @@ pub async fn run(app: App, wake: Arc<Notify>, cancel: CancellationToken) {
                 Vec::new()
             }
         };
+        let busy: HashSet<String> = in_flight.values().cloned().collect();
         let mut next = None::<u64>;
         for job in jobs.into_iter().filter(|j| j.state == ReportState::Pending) {
-            if cancel.is_cancelled() {
-                return;
+            if busy.contains(&job.report.report_id) {
+                continue;
             }
-            if job.next_attempt <= unix_now() {
-                let job = attempt(&app, job, &cancel).await;
-                if job.state == ReportState::Pending {
-                    next = Some(next.map_or(job.next_attempt, |n| n.min(job.next_attempt)));
-                }
-            } else {
+            if job.next_attempt > unix_now() {
                 next = Some(next.map_or(job.next_attempt, |n| n.min(job.next_attempt)));
+                continue;
             }
+            // All slots taken: a finishing attempt wakes the loop.
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                break;
+            };
+            let id = job.report.report_id.clone();
+            let (app, fetcher, cancel) = (app.clone(), fetcher.clone(), cancel.clone());
+            let task = running.spawn(async move {
+                attempt(&app, &fetcher, job, &cancel).await;
+                drop(slot);
+            });
+            in_flight.insert(task.id(), id);
         }
         let wait = next.map_or(Duration::from_secs(3600), |t| {
             Duration::from_secs(t.saturating_sub(unix_now()))
@@ -80,17 +121,33 @@ pub async fn run(app: App, wake: Arc<Notify>, cancel: CancellationToken) {
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
-            () = cancel.cancelled() => return,
+            Some(done) = running.join_next_with_id() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a report attempt panicked");
+                        e.id()
+                    }
+                };
+                in_flight.remove(&task);
+            }
+            () = cancel.cancelled() => break,
         }
     }
+    // Each attempt sees the cancellation and returns, its job left pending.
+    while running.join_next().await.is_some() {}
 }
 
-/// One try at a job; returns it as recorded afterwards.
-async fn attempt(app: &App, mut job: ReportJob, cancel: &CancellationToken) -> ReportJob {
+/// One try at a job; records how it went.
+async fn attempt(app: &App, fetcher: &Fetcher, mut job: ReportJob, cancel: &CancellationToken) {
     let id = job.report.report_id.clone();
+    // Scheme and host only: the rest of the URL is a credential.
+    let host = fetch::redact_str(&job.presigned_url);
     let result = tokio::select! {
-        r = fetch_and_store(app, &job) => r,
-        () = cancel.cancelled() => return job,
+        r = tokio::time::timeout(ATTEMPT_LIMIT, fetch_and_store(app, fetcher, &job)) => {
+            r.unwrap_or_else(|_| Err(Error::Fetch(format!("{host}: over {ATTEMPT_LIMIT:?}"))))
+        }
+        () = cancel.cancelled() => return,
     };
     job.attempts += 1;
     let now = unix_now();
@@ -101,32 +158,42 @@ async fn attempt(app: &App, mut job: ReportJob, cancel: &CancellationToken) -> R
             job.object_key = Some(key);
             job.last_error = None;
         }
+        Err(e) if e.is_permanent() => {
+            tracing::error!(report_id = %id, url = %host, error = %e, "report URL refused; not fetching it");
+            job.state = ReportState::Failed;
+            job.last_error = Some(e.to_string());
+        }
         Err(e) if now + backoff(job.attempts) > job.deadline => {
-            tracing::error!(report_id = %id, attempts = job.attempts, error = %e, "report could not be fetched before its URL expired; giving up");
+            tracing::error!(report_id = %id, url = %host, attempts = job.attempts, error = %e, "report could not be fetched before its URL expired; giving up");
             job.state = ReportState::Failed;
             job.last_error = Some(e.to_string());
         }
         Err(e) => {
             job.next_attempt = now + backoff(job.attempts);
-            tracing::warn!(report_id = %id, attempts = job.attempts, error = %e, retry_in_s = backoff(job.attempts), "report fetch failed; retrying");
+            tracing::warn!(report_id = %id, url = %host, attempts = job.attempts, error = %e, retry_in_s = backoff(job.attempts), "report fetch failed; retrying");
             job.last_error = Some(e.to_string());
         }
     }
-    let record = job.clone();
-    if let Err(e) = blocking(app, move |index| index.put_report_job(&record)).await {
+    if let Err(e) = blocking(app, move |index| index.put_report_job(&job)).await {
         tracing::error!(report_id = %id, error = %e, "cannot record the report job's state");
     }
-    job
 }
 
-async fn fetch_and_store(app: &App, job: &ReportJob) -> Result<crate::store::ObjectKey, Error> {
+async fn fetch_and_store(
+    app: &App,
+    fetcher: &Fetcher,
+    job: &ReportJob,
+) -> Result<crate::store::ObjectKey, Error> {
     let study = resolve_study(app, job).await?;
     let mut receiving = app.ingest.begin_upload("avara-report").await?;
     // The download runs on a blocking thread and hands over chunks, so memory
     // stays at a few chunks whatever the PDF's size.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
     let url = job.presigned_url.clone();
-    let download = tokio::task::spawn_blocking(move || download(&url, tx));
+    let fetcher = fetcher.clone();
+    let download = tokio::task::spawn_blocking(move || {
+        fetcher.fetch(&url, |chunk| tx.blocking_send(chunk).is_ok())
+    });
     let mut first = true;
     while let Some(chunk) = rx.recv().await {
         if first && !chunk.starts_with(b"%PDF-") {
@@ -135,7 +202,7 @@ async fn fetch_and_store(app: &App, job: &ReportJob) -> Result<crate::store::Obj
         first = false;
         receiving.append(&chunk).await?;
     }
-    download.await.map_err(|e| Error::Fetch(e.to_string()))??;
+    download.await.map_err(|e| Error::Task(e.to_string()))??;
     if first {
         return Err(Error::NotPdf);
     }
@@ -179,45 +246,6 @@ async fn resolve_study(app: &App, job: &ReportJob) -> Result<Uid, Error> {
     })
     .await?
     .ok_or(Error::UnknownStudy)
-}
-
-fn download(url: &str, tx: mpsc::Sender<Vec<u8>>) -> Result<(), Error> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_global(Some(Duration::from_secs(120)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|e| Error::Fetch(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(Error::Fetch(format!("HTTP {}", response.status())));
-    }
-    let mut reader = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_REPORT_BYTES + 1)
-        .reader();
-    let mut total = 0u64;
-    loop {
-        let mut chunk = vec![0u8; 256 * 1024];
-        let n = reader
-            .read(&mut chunk)
-            .map_err(|e| Error::Fetch(e.to_string()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        total += n as u64;
-        if total > MAX_REPORT_BYTES {
-            return Err(Error::TooLarge);
-        }
-        chunk.truncate(n);
-        if tx.blocking_send(chunk).is_err() {
-            return Ok(()); // the receiving side gave up (not a PDF, disk, shutdown)
-        }
-    }
 }
 
 async fn blocking<T, F>(app: &App, f: F) -> Result<T, Error>

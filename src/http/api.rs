@@ -147,8 +147,9 @@ pub async fn put_media(
     Ok((status, Json(record)))
 }
 
-/// `GET /api/reports`: every delivered report and how its fetch went (the
-/// presigned URL is not shown).
+/// `GET /api/reports`: every delivered report and how its fetch went. The
+/// presigned URL is a bearer credential: only its scheme and host are shown
+/// (`url`: `https://host/…`).
 pub async fn list_reports(
     State(app): State<App>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
@@ -163,6 +164,10 @@ pub async fn list_reports(
             let mut v = serde_json::to_value(&job).expect("serialisable");
             if let Some(obj) = v.as_object_mut() {
                 obj.remove("presignedUrl");
+                obj.insert(
+                    "url".into(),
+                    crate::reports::fetch::redact_str(&job.presigned_url).into(),
+                );
             }
             v
         })

@@ -259,23 +259,45 @@ pub fn patient_study_enrichment(app: &App, event: &StudyRef) -> Result<Value, Er
 
 /// `clinical_context.enrichment_requested`: the report texts Avara delivered
 /// for the same patient's other studies, as `priorReports`; `{}` when there
-/// are none. Blocking.
+/// are none. The patient is Patient ID *and* Issuer of Patient ID: the same
+/// ID from another issuer is another person, and a study without an issuer
+/// matches only studies without one. When the study is not here, the
+/// event's `mrn` is taken as an ID without an issuer. Found through the
+/// index's patient tree, not a scan of every study. Blocking.
 pub fn clinical_context(app: &App, event: &StudyRef) -> Result<Value, Error> {
     let current = Uid::parse(&event.study_instance_uid).ok();
-    let from_study = match &current {
-        Some(uid) => app.index.study(uid)?.and_then(|s| s.tags.patient_id),
+    let known = match &current {
+        Some(uid) => app.index.study(uid)?,
         None => None,
     };
-    let Some(patient) = from_study
-        .or_else(|| event.mrn.clone())
-        .filter(|p| !p.is_empty())
-    else {
+    let (issuer, patient) = match known {
+        Some(study) => (study.tags.issuer_of_patient_id, study.tags.patient_id),
+        None => (None, event.mrn.clone()),
+    };
+    let Some(patient) = patient.filter(|p| !p.trim().is_empty()) else {
         return Ok(json!({}));
     };
+    let same = |v: &Option<String>, want: &Option<String>| {
+        let norm = |o: &Option<String>| {
+            o.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        norm(v) == norm(want)
+    };
     let mut prior = Vec::new();
-    for study in app.index.studies()? {
-        if Some(&study.study_instance_uid) == current.as_ref()
-            || study.tags.patient_id.as_deref() != Some(&patient)
+    for uid in app.index.studies_of_patient(issuer.as_deref(), &patient)? {
+        if Some(&uid) == current.as_ref() {
+            continue;
+        }
+        // The tree follows the study records; checked again all the same,
+        // since a stranger's report must never be shown.
+        let Some(study) = app.index.study(&uid)? else {
+            continue;
+        };
+        if !same(&study.tags.patient_id, &Some(patient.clone()))
+            || !same(&study.tags.issuer_of_patient_id, &issuer)
         {
             continue;
         }

@@ -7,6 +7,7 @@ mod duplicates;
 mod durability;
 mod files;
 mod hostile_network;
+mod hostile_reports;
 mod http_api;
 mod lifecycle;
 mod maintenance;

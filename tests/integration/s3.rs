@@ -777,7 +777,11 @@ fn webhook(gw: &Gateway, event: &Value) -> Value {
 fn uploads_and_reports_go_through_the_gateway_into_the_bucket() {
     use crate::webhook::{PDF, PdfServer, capture_event, put, report_event, secondary_capture};
     let s3 = S3Server::start();
-    let gw = gateway(&s3, Opts::default());
+    // The report is served from loopback.
+    let gw = gateway(
+        &s3,
+        Opts::default().env("DICOM_GATEWAY_REPORT_FETCH_ALLOW_PRIVATE", "true"),
+    );
     let (study, sent) = store_study1(&gw);
 
     let (series, sop) = ("2.25.4242", "2.25.4242.1");

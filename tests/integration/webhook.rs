@@ -14,8 +14,13 @@ const NEW_KEY: &str = "whsec_YW5vdGhlciBrZXkgb2YgMjQgYnl0ZXMh";
 const STRANGER: &str = "whsec_c29tZWJvZHkgZWxzZSdzIGtleQ==";
 
 fn gateway() -> Gateway {
-    // Two keys: a rotation in progress.
-    Gateway::start_with(Opts::default().env("AVARA_WEBHOOK_KEY", &format!("{KEY},{NEW_KEY}")))
+    // Two keys: a rotation in progress. Reports are served from loopback
+    // (tests/peers/pdf_server.py), which the fetcher refuses by default.
+    Gateway::start_with(
+        Opts::default()
+            .env("AVARA_WEBHOOK_KEY", &format!("{KEY},{NEW_KEY}"))
+            .env("DICOM_GATEWAY_REPORT_FETCH_ALLOW_PRIVATE", "true"),
+    )
 }
 
 /// Sends `event` through tests/peers/avara_sender.py with extra flags; (status, body).
