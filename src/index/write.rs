@@ -1,0 +1,206 @@
+//! Writing instances and media: one transaction per batch, one flush.
+
+use super::*;
+
+impl Index {
+    /// Writes a batch of instances in one transaction and flushes it to disk.
+    /// Blocking: call from a blocking thread.
+    pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
+        let outcomes = self.transact(|instances, sops, studies, media, patients| {
+            batch
+                .iter()
+                .map(|entry| match entry {
+                    NewEntry::Instance(new) => put_one(instances, sops, studies, patients, new),
+                    NewEntry::Media(record) => put_media(media, record),
+                })
+                .collect::<TxResult<Vec<_>>>()
+        })?;
+        // After the commit, so a view built from what a reader saw before
+        // it carries an older stamp and is not reused.
+        let moved_from = outcomes.iter().filter_map(|o| match o {
+            PutOutcome::Replaced {
+                previous_key: Some(key),
+            } => key.study(),
+            _ => None,
+        });
+        self.stamps
+            .bump(batch.iter().map(entry_study).chain(moved_from));
+        self.flush()?;
+        Ok(outcomes)
+    }
+
+    /// Like [`Index::put_batch`], but never replaces anything: an instance
+    /// whose SOP Instance UID is indexed (under any key) and a media file
+    /// whose name is indexed are left as they are. For rebuilding from the
+    /// store, also while the gateway runs: the check and the write are one
+    /// transaction, so an instance ingest stores (or moves) meanwhile is
+    /// never overwritten with what an older listing saw. Blocking.
+    pub fn put_missing(&self, batch: &[NewEntry]) -> Result<Vec<FillOutcome>> {
+        let outcomes = self.transact(|instances, sops, studies, media, patients| {
+            batch
+                .iter()
+                .map(|entry| match entry {
+                    NewEntry::Instance(new) => {
+                        match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
+                            Some(key) if key == new.record.object_key => {
+                                Ok(FillOutcome::AlreadyIndexed)
+                            }
+                            Some(key) => Ok(FillOutcome::IndexedElsewhere(key)),
+                            None => put_one(instances, sops, studies, patients, new)
+                                .map(|_| FillOutcome::Added),
+                        }
+                    }
+                    NewEntry::Media(record) => {
+                        if media.get(media_key(record).as_bytes())?.is_some() {
+                            Ok(FillOutcome::AlreadyIndexed)
+                        } else {
+                            put_media(media, record).map(|_| FillOutcome::Added)
+                        }
+                    }
+                })
+                .collect::<TxResult<Vec<_>>>()
+        })?;
+        let added = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == FillOutcome::Added)
+            .map(|(e, _)| entry_study(e));
+        self.stamps.bump(added);
+        self.flush()?;
+        Ok(outcomes)
+    }
+
+    /// Moves an instance's entry to `new` if, and only if, it still points
+    /// at `from` (checked and written in one transaction): for taking the
+    /// object the store holds when the indexed one is gone, without undoing
+    /// an ingest that stored the instance again meanwhile. Returns whether
+    /// it moved. Blocking.
+    pub fn move_if_at(&self, new: &NewInstance, from: &ObjectKey) -> Result<bool> {
+        let moved = self.transact(|instances, sops, studies, _, patients| {
+            match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
+                Some(key) if key == *from => {
+                    put_one(instances, sops, studies, patients, new).map(|_| true)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        if moved {
+            let old_study = from.study();
+            self.stamps
+                .bump(std::iter::once(new.record.study_instance_uid.clone()).chain(old_study));
+            self.flush()?;
+        }
+        Ok(moved)
+    }
+}
+
+pub(super) fn entry_study(entry: &NewEntry) -> Uid {
+    match entry {
+        NewEntry::Instance(i) => i.record.study_instance_uid.clone(),
+        NewEntry::Media(m) => m.study_instance_uid.clone(),
+    }
+}
+
+pub(super) fn media_key(record: &MediaRecord) -> String {
+    format!("{}/{}", record.study_instance_uid, record.file_name)
+}
+
+/// Where the index has `sop`, if anywhere.
+pub(super) fn indexed_key(
+    instances: &TransactionalTree,
+    sops: &TransactionalTree,
+    sop: &Uid,
+) -> TxResult<Option<ObjectKey>> {
+    let Some(place) = sops.get(sop.as_str().as_bytes())? else {
+        return Ok(None);
+    };
+    match instances.get(&place)? {
+        Some(v) => Ok(Some(tx_decode::<InstanceRecord>(&place, &v)?.object_key)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn put_media(media: &TransactionalTree, record: &MediaRecord) -> TxResult<PutOutcome> {
+    let key = media_key(record);
+    let old = media.insert(key.as_bytes(), encode(record))?;
+    Ok(match old {
+        Some(_) => PutOutcome::Replaced { previous_key: None },
+        None => PutOutcome::Added,
+    })
+}
+
+pub(super) fn put_one(
+    instances: &TransactionalTree,
+    sops: &TransactionalTree,
+    studies: &TransactionalTree,
+    patients: &TransactionalTree,
+    new: &NewInstance,
+) -> TxResult<PutOutcome> {
+    let rec = &new.record;
+    let key = instance_key(
+        &rec.study_instance_uid,
+        &rec.series_instance_uid,
+        &rec.sop_instance_uid,
+    );
+    let sop_key = rec.sop_instance_uid.as_str().as_bytes();
+
+    // A SOP Instance UID seen before: take the old entry out of its study's
+    // counts first (it may even have been in another study).
+    let mut outcome = PutOutcome::Added;
+    if let Some(old_place) = sops.get(sop_key)? {
+        if let Some(old) = instances.get(&old_place)? {
+            let old: InstanceRecord = tx_decode(&old_place, &old)?;
+            let study_key = old.study_instance_uid.as_str().as_bytes();
+            if let Some(s) = studies.get(study_key)? {
+                let mut s: StudyRecord = tx_decode(study_key, &s)?;
+                s.instance_count = s.instance_count.saturating_sub(1);
+                s.total_bytes = s.total_bytes.saturating_sub(old.size);
+                if s.instance_count == 0 && old.study_instance_uid != rec.study_instance_uid {
+                    let gone = studies.remove(study_key)?;
+                    patients::track(patients, gone.as_deref(), None)?;
+                } else {
+                    studies.insert(study_key, encode(&s))?;
+                }
+            }
+            instances.remove(&old_place)?;
+            let moved = old.object_key != rec.object_key;
+            outcome = PutOutcome::Replaced {
+                previous_key: moved.then_some(old.object_key),
+            };
+        }
+    }
+
+    instances.insert(key.as_slice(), encode(rec))?;
+    sops.insert(sop_key, key)?;
+
+    let study_key = rec.study_instance_uid.as_str().as_bytes();
+    let study = match studies.get(study_key)? {
+        Some(v) => {
+            let mut s: StudyRecord = tx_decode(study_key, &v)?;
+            s.tags.merge(&new.study);
+            s.instance_count += 1;
+            s.total_bytes += rec.size;
+            // Ingest receives in time order; a rebuild may not (RFC 3339 in
+            // UTC with millis compares as text).
+            if rec.received_at < s.first_received {
+                s.first_received = rec.received_at.clone();
+            }
+            if rec.received_at > s.last_received {
+                s.last_received = rec.received_at.clone();
+            }
+            s
+        }
+        None => StudyRecord {
+            study_instance_uid: rec.study_instance_uid.clone(),
+            tags: new.study.clone(),
+            instance_count: 1,
+            total_bytes: rec.size,
+            first_received: rec.received_at.clone(),
+            last_received: rec.received_at.clone(),
+        },
+    };
+    let previous = studies.insert(study_key, encode(&study))?;
+    // The patient tree follows the study record's patient.
+    patients::track(patients, previous.as_deref(), Some(&study))?;
+    Ok(outcome)
+}
