@@ -10,10 +10,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::webhook::WebhookKeys;
+
+mod overrides;
+mod secrets;
+
+pub use overrides::Overrides;
+pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
+use secrets::{check_api_token, secret};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -230,32 +236,6 @@ pub enum StorageLocation {
     S3 { bucket: String, prefix: String },
 }
 
-/// Secrets read from the environment, passed in so tests need not touch the
-/// process environment.
-#[derive(Debug, Default, Clone)]
-pub struct SecretEnv {
-    /// `DICOM_GATEWAY_API_TOKEN`
-    pub api_token: Option<String>,
-    /// `AVARA_WEBHOOK_KEY`
-    pub avara_webhook_key: Option<String>,
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`
-    pub aws_access_key_id: Option<String>,
-    pub aws_secret_access_key: Option<String>,
-    pub aws_session_token: Option<String>,
-}
-
-impl SecretEnv {
-    pub fn from_process() -> SecretEnv {
-        SecretEnv {
-            api_token: std::env::var("DICOM_GATEWAY_API_TOKEN").ok(),
-            avara_webhook_key: std::env::var("AVARA_WEBHOOK_KEY").ok(),
-            aws_access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
-            aws_secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
-            aws_session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -295,143 +275,6 @@ impl Default for Config {
             storage: StorageConfig::default(),
         }
     }
-}
-
-/// Flags of `dicom-gateway serve`; each also read from its environment variable.
-#[derive(Debug, Clone, Default, Args)]
-pub struct Overrides {
-    /// TOML configuration file.
-    #[arg(long, env = "DICOM_GATEWAY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory [default: ./storage].
-    #[arg(long, env = "DICOM_GATEWAY_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// DICOM listener address [default: 0.0.0.0:11112].
-    #[arg(long, env = "DICOM_GATEWAY_DICOM_LISTEN", value_name = "ADDR")]
-    pub dicom_listen: Option<SocketAddr>,
-    /// HTTP listener address [default: 0.0.0.0:8080].
-    #[arg(long, env = "DICOM_GATEWAY_HTTP_LISTEN", value_name = "ADDR")]
-    pub http_listen: Option<SocketAddr>,
-    /// Our AE title [default: DICOMGW].
-    #[arg(long, env = "DICOM_GATEWAY_AE_TITLE")]
-    pub ae_title: Option<String>,
-    /// Base URL the outside world uses for the HTTP side.
-    #[arg(long, env = "DICOM_GATEWAY_PUBLIC_URL", value_name = "URL")]
-    pub public_url: Option<String>,
-    /// Maximum concurrent associations [default: 64].
-    #[arg(long, env = "DICOM_GATEWAY_MAX_ASSOCIATIONS")]
-    pub max_associations: Option<usize>,
-    /// Maximum PDU length in bytes, 65536–1048576 [default: 262144].
-    #[arg(long, env = "DICOM_GATEWAY_MAX_PDU_LENGTH")]
-    pub max_pdu_length: Option<u32>,
-    /// Read timeout in seconds [default: 60].
-    #[arg(long, env = "DICOM_GATEWAY_READ_TIMEOUT", value_name = "SECS")]
-    pub read_timeout: Option<u64>,
-    /// Write timeout in seconds [default: 60].
-    #[arg(long, env = "DICOM_GATEWAY_WRITE_TIMEOUT", value_name = "SECS")]
-    pub write_timeout: Option<u64>,
-    /// Largest accepted instance in bytes [default: 8 GiB].
-    #[arg(long, env = "DICOM_GATEWAY_MAX_INSTANCE_SIZE", value_name = "BYTES")]
-    pub max_instance_size: Option<u64>,
-    /// Free space in bytes to keep in the data directory [default: 64 MiB].
-    #[arg(long, env = "DICOM_GATEWAY_MIN_FREE_SPACE", value_name = "BYTES")]
-    pub min_free_space: Option<u64>,
-    /// Comma-separated calling AE titles allowed to associate [default: any].
-    #[arg(
-        long,
-        env = "DICOM_GATEWAY_ALLOWED_CALLING_AETS",
-        value_delimiter = ','
-    )]
-    pub allowed_calling_aets: Option<Vec<String>>,
-    /// Comma-separated peer IP addresses allowed to connect [default: any].
-    #[arg(long, env = "DICOM_GATEWAY_ALLOWED_PEERS", value_delimiter = ',')]
-    pub allowed_peers: Option<Vec<IpAddr>>,
-    /// Comma-separated extra (private) storage SOP class UIDs to accept.
-    #[arg(long, env = "DICOM_GATEWAY_EXTRA_SOP_CLASSES", value_delimiter = ',')]
-    pub extra_sop_classes: Option<Vec<String>>,
-    /// Shutdown grace period in seconds [default: 10].
-    #[arg(long, env = "DICOM_GATEWAY_SHUTDOWN_GRACE", value_name = "SECS")]
-    pub shutdown_grace: Option<u64>,
-    /// File holding the operator API bearer token.
-    #[arg(long, env = "DICOM_GATEWAY_API_TOKEN_FILE", value_name = "FILE")]
-    pub api_token_file: Option<PathBuf>,
-    /// File holding Avara's webhook secrets (instead of AVARA_WEBHOOK_KEY).
-    #[arg(
-        long,
-        env = "DICOM_GATEWAY_AVARA_WEBHOOK_KEY_FILE",
-        value_name = "FILE"
-    )]
-    pub avara_webhook_key_file: Option<PathBuf>,
-    /// Validity of signed download URLs in seconds [default: 3600, max 604800].
-    #[arg(long, env = "DICOM_GATEWAY_URL_TTL", value_name = "SECS")]
-    pub url_ttl: Option<u64>,
-    /// File with the URL signing keys [default: <data-dir>/url-signing-keys].
-    #[arg(long, env = "DICOM_GATEWAY_URL_SIGNING_KEYS_FILE", value_name = "FILE")]
-    pub url_signing_keys_file: Option<PathBuf>,
-    /// Comma-separated browser origins allowed on the file/upload routes [default: any].
-    #[arg(long, env = "DICOM_GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
-    pub cors_origins: Option<Vec<String>>,
-    /// Re-sent SOP Instance UIDs: replace_same_study, reject or replace [default: replace_same_study].
-    #[arg(long, env = "DICOM_GATEWAY_DUPLICATES", value_enum)]
-    pub duplicates: Option<DuplicatePolicy>,
-    /// Seconds a connection gets to send its A-ASSOCIATE-RQ [default: 10].
-    #[arg(long, env = "DICOM_GATEWAY_ARTIM_TIMEOUT", value_name = "SECS")]
-    pub artim_timeout: Option<u64>,
-    /// DICOM connections not yet associated [default: 128].
-    #[arg(long, env = "DICOM_GATEWAY_MAX_PENDING_CONNECTIONS")]
-    pub max_pending_connections: Option<usize>,
-    /// Largest data set header (before pixel data) in bytes [default: 16 MiB].
-    #[arg(long, env = "DICOM_GATEWAY_MAX_HEADER_BYTES", value_name = "BYTES")]
-    pub max_header_bytes: Option<u64>,
-    /// Deepest sequence nesting accepted [default: 32].
-    #[arg(long, env = "DICOM_GATEWAY_MAX_SEQUENCE_DEPTH")]
-    pub max_sequence_depth: Option<u32>,
-    /// Seconds to send HTTP request headers [default: 10].
-    #[arg(long, env = "DICOM_GATEWAY_HTTP_HEADER_TIMEOUT", value_name = "SECS")]
-    pub http_header_timeout: Option<u64>,
-    /// Seconds an idle keep-alive HTTP connection is kept [default: 60].
-    #[arg(long, env = "DICOM_GATEWAY_HTTP_IDLE_TIMEOUT", value_name = "SECS")]
-    pub http_idle_timeout: Option<u64>,
-    /// Lowest request body rate in bytes/s [default: 1024].
-    #[arg(long, env = "DICOM_GATEWAY_HTTP_MIN_BODY_RATE", value_name = "BYTES")]
-    pub http_min_body_rate: Option<u64>,
-    /// Concurrent HTTP connections [default: 1024].
-    #[arg(long, env = "DICOM_GATEWAY_HTTP_MAX_CONNECTIONS")]
-    pub http_max_connections: Option<usize>,
-    /// Allow report URLs on loopback/private/link-local addresses.
-    #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_ALLOW_PRIVATE")]
-    pub report_fetch_allow_private: Option<bool>,
-    /// Report PDFs fetched at once [default: 4].
-    #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_CONCURRENCY")]
-    pub report_fetch_concurrency: Option<usize>,
-    /// Object store: file:///path or s3://bucket/prefix [default: <data-dir>/objects].
-    #[arg(long = "storage", env = "DICOM_GATEWAY_STORAGE", value_name = "URL")]
-    pub storage_url: Option<String>,
-    /// S3 endpoint, e.g. http://127.0.0.1:9000 [default: AWS].
-    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ENDPOINT", value_name = "URL")]
-    pub storage_endpoint: Option<String>,
-    /// S3 endpoint viewers use, for signing download URLs [default: --storage-endpoint].
-    #[arg(
-        long,
-        env = "DICOM_GATEWAY_STORAGE_PUBLIC_ENDPOINT",
-        value_name = "URL"
-    )]
-    pub storage_public_endpoint: Option<String>,
-    /// S3 region [default: us-east-1].
-    #[arg(long, env = "DICOM_GATEWAY_STORAGE_REGION")]
-    pub storage_region: Option<String>,
-    /// S3 virtual-hosted addressing instead of path style.
-    #[arg(long, env = "DICOM_GATEWAY_STORAGE_VIRTUAL_HOSTED")]
-    pub storage_virtual_hosted: Option<bool>,
-    /// Allow a plain-HTTP S3 endpoint.
-    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ALLOW_HTTP")]
-    pub storage_allow_http: Option<bool>,
-    /// S3 request time limit in seconds, retries included [default: 30].
-    #[arg(long, env = "DICOM_GATEWAY_STORAGE_TIMEOUT", value_name = "SECS")]
-    pub storage_timeout: Option<u64>,
-    /// Seconds before a known study is listed again in a shared store [default: 30].
-    #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
-    pub storage_relist_after: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -510,12 +353,12 @@ impl Config {
                 .aws_secret_access_key
                 .clone()
                 .filter(|v| !v.is_empty())
-                .map(Secret),
+                .map(Secret::new),
             session_token: env
                 .aws_session_token
                 .clone()
                 .filter(|v| !v.is_empty())
-                .map(Secret),
+                .map(Secret::new),
         };
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();
@@ -540,7 +383,7 @@ impl Config {
             env.api_token.clone(),
             cfg.api_token_file.as_deref(),
         )?
-        .map(Secret);
+        .map(Secret::new);
         if let Some(token) = &cfg.api_token {
             check_api_token(token.expose())?;
         }
@@ -780,184 +623,5 @@ impl Config {
     }
 }
 
-/// Shortest operator API token accepted.
-pub const MIN_API_TOKEN_LEN: usize = 16;
-
-/// The operator API fails closed: a token that is blank (an empty file, a
-/// stray newline) or short enough to guess stops the start instead of
-/// letting every client through.
-fn check_api_token(token: &str) -> Result<()> {
-    let reason = if token.trim().is_empty() {
-        "is empty or only white space (check DICOM_GATEWAY_API_TOKEN / api_token_file)".to_owned()
-    } else if token.chars().count() < MIN_API_TOKEN_LEN {
-        format!("is shorter than {MIN_API_TOKEN_LEN} characters")
-    } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        "contains white space or control characters".to_owned()
-    } else {
-        return Ok(());
-    };
-    Err(Error::Invalid {
-        name: "api_token",
-        reason,
-    })
-}
-
-/// A secret from the environment or from a file, not both.
-fn secret(
-    name: &'static str,
-    var: &str,
-    from_env: Option<String>,
-    file: Option<&Path>,
-) -> Result<Option<String>> {
-    match (from_env.filter(|v| !v.is_empty()), file) {
-        (Some(_), Some(_)) => Err(Error::Invalid {
-            name,
-            reason: format!("set {var} or {name}_file, not both"),
-        }),
-        (Some(value), None) => Ok(Some(value)),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            Ok(Some(text.trim().to_owned()))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
-/// A secret string: its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn example_config_parses_and_matches_defaults_where_silent() {
-        let cfg: Config = toml::from_str(include_str!("../docs/gateway.example.toml")).unwrap();
-        cfg.validate().unwrap();
-        assert_eq!(cfg.ae_title, "DICOMGW");
-    }
-
-    #[test]
-    fn flags_beat_file_and_file_beats_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("gw.toml");
-        std::fs::write(&file, "ae_title = \"FROMFILE\"\nmax_associations = 7\n").unwrap();
-        let over = Overrides {
-            config: Some(file),
-            ae_title: Some("FROMFLAG".into()),
-            ..Default::default()
-        };
-        let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
-        assert_eq!(cfg.ae_title, "FROMFLAG");
-        assert_eq!(cfg.max_associations, 7);
-        assert_eq!(cfg.read_timeout, 60);
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_refused() {
-        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
-        let over = Overrides {
-            max_pdu_length: Some(1000),
-            ..Default::default()
-        };
-        let err = Config::load(&over, &SecretEnv::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("max_pdu_length"), "{err}");
-    }
-
-    #[test]
-    fn a_blank_or_short_api_token_stops_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, " \n\t\n").unwrap();
-        let over = Overrides {
-            api_token_file: Some(file.clone()),
-            ..Default::default()
-        };
-        let err = Config::load(&over, &SecretEnv::default()).unwrap_err();
-        assert!(err.to_string().contains("api_token"), "{err}");
-        for token in ["", "   ", "short-token"] {
-            let env = SecretEnv {
-                api_token: Some(token.into()),
-                ..Default::default()
-            };
-            let err = Config::load(&Overrides::default(), &env).unwrap_err();
-            assert!(err.to_string().contains("api_token"), "{token:?}: {err}");
-        }
-        std::fs::write(&file, "a-token-of-24-characters\n").unwrap();
-        let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
-        assert_eq!(cfg.api_token.unwrap().expose(), "a-token-of-24-characters");
-    }
-
-    #[test]
-    fn token_is_redacted_everywhere() {
-        let env = SecretEnv {
-            api_token: Some("hunter2-token-long-enough".into()),
-            avara_webhook_key: Some("whsec_aHVudGVyMi13ZWJob29rLWtleQ==".into()),
-            aws_access_key_id: Some("AKIDVISIBLE".into()),
-            aws_secret_access_key: Some("hunter2-aws".into()),
-            aws_session_token: Some("hunter2-sts".into()),
-        };
-        let over = Overrides {
-            storage_url: Some("s3://dicom/site-a".into()),
-            ..Default::default()
-        };
-        let cfg = Config::load(&over, &env).unwrap();
-        assert_eq!(cfg.webhook_keys.len(), 1);
-        assert_eq!(
-            cfg.storage_location().unwrap(),
-            StorageLocation::S3 {
-                bucket: "dicom".into(),
-                prefix: "site-a".into()
-            }
-        );
-        assert!(!format!("{cfg:?}").contains("hunter2"));
-        let printed = cfg.to_redacted_toml();
-        assert!(!printed.contains("hunter2"));
-        assert!(!printed.contains("aHVudGVy"));
-        assert!(printed.contains("<redacted>"));
-        assert!(printed.contains("AKIDVISIBLE"), "{printed}");
-    }
-
-    #[test]
-    fn storage_urls_are_checked() {
-        let load = |url: &str| {
-            let over = Overrides {
-                storage_url: Some(url.into()),
-                ..Default::default()
-            };
-            Config::load(&over, &SecretEnv::default())
-        };
-        assert_eq!(
-            load("file:///srv/dicom")
-                .unwrap()
-                .storage_location()
-                .unwrap(),
-            StorageLocation::Local("/srv/dicom".into())
-        );
-        for bad in ["file://relative", "s3://UPPER", "ftp://x", "/srv/dicom"] {
-            let err = load(bad).unwrap_err().to_string();
-            assert!(err.contains("storage.url"), "{bad}: {err}");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,145 @@
+//! The flags of `dicom-gateway serve`, each also an environment variable.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::DuplicatePolicy;
+
+/// Flags of `dicom-gateway serve`; each also read from its environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "DICOM_GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./storage].
+    #[arg(long, env = "DICOM_GATEWAY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// DICOM listener address [default: 0.0.0.0:11112].
+    #[arg(long, env = "DICOM_GATEWAY_DICOM_LISTEN", value_name = "ADDR")]
+    pub dicom_listen: Option<SocketAddr>,
+    /// HTTP listener address [default: 0.0.0.0:8080].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Our AE title [default: DICOMGW].
+    #[arg(long, env = "DICOM_GATEWAY_AE_TITLE")]
+    pub ae_title: Option<String>,
+    /// Base URL the outside world uses for the HTTP side.
+    #[arg(long, env = "DICOM_GATEWAY_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Maximum concurrent associations [default: 64].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_ASSOCIATIONS")]
+    pub max_associations: Option<usize>,
+    /// Maximum PDU length in bytes, 65536–1048576 [default: 262144].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_PDU_LENGTH")]
+    pub max_pdu_length: Option<u32>,
+    /// Read timeout in seconds [default: 60].
+    #[arg(long, env = "DICOM_GATEWAY_READ_TIMEOUT", value_name = "SECS")]
+    pub read_timeout: Option<u64>,
+    /// Write timeout in seconds [default: 60].
+    #[arg(long, env = "DICOM_GATEWAY_WRITE_TIMEOUT", value_name = "SECS")]
+    pub write_timeout: Option<u64>,
+    /// Largest accepted instance in bytes [default: 8 GiB].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_INSTANCE_SIZE", value_name = "BYTES")]
+    pub max_instance_size: Option<u64>,
+    /// Free space in bytes to keep in the data directory [default: 64 MiB].
+    #[arg(long, env = "DICOM_GATEWAY_MIN_FREE_SPACE", value_name = "BYTES")]
+    pub min_free_space: Option<u64>,
+    /// Comma-separated calling AE titles allowed to associate [default: any].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_ALLOWED_CALLING_AETS",
+        value_delimiter = ','
+    )]
+    pub allowed_calling_aets: Option<Vec<String>>,
+    /// Comma-separated peer IP addresses allowed to connect [default: any].
+    #[arg(long, env = "DICOM_GATEWAY_ALLOWED_PEERS", value_delimiter = ',')]
+    pub allowed_peers: Option<Vec<IpAddr>>,
+    /// Comma-separated extra (private) storage SOP class UIDs to accept.
+    #[arg(long, env = "DICOM_GATEWAY_EXTRA_SOP_CLASSES", value_delimiter = ',')]
+    pub extra_sop_classes: Option<Vec<String>>,
+    /// Shutdown grace period in seconds [default: 10].
+    #[arg(long, env = "DICOM_GATEWAY_SHUTDOWN_GRACE", value_name = "SECS")]
+    pub shutdown_grace: Option<u64>,
+    /// File holding the operator API bearer token.
+    #[arg(long, env = "DICOM_GATEWAY_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// File holding Avara's webhook secrets (instead of AVARA_WEBHOOK_KEY).
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_AVARA_WEBHOOK_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub avara_webhook_key_file: Option<PathBuf>,
+    /// Validity of signed download URLs in seconds [default: 3600, max 604800].
+    #[arg(long, env = "DICOM_GATEWAY_URL_TTL", value_name = "SECS")]
+    pub url_ttl: Option<u64>,
+    /// File with the URL signing keys [default: <data-dir>/url-signing-keys].
+    #[arg(long, env = "DICOM_GATEWAY_URL_SIGNING_KEYS_FILE", value_name = "FILE")]
+    pub url_signing_keys_file: Option<PathBuf>,
+    /// Comma-separated browser origins allowed on the file/upload routes [default: any].
+    #[arg(long, env = "DICOM_GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
+    /// Re-sent SOP Instance UIDs: replace_same_study, reject or replace [default: replace_same_study].
+    #[arg(long, env = "DICOM_GATEWAY_DUPLICATES", value_enum)]
+    pub duplicates: Option<DuplicatePolicy>,
+    /// Seconds a connection gets to send its A-ASSOCIATE-RQ [default: 10].
+    #[arg(long, env = "DICOM_GATEWAY_ARTIM_TIMEOUT", value_name = "SECS")]
+    pub artim_timeout: Option<u64>,
+    /// DICOM connections not yet associated [default: 128].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<usize>,
+    /// Largest data set header (before pixel data) in bytes [default: 16 MiB].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_HEADER_BYTES", value_name = "BYTES")]
+    pub max_header_bytes: Option<u64>,
+    /// Deepest sequence nesting accepted [default: 32].
+    #[arg(long, env = "DICOM_GATEWAY_MAX_SEQUENCE_DEPTH")]
+    pub max_sequence_depth: Option<u32>,
+    /// Seconds to send HTTP request headers [default: 10].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_HEADER_TIMEOUT", value_name = "SECS")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds an idle keep-alive HTTP connection is kept [default: 60].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_IDLE_TIMEOUT", value_name = "SECS")]
+    pub http_idle_timeout: Option<u64>,
+    /// Lowest request body rate in bytes/s [default: 1024].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_MIN_BODY_RATE", value_name = "BYTES")]
+    pub http_min_body_rate: Option<u64>,
+    /// Concurrent HTTP connections [default: 1024].
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Allow report URLs on loopback/private/link-local addresses.
+    #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_ALLOW_PRIVATE")]
+    pub report_fetch_allow_private: Option<bool>,
+    /// Report PDFs fetched at once [default: 4].
+    #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_CONCURRENCY")]
+    pub report_fetch_concurrency: Option<usize>,
+    /// Object store: file:///path or s3://bucket/prefix [default: <data-dir>/objects].
+    #[arg(long = "storage", env = "DICOM_GATEWAY_STORAGE", value_name = "URL")]
+    pub storage_url: Option<String>,
+    /// S3 endpoint, e.g. http://127.0.0.1:9000 [default: AWS].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ENDPOINT", value_name = "URL")]
+    pub storage_endpoint: Option<String>,
+    /// S3 endpoint viewers use, for signing download URLs [default: --storage-endpoint].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_STORAGE_PUBLIC_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub storage_public_endpoint: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_REGION")]
+    pub storage_region: Option<String>,
+    /// S3 virtual-hosted addressing instead of path style.
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_VIRTUAL_HOSTED")]
+    pub storage_virtual_hosted: Option<bool>,
+    /// Allow a plain-HTTP S3 endpoint.
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ALLOW_HTTP")]
+    pub storage_allow_http: Option<bool>,
+    /// S3 request time limit in seconds, retries included [default: 30].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_TIMEOUT", value_name = "SECS")]
+    pub storage_timeout: Option<u64>,
+    /// Seconds before a known study is listed again in a shared store [default: 30].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
+    pub storage_relist_after: Option<u64>,
+}

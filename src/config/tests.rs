@@ -1,0 +1,113 @@
+use super::*;
+
+#[test]
+fn example_config_parses_and_matches_defaults_where_silent() {
+    let cfg: Config = toml::from_str(include_str!("../../docs/gateway.example.toml")).unwrap();
+    cfg.validate().unwrap();
+    assert_eq!(cfg.ae_title, "DICOMGW");
+}
+
+#[test]
+fn flags_beat_file_and_file_beats_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(&file, "ae_title = \"FROMFILE\"\nmax_associations = 7\n").unwrap();
+    let over = Overrides {
+        config: Some(file),
+        ae_title: Some("FROMFLAG".into()),
+        ..Default::default()
+    };
+    let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.ae_title, "FROMFLAG");
+    assert_eq!(cfg.max_associations, 7);
+    assert_eq!(cfg.read_timeout, 60);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused() {
+    assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    let over = Overrides {
+        max_pdu_length: Some(1000),
+        ..Default::default()
+    };
+    let err = Config::load(&over, &SecretEnv::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_pdu_length"), "{err}");
+}
+
+#[test]
+fn a_blank_or_short_api_token_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, " \n\t\n").unwrap();
+    let over = Overrides {
+        api_token_file: Some(file.clone()),
+        ..Default::default()
+    };
+    let err = Config::load(&over, &SecretEnv::default()).unwrap_err();
+    assert!(err.to_string().contains("api_token"), "{err}");
+    for token in ["", "   ", "short-token"] {
+        let env = SecretEnv {
+            api_token: Some(token.into()),
+            ..Default::default()
+        };
+        let err = Config::load(&Overrides::default(), &env).unwrap_err();
+        assert!(err.to_string().contains("api_token"), "{token:?}: {err}");
+    }
+    std::fs::write(&file, "a-token-of-24-characters\n").unwrap();
+    let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.api_token.unwrap().expose(), "a-token-of-24-characters");
+}
+
+#[test]
+fn token_is_redacted_everywhere() {
+    let env = SecretEnv {
+        api_token: Some("hunter2-token-long-enough".into()),
+        avara_webhook_key: Some("whsec_aHVudGVyMi13ZWJob29rLWtleQ==".into()),
+        aws_access_key_id: Some("AKIDVISIBLE".into()),
+        aws_secret_access_key: Some("hunter2-aws".into()),
+        aws_session_token: Some("hunter2-sts".into()),
+    };
+    let over = Overrides {
+        storage_url: Some("s3://dicom/site-a".into()),
+        ..Default::default()
+    };
+    let cfg = Config::load(&over, &env).unwrap();
+    assert_eq!(cfg.webhook_keys.len(), 1);
+    assert_eq!(
+        cfg.storage_location().unwrap(),
+        StorageLocation::S3 {
+            bucket: "dicom".into(),
+            prefix: "site-a".into()
+        }
+    );
+    assert!(!format!("{cfg:?}").contains("hunter2"));
+    let printed = cfg.to_redacted_toml();
+    assert!(!printed.contains("hunter2"));
+    assert!(!printed.contains("aHVudGVy"));
+    assert!(printed.contains("<redacted>"));
+    assert!(printed.contains("AKIDVISIBLE"), "{printed}");
+}
+
+#[test]
+fn storage_urls_are_checked() {
+    let load = |url: &str| {
+        let over = Overrides {
+            storage_url: Some(url.into()),
+            ..Default::default()
+        };
+        Config::load(&over, &SecretEnv::default())
+    };
+    assert_eq!(
+        load("file:///srv/dicom")
+            .unwrap()
+            .storage_location()
+            .unwrap(),
+        StorageLocation::Local("/srv/dicom".into())
+    );
+    for bad in ["file://relative", "s3://UPPER", "ftp://x", "/srv/dicom"] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(err.contains("storage.url"), "{bad}: {err}");
+    }
+}
