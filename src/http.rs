@@ -45,7 +45,11 @@ pub async fn serve(
             "HTTP connection limit lowered to fit the open-files limit"
         );
     } else {
-        tracing::info!(max_connections, open_files_limit = nofile, "HTTP connection limit");
+        tracing::info!(
+            max_connections,
+            open_files_limit = nofile,
+            "HTTP connection limit"
+        );
     }
     let timeouts = conn::Timeouts {
         header: Duration::from_secs(cfg.http_header_timeout),

@@ -187,7 +187,10 @@ mod tests {
     fn raw_refusals_are_complete_responses() {
         let raw = String::from_utf8(ApiError::TooManyConnections.raw_http1()).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
         assert!(head.contains("\r\nRetry-After: 1"));
         assert!(head.contains("\r\nConnection: close"));
         assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));

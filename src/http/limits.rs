@@ -67,8 +67,7 @@ pub fn connection_cap(configured: usize, nofile: Option<u64>, reserved: u64) -> 
     });
     configured
         .min(affordable)
-        .min(tokio::sync::Semaphore::MAX_PERMITS)
-        .max(1)
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
 }
 
 #[cfg(test)]

@@ -188,7 +188,10 @@ mod tests {
             pace(1).allowed_wait(u64::MAX),
             Duration::from_nanos(u64::MAX)
         );
-        assert_eq!(pace(u64::MAX).allowed_wait(u64::MAX), Duration::from_secs(1));
+        assert_eq!(
+            pace(u64::MAX).allowed_wait(u64::MAX),
+            Duration::from_secs(1)
+        );
         assert_eq!(pace(0).allowed_wait(0), Duration::MAX);
     }
 

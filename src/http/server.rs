@@ -166,8 +166,17 @@ impl Connection {
                 Some(ApiError::RequestTimeout.raw_http1())
             }
             Some(why) => {
-                tracing::debug!(%peer, ?why, "closing an HTTP connection that sent nothing");
                 // Nothing to answer, nothing to drain: just close.
+                let what = match why {
+                    Expired::Idle => "closing an idle keep-alive HTTP connection",
+                    Expired::Head { started: false } => {
+                        "closing an HTTP connection that sent no request"
+                    }
+                    Expired::Head { started: true } => {
+                        "closing an HTTP connection whose request head came too slowly"
+                    }
+                };
+                tracing::debug!(%peer, "{what}");
                 return;
             }
             None => None,

@@ -114,7 +114,9 @@ async fn replay(app: &App, answer: StoredAnswer) -> Result<Response, ApiError> {
             let envelope: Envelope = serde_json::from_value(event).map_err(ApiError::internal)?;
             let at = UNIX_EPOCH
                 .checked_add(Duration::from_secs(answer.at))
-                .ok_or_else(|| ApiError::internal(std::io::Error::other("stored time overflows")))?;
+                .ok_or_else(|| {
+                    ApiError::internal(std::io::Error::other("stored time overflows"))
+                })?;
             dispatch(app, envelope, at).await?
         }
         None => serde_json::to_vec(&answer.body).map_err(ApiError::internal)?,
