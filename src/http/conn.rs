@@ -1,8 +1,9 @@
 //! One HTTP/1 connection on hyper, with the time-outs hyper lacks or
 //! merges: a request head must arrive within `http_header_timeout` (408 if
 //! it started, a silent close if nothing came), an idle keep-alive
-//! connection is closed after `http_idle_timeout`, and request bodies are
-//! held to a minimum rate ([`super::pace`]).
+//! connection is closed after `http_idle_timeout` (and so is one whose
+//! client stops reading its responses for as long), and request bodies
+//! are held to a minimum rate ([`super::pace`]).
 //!
 //! The socket wrapper ([`Io`]) enforces the head and idle deadlines, since
 //! hyper polls its reads whenever it waits for a request; the service
@@ -144,8 +145,10 @@ pub struct Io {
     timeouts: Timeouts,
     timer: Pin<Box<Sleep>>,
     expired: Option<Expired>,
-    /// The last write could not complete (the client is not reading).
-    write_stalled: bool,
+    /// Since when writes have not progressed (the client is not reading),
+    /// and the timer that ends the wait.
+    write_stalled: Option<Instant>,
+    write_timer: Pin<Box<Sleep>>,
 }
 
 impl Io {
@@ -162,7 +165,8 @@ impl Io {
             timeouts,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             expired: None,
-            write_stalled: false,
+            write_stalled: None,
+            write_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
@@ -174,7 +178,7 @@ impl Io {
     /// Whether a canned response may be written now: nothing of an earlier
     /// response is stuck half-written.
     pub fn can_write_canned(&self) -> bool {
-        !self.write_stalled
+        self.write_stalled.is_none()
     }
 
     /// Frees the connection's slot and hands back the socket.
@@ -227,6 +231,37 @@ impl AsyncRead for Io {
     }
 }
 
+impl Io {
+    /// Notes whether a write progressed. One that has not for the idle
+    /// time-out fails: a client that reads nothing (say, after pipelining
+    /// requests) is as idle as one that sends nothing, and must not keep
+    /// its connection for ever.
+    fn write_progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_stalled = None;
+            return r;
+        }
+        let since = *self.write_stalled.get_or_insert_with(Instant::now);
+        let Some(deadline) = since.checked_add(self.timeouts.idle) else {
+            return Poll::Pending;
+        };
+        if self.write_timer.deadline() != deadline {
+            self.write_timer.as_mut().reset(deadline);
+        }
+        match self.write_timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client reads nothing",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl AsyncWrite for Io {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -235,8 +270,7 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.write_stalled = r.is_pending();
-        r
+        this.write_progress(cx, r)
     }
 
     fn poll_write_vectored(
@@ -246,8 +280,7 @@ impl AsyncWrite for Io {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.write_stalled = r.is_pending();
-        r
+        this.write_progress(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -257,8 +290,7 @@ impl AsyncWrite for Io {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_flush(cx);
-        this.write_stalled = r.is_pending();
-        r
+        this.write_progress(cx, r)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

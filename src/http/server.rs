@@ -181,6 +181,11 @@ impl Connection {
             }
             None => None,
         };
+        if !io.can_write_canned() {
+            // The client reads nothing: there is nobody to linger for.
+            tracing::debug!(%peer, "closing an HTTP connection whose client stopped reading");
+            return;
+        }
         let stream = io.into_stream();
         close(stream, canned.as_deref(), &self.spare, &self.hard_stop).await;
     }

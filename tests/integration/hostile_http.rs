@@ -253,20 +253,12 @@ fn a_slow_request_body_gets_408_and_leaves_nothing_behind() {
             "1000000",
         ],
     ));
-    let f = common::fixture("study1/series1");
-    let path = common::fixtures_dir().join(f["file"].as_str().unwrap());
-    common::assert_ok(&common::storescu(&gw, &["-xe"], &[&path]), "storescu");
-    let study = f["study"].as_str().unwrap();
     let (series, sop) = (
         "1.2.826.0.1.3680043.10.1234.78",
         "1.2.826.0.1.3680043.10.1234.78.1",
     );
-    let answer = avara(
-        &gw,
-        &crate::webhook::capture_event(study, Some(series), Some(sop)),
-    );
-    let url = answer["uploadUrls"][0].as_str().expect("an upload URL");
-    let path_and_query = &url[url.find("/uploads/").unwrap()..];
+    let (study, path_and_query) = upload_url(&gw, series, sop);
+    let (study, path_and_query) = (study.as_str(), path_and_query.as_str());
 
     // The upload announces 10 MB and sends 1 KiB.
     let mut s = connect(&gw);
@@ -320,6 +312,63 @@ fn a_slow_request_body_gets_408_and_leaves_nothing_behind() {
     still_serving(&gw);
 }
 
+/// A study stored by storescu and an upload URL for a new instance of it:
+/// (study, series, sop, path and query of the URL).
+fn upload_url(gw: &Gateway, series: &str, sop: &str) -> (String, String) {
+    let f = common::fixture("study1/series1");
+    let path = common::fixtures_dir().join(f["file"].as_str().unwrap());
+    common::assert_ok(&common::storescu(gw, &["-xe"], &[&path]), "storescu");
+    let study = f["study"].as_str().unwrap().to_owned();
+    let answer = avara(
+        gw,
+        &crate::webhook::capture_event(&study, Some(series), Some(sop)),
+    );
+    let url = answer["uploadUrls"][0].as_str().expect("an upload URL");
+    let path_and_query = url[url.find("/uploads/").unwrap()..].to_owned();
+    (study, path_and_query)
+}
+
+#[test]
+fn sigterm_lets_an_upload_in_flight_finish() {
+    let mut gw = Gateway::start_with(Opts::default().env("AVARA_WEBHOOK_KEY", KEY));
+    let (series, sop) = (
+        "1.2.826.0.1.3680043.10.1234.79",
+        "1.2.826.0.1.3680043.10.1234.79.1",
+    );
+    let (study, path_and_query) = upload_url(&gw, series, sop);
+    let dir = tempfile::tempdir().unwrap();
+    let sc = dir.path().join("sc.dcm");
+    crate::webhook::secondary_capture(&sc, &study, series, sop);
+    let bytes = std::fs::read(&sc).unwrap();
+
+    let mut s = connect(&gw);
+    s.write_all(
+        format!(
+            "PUT {path_and_query} HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\
+             Content-Length: {}\r\n\r\n",
+            bytes.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // "100 Continue" comes when the handler asks for the body: the request
+    // is in flight.
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(read_reply(&mut r).status, 100);
+    gw.signal("TERM");
+    gw.wait_for_log("shutting down");
+    s.write_all(&bytes).unwrap();
+    let stored = read_reply(&mut r);
+    assert_eq!(
+        stored.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&stored.body)
+    );
+    assert!(closed_by_server(&mut r));
+    assert!(gw.wait_exit().success());
+}
+
 #[test]
 fn past_the_connection_cap_new_connections_get_503_until_slots_free() {
     let gw = Gateway::start_with(flags(
@@ -368,6 +417,30 @@ fn an_idle_keep_alive_connection_is_closed() {
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).expect("closed by the server");
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_is_cut_off() {
+    let gw = Gateway::start_with(flags(Opts::default(), &["--http-idle-timeout", "1"]));
+    let mut s = connect(&gw);
+    // Writes that block for HANG mean the server kept the connection.
+    s.set_write_timeout(Some(HANG)).unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n".repeat(1000);
+    // Pipelined requests, never a byte read: the responses fill the
+    // socket buffers, the server's writes stall, and it gives up.
+    let failure = loop {
+        if let Err(e) = s.write_all(&request) {
+            break e;
+        }
+    };
+    assert!(
+        !matches!(
+            failure.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the server kept a connection whose client reads nothing: {failure}"
+    );
+    still_serving(&gw);
 }
 
 #[test]
