@@ -9,6 +9,11 @@
 //! hyper polls its reads whenever it waits for a request; the service
 //! ([`Svc`]) tells it when a request starts and when its response is done,
 //! through the shared [`Activity`].
+//!
+//! A head counts from the first byte read after the previous response (or
+//! from the accept). Bytes of the next head that arrive with the previous
+//! request (pipelined) are read by hyper before that point, so such a head
+//! is held to the idle time-out instead: bounded as well, only longer.
 
 use std::convert::Infallible;
 use std::future::Future;

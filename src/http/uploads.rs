@@ -72,7 +72,9 @@ pub async fn put_upload(
 /// nothing costs no more than its connection.
 pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Receiving, ApiError> {
     let mut stream = body.into_data_stream();
-    let broken = |e: axum::Error| ApiError::from_body(&e, 0);
+    // No length limit wraps this body (ingest enforces the instance size),
+    // so the limit given here is never reported.
+    let broken = |e: axum::Error| ApiError::from_body(&e, usize::MAX);
     let mut first = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(broken)?;

@@ -192,6 +192,15 @@ fn slowloris_heads_are_closed_and_do_not_block_anyone() {
         let mut r = BufReader::new(s);
         assert_eq!(read_reply(&mut r).status, 408);
     }
+    // On a keep-alive connection, the next head is held to the same rule.
+    let mut s = connect(&gw);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(read_reply(&mut r).status, 200);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    assert_eq!(read_reply(&mut r).status, 408);
+    assert!(closed_by_server(&mut r));
     // A connection that sends nothing at all is closed without an answer.
     let mut silent = connect(&gw);
     let mut got = Vec::new();
@@ -367,6 +376,44 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     );
     assert!(closed_by_server(&mut r));
     assert!(gw.wait_exit().success());
+}
+
+#[test]
+fn a_request_still_running_after_the_grace_period_is_dropped() {
+    let mut gw = Gateway::start_with(flags(
+        Opts::default().env("AVARA_WEBHOOK_KEY", KEY),
+        &["--shutdown-grace", "1"],
+    ));
+    let (_, path_and_query) = upload_url(
+        &gw,
+        "1.2.826.0.1.3680043.10.1234.80",
+        "1.2.826.0.1.3680043.10.1234.80.1",
+    );
+    let mut s = connect(&gw);
+    s.write_all(
+        format!(
+            "PUT {path_and_query} HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n\
+             Content-Length: 100000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(read_reply(&mut r).status, 100);
+    // The body never comes; the gateway stops anyway, and cleanly.
+    gw.signal("TERM");
+    assert!(gw.wait_exit().success());
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("201"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        gw.spool_files().is_empty(),
+        "a partial upload was left behind"
+    );
 }
 
 #[test]
