@@ -292,10 +292,9 @@ impl AsyncWrite for Io {
         self.stream.is_write_vectored()
     }
 
+    /// A no-op on a TCP stream: says nothing about the client reading.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.stream).poll_flush(cx);
-        this.write_progress(cx, r)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
