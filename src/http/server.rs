@@ -58,13 +58,14 @@ impl Server {
         let hard_stop = CancellationToken::new();
         let shared = Arc::new(self);
         let mut warned_full: Option<Instant> = None;
+        let mut warned_accept: Option<Instant> = None;
         loop {
             let (stream, peer) = tokio::select! {
                 () = cancel.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        accept_failed(&e).await;
+                        accept_failed(&e, &mut warned_accept).await;
                         continue;
                     }
                 },
@@ -102,11 +103,14 @@ impl Server {
 
 /// A failed `accept`: out of descriptors or memory is waited out (the
 /// pending connections stay in the backlog); anything else concerns one
-/// connection only.
-async fn accept_failed(e: &std::io::Error) {
+/// connection only. Warned about once a minute at most.
+async fn accept_failed(e: &std::io::Error, warned: &mut Option<Instant>) {
     match e.raw_os_error() {
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-            tracing::warn!(error = %e, "cannot accept HTTP connections for now");
+            if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(error = %e, "cannot accept HTTP connections for now");
+                *warned = Some(Instant::now());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         _ => tracing::debug!(error = %e, "HTTP accept failed"),
