@@ -1,13 +1,19 @@
-//! The HTTP side (axum): health and the operator API.
+//! The HTTP side: the Avara webhook, the signed file and upload routes,
+//! health and the operator API, served by our own accept loop on hyper
+//! (connection cap, head/idle/body time-outs) rather than `axum::serve`,
+//! which has none of them.
 
 mod api;
+mod conn;
 mod error;
 mod files;
+mod limits;
+mod pace;
 mod router;
+mod server;
 mod uploads;
 mod webhook;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -26,15 +32,38 @@ pub async fn serve(
     cancel: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listener, service).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = server => result,
-        () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("HTTP requests still running after the grace period; dropping them");
-            Ok(())
-        }
+    let cfg = &app.cfg;
+    let nofile = limits::raise_nofile();
+    let reserved = limits::reserved(cfg, server::SPARE_SLOTS);
+    let max_connections = limits::connection_cap(cfg.http_max_connections, nofile, reserved);
+    if max_connections < cfg.http_max_connections {
+        tracing::warn!(
+            max_connections,
+            configured = cfg.http_max_connections,
+            open_files_limit = nofile,
+            reserved_for_the_rest = reserved,
+            "HTTP connection limit lowered to fit the open-files limit"
+        );
+    } else {
+        tracing::info!(
+            max_connections,
+            open_files_limit = nofile,
+            "HTTP connection limit"
+        );
     }
+    let timeouts = conn::Timeouts {
+        header: Duration::from_secs(cfg.http_header_timeout),
+        idle: Duration::from_secs(cfg.http_idle_timeout),
+        body: pace::Pace {
+            min_rate: cfg.http_min_body_rate,
+            grace: Duration::from_secs(cfg.http_header_timeout),
+        },
+    };
+    let server = server::Server {
+        router: router(app),
+        timeouts,
+        max_connections,
+    };
+    server.run(listener, cancel, grace).await;
+    Ok(())
 }

@@ -27,6 +27,12 @@ pub enum ApiError {
     WebhookNotConfigured,
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A request head or body that did not arrive in time.
+    #[error("the request did not arrive in time")]
+    RequestTimeout,
+    /// The connection cap is reached; written before the request is read.
+    #[error("too many connections; try again shortly")]
+    TooManyConnections,
     #[error("{0}")]
     Ingest(#[source] crate::ingest::Error),
     #[error("internal error")]
@@ -38,6 +44,44 @@ impl ApiError {
         ApiError::Internal(Box::new(e))
     }
 
+    /// A request body that could not be read: too slow (408), over the
+    /// size limit (413), or cut off (400).
+    pub fn from_body(e: &axum::Error, limit: usize) -> Self {
+        if super::pace::is_too_slow(e) {
+            ApiError::RequestTimeout
+        } else if std::error::Error::source(e)
+            .is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>())
+        {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest {
+                what: "request body",
+                reason: e.to_string(),
+            }
+        }
+    }
+
+    /// A whole HTTP/1.1 response that closes the connection, for the
+    /// refusals written on a bare socket (outside any request): the same
+    /// status and JSON body as [`IntoResponse`] gives.
+    pub fn raw_http1(&self) -> Vec<u8> {
+        let status = self.status();
+        let body =
+            serde_json::json!({ "error": self.public_message(), "code": self.code() }).to_string();
+        let retry = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "Retry-After: 1\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+        )
+        .into_bytes()
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -47,6 +91,8 @@ impl ApiError {
             ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::WebhookNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Ingest(e) => match e.kind() {
                 ErrorKind::Unparseable => StatusCode::BAD_REQUEST,
                 ErrorKind::Mismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -80,6 +126,8 @@ impl ApiError {
             ApiError::Signature(_) => "bad_signature",
             ApiError::WebhookNotConfigured => "webhook_not_configured",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::Ingest(e) => match e.kind() {
                 ErrorKind::Unparseable => "not_dicom",
                 ErrorKind::Mismatch => "uid_mismatch",
@@ -109,6 +157,18 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.public_message(), "code": self.code() })),
         )
             .into_response();
+        if matches!(self, ApiError::TooManyConnections) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        if matches!(self, ApiError::RequestTimeout) {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -120,3 +180,26 @@ impl IntoResponse for ApiError {
 }
 
 type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn raw_refusals_are_complete_responses() {
+        let raw = String::from_utf8(ApiError::TooManyConnections.raw_http1()).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nRetry-After: 1"));
+        assert!(head.contains("\r\nConnection: close"));
+        assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["code"], "too_many_connections");
+        let raw = String::from_utf8(ApiError::RequestTimeout.raw_http1()).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+        assert!(!raw.contains("Retry-After"));
+    }
+}

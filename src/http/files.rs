@@ -6,6 +6,7 @@ use std::io::SeekFrom;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +21,14 @@ use crate::store::{ObjectKey, Presign};
 pub async fn get_file(
     State(app): State<App>,
     Path(raw_key): Path<String>,
-    Query(signature): Query<Signature>,
+    signature: Result<Query<Signature>, QueryRejection>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // A malformed query (e.g. an `exp` past u64) is refused like a bad signature.
+    let Ok(Query(signature)) = signature else {
+        return Err(ApiError::Forbidden);
+    };
     let key = ObjectKey::parse(&raw_key).ok_or(ApiError::Forbidden)?;
     // A HEAD is allowed by a GET URL: it reveals nothing the GET would not.
     if let Err(refusal) = app.signer.verify_file(&key, &signature, SystemTime::now()) {
@@ -47,7 +52,10 @@ pub async fn get_file(
     let Some(path) = app.store.local_path(&key) else {
         // The store serves its own objects: send the viewer there.
         // Valid as long as the gateway's URL is, not longer.
-        let expires_at = UNIX_EPOCH + std::time::Duration::from_secs(signature.exp);
+        // `exp` is at most a week ahead once verified; checked all the same.
+        let expires_at = UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(signature.exp))
+            .ok_or(ApiError::Forbidden)?;
         let presign = Presign {
             content_type: &content_type,
             disposition: &disposition,
@@ -116,6 +124,7 @@ pub async fn get_file(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&value).expect("ASCII"),
             );
+            // end < size, so the length fits.
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
         None => (StatusCode::OK, 0, size),
@@ -133,6 +142,7 @@ pub async fn get_file(
 
 /// One `bytes=` range within `size`: `Ok(None)` to serve everything (several
 /// ranges are answered whole, as RFC 9110 allows), `Err` when unsatisfiable.
+/// Positions too large for a u64 are as good as infinite, never a panic.
 fn parse_range(spec: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(set) = spec.trim().strip_prefix("bytes=") else {
         return Ok(None);
@@ -141,24 +151,30 @@ fn parse_range(spec: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
         return Ok(None);
     }
     let (first, last) = set.trim().split_once('-').ok_or(())?;
+    let last_byte = size.checked_sub(1).ok_or(())?;
     let (start, end) = match (first.trim(), last.trim()) {
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
+            let n = position(suffix)?;
             if n == 0 {
                 return Err(());
             }
-            (size.saturating_sub(n), size.checked_sub(1).ok_or(())?)
+            (size.saturating_sub(n), last_byte)
         }
-        (a, "") => (a.parse().map_err(|_| ())?, size.checked_sub(1).ok_or(())?),
-        (a, b) => {
-            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
-            (a, b.min(size.saturating_sub(1)))
-        }
+        (a, "") => (position(a)?, last_byte),
+        (a, b) => (position(a)?, position(b)?.min(last_byte)),
     };
     if start >= size || start > end {
         return Err(());
     }
     Ok(Some((start, end)))
+}
+
+/// A byte position: ASCII digits only (no sign), saturating at u64::MAX.
+fn position(digits: &str) -> Result<u64, ()> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    Ok(digits.parse().unwrap_or(u64::MAX))
 }
 
 /// CORS preflight for the file (and, later, upload) routes: the signature in
@@ -231,5 +247,35 @@ mod tests {
         assert_eq!(parse_range("bytes=9-3", 100), Err(()));
         assert_eq!(parse_range("bytes=-0", 100), Err(()));
         assert_eq!(parse_range("bytes=x-3", 100), Err(()));
+        assert_eq!(parse_range("bytes=+1-3", 100), Err(()));
+        assert_eq!(parse_range("bytes=0-9", 0), Err(()));
+    }
+
+    #[test]
+    fn huge_positions_neither_overflow_nor_panic() {
+        let max = u64::MAX.to_string();
+        let past = "99999999999999999999999999";
+        assert_eq!(
+            parse_range(&format!("bytes=0-{max}"), 100),
+            Ok(Some((0, 99)))
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=0-{past}"), 100),
+            Ok(Some((0, 99)))
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=-{past}"), 100),
+            Ok(Some((0, 99)))
+        );
+        assert_eq!(parse_range(&format!("bytes={past}-"), 100), Err(()));
+        assert_eq!(
+            parse_range(&format!("bytes={max}-{max}"), u64::MAX),
+            Err(())
+        );
+        let last = u64::MAX - 1;
+        assert_eq!(
+            parse_range(&format!("bytes={last}-{max}"), u64::MAX),
+            Ok(Some((last, last)))
+        );
     }
 }

@@ -40,7 +40,9 @@ pub fn router(app: App) -> Router {
 }
 
 /// With a token configured, requests must carry `Authorization: Bearer
-/// <token>`; without one, only loopback clients get through.
+/// <token>`; without one, only loopback clients get through, and not
+/// those that came through a proxy on the same host (a request with
+/// `Forwarded`, `X-Forwarded-For` or `X-Real-IP` is from someone else).
 async fn operator_guard(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -59,10 +61,19 @@ async fn operator_guard(
                 return Err(ApiError::Unauthorized);
             }
         }
-        None if !peer.ip().is_loopback() => return Err(ApiError::LoopbackOnly),
+        None if !peer.ip().is_loopback() || is_forwarded(request.headers()) => {
+            return Err(ApiError::LoopbackOnly);
+        }
         None => {}
     }
     Ok(next.run(request).await)
+}
+
+/// Whether a proxy says it passed the request on for another client.
+fn is_forwarded(headers: &axum::http::HeaderMap) -> bool {
+    ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
 }
 
 /// Compares without an early exit, so timing tells nothing about the token.
@@ -77,7 +88,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, is_forwarded};
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn proxied_requests_are_recognised() {
+        assert!(!is_forwarded(&HeaderMap::new()));
+        for name in ["Forwarded", "X-Forwarded-For", "x-real-ip"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("for=203.0.113.7"),
+            );
+            assert!(is_forwarded(&h), "{name}");
+        }
+    }
 
     #[test]
     fn token_comparison() {

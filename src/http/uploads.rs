@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use futures::StreamExt;
@@ -21,9 +22,13 @@ use crate::store::signer::{Signature, UploadBinding};
 pub async fn put_upload(
     State(app): State<App>,
     Path(raw): Path<String>,
-    Query(signature): Query<Signature>,
+    signature: Result<Query<Signature>, QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    // A malformed query (e.g. an `exp` past u64) is refused like a bad signature.
+    let Ok(Query(signature)) = signature else {
+        return Err(ApiError::Forbidden);
+    };
     let binding = UploadBinding::parse(&raw).ok_or(ApiError::Forbidden)?;
     if let Err(refusal) = app
         .signer
@@ -61,18 +66,33 @@ pub async fn put_upload(
 
 /// Streams a request body into a new spool file, within the instance size
 /// limit. On any error the partial spool file is removed (dropped).
+///
+/// The spool file and its write buffers are taken only once the first
+/// byte of the body has arrived: a client that sends headers and then
+/// nothing costs no more than its connection.
 pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Receiving, ApiError> {
+    let mut stream = body.into_data_stream();
+    // No length limit wraps this body (ingest enforces the instance size),
+    // so the limit given here is never reported.
+    let broken = |e: axum::Error| ApiError::from_body(&e, usize::MAX);
+    let mut first = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(broken)?;
+        if !chunk.is_empty() {
+            first = Some(chunk);
+            break;
+        }
+    }
     let mut receiving = app
         .ingest
         .begin_upload(source)
         .await
         .map_err(ApiError::Ingest)?;
-    let mut stream = body.into_data_stream();
-    let broken = |e: axum::Error| ApiError::BadRequest {
-        what: "request body",
-        reason: e.to_string(),
+    let Some(first) = first else {
+        return Ok(receiving);
     };
-    while let Some(chunk) = stream.next().await {
+    let mut next = Some(Ok(first));
+    while let Some(chunk) = next {
         if let Err(e) = receiving.append(&chunk.map_err(broken)?).await {
             // Read (and drop) a bounded rest of the body first, so the client
             // is still listening when the refusal comes.
@@ -85,6 +105,7 @@ pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Re
             }
             return Err(ApiError::Ingest(e));
         }
+        next = stream.next().await;
     }
     Ok(receiving)
 }

@@ -31,7 +31,7 @@ pub async fn avara(
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit: MAX_BODY })?;
+        .map_err(|e| ApiError::from_body(&e, MAX_BODY))?;
     let now = SystemTime::now();
     let header = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok());
     let verified =
@@ -112,7 +112,12 @@ async fn replay(app: &App, answer: StoredAnswer) -> Result<Response, ApiError> {
     let body = match answer.event {
         Some(event) => {
             let envelope: Envelope = serde_json::from_value(event).map_err(ApiError::internal)?;
-            dispatch(app, envelope, UNIX_EPOCH + Duration::from_secs(answer.at)).await?
+            let at = UNIX_EPOCH
+                .checked_add(Duration::from_secs(answer.at))
+                .ok_or_else(|| {
+                    ApiError::internal(std::io::Error::other("stored time overflows"))
+                })?;
+            dispatch(app, envelope, at).await?
         }
         None => serde_json::to_vec(&answer.body).map_err(ApiError::internal)?,
     };
@@ -257,7 +262,7 @@ async fn report_delivered(app: &App, event: ReportDelivered) -> Result<Value, Ap
         study_instance_uid: event.study_instance_uid,
         presigned_url: event.presigned_url,
         received_at: now,
-        deadline: now + reports::URL_LIFETIME.as_secs(),
+        deadline: now.saturating_add(reports::URL_LIFETIME.as_secs()),
         next_attempt: now,
         attempts: 0,
         state: ReportState::Pending,

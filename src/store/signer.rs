@@ -190,7 +190,7 @@ impl UrlSigner {
     /// A URL for `method` on `path` (below the public URL), valid for `ttl`
     /// (at most [`MAX_TTL`]) from `now`.
     pub fn sign(&self, method: &str, path: &str, ttl: Duration, now: SystemTime) -> String {
-        let exp = unix(now) + ttl.min(MAX_TTL).as_secs();
+        let exp = unix(now).saturating_add(ttl.min(MAX_TTL).as_secs());
         let (kid, keyed) = &self.keys[0];
         let mut sig = [0u8; 43];
         let len = URL_SAFE_NO_PAD
@@ -212,10 +212,11 @@ impl UrlSigner {
         now: SystemTime,
     ) -> Result<(), Refusal> {
         let now = unix(now);
-        if now > s.exp {
+        // `exp` comes from the URL: any u64. Checked, never wrapped.
+        let Some(left) = s.exp.checked_sub(now) else {
             return Err(Refusal::Expired);
-        }
-        if s.exp - now > MAX_TTL.as_secs() {
+        };
+        if left > MAX_TTL.as_secs() {
             return Err(Refusal::TooLong);
         }
         let (_, keyed) = self
@@ -347,6 +348,26 @@ mod tests {
         // TTL is capped at seven days.
         let capped = parse(&signer.file_url(&key(), Duration::from_secs(30 * 24 * 3600), now));
         assert_eq!(capped.exp, 1_800_000_000 + MAX_TTL.as_secs());
+    }
+
+    #[test]
+    fn extreme_expiry_times_are_refused_without_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = UrlSigner::load_or_create(&dir.path().join(KEY_FILE), "http://x").unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = parse(&signer.file_url(&key(), Duration::from_secs(60), now));
+        for (exp, refusal) in [
+            (u64::MAX, Refusal::TooLong),
+            (u64::MAX - 1, Refusal::TooLong),
+            (0, Refusal::Expired),
+        ] {
+            let forged = Signature { exp, ..s.clone() };
+            assert_eq!(signer.verify_file(&key(), &forged, now), Err(refusal));
+        }
+        // A clock at the end of what SystemTime holds: still no panic.
+        let end = UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        let url = signer.file_url(&key(), Duration::from_secs(60), end);
+        assert_eq!(signer.verify_file(&key(), &parse(&url), end), Ok(()));
     }
 
     #[test]

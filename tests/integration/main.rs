@@ -6,6 +6,7 @@ mod dimse;
 mod duplicates;
 mod durability;
 mod files;
+mod hostile_http;
 mod hostile_network;
 mod hostile_reports;
 mod http_api;
