@@ -101,6 +101,37 @@ pub async fn put_media(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<MediaRecord>), ApiError> {
+    let checked = check_media_put(&app, study, name, &headers).await;
+    let (study, name, mime_type) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            super::uploads::drain(body, super::uploads::REFUSED_DRAIN_LIMIT).await;
+            return Err(refusal);
+        }
+    };
+    let receiving = super::uploads::spool_body(&app, "operator", body).await?;
+    let (record, replaced) = app
+        .ingest
+        .finish_media(receiving, study, name, mime_type, None)
+        .await
+        .map_err(ApiError::Ingest)?;
+    tracing::info!(key = %record.object_key, bytes = record.size, replaced, "media stored");
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(record)))
+}
+
+/// What a media PUT must be before its body is read: a valid UID and file
+/// name, a media type, a study the gateway knows.
+async fn check_media_put(
+    app: &App,
+    study: String,
+    name: String,
+    headers: &HeaderMap,
+) -> Result<(Uid, String, String), ApiError> {
     let study = Uid::parse(&study).map_err(|e| ApiError::BadRequest {
         what: "Study Instance UID",
         reason: e.to_string(),
@@ -132,19 +163,7 @@ pub async fn put_media(
     if known.is_none() {
         return Err(ApiError::NotFound(format!("study {study}")));
     }
-    let receiving = super::uploads::spool_body(&app, "operator", body).await?;
-    let (record, replaced) = app
-        .ingest
-        .finish_media(receiving, study, name, mime_type, None)
-        .await
-        .map_err(ApiError::Ingest)?;
-    tracing::info!(key = %record.object_key, bytes = record.size, replaced, "media stored");
-    let status = if replaced {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(record)))
+    Ok((study, name, mime_type))
 }
 
 /// `GET /api/reports`: every delivered report and how its fetch went. The

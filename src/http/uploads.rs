@@ -26,17 +26,23 @@ pub async fn put_upload(
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     // A malformed query (e.g. an `exp` past u64) is refused like a bad signature.
-    let Ok(Query(signature)) = signature else {
+    let authorised = signature.ok().and_then(|Query(signature)| {
+        let binding = UploadBinding::parse(&raw)?;
+        match app
+            .signer
+            .verify_upload(&binding, &signature, SystemTime::now())
+        {
+            Ok(_) => Some(binding),
+            Err(refusal) => {
+                tracing::debug!(%refusal, "upload URL refused");
+                None
+            }
+        }
+    });
+    let Some(binding) = authorised else {
+        drain(body, REFUSED_DRAIN_LIMIT).await;
         return Err(ApiError::Forbidden);
     };
-    let binding = UploadBinding::parse(&raw).ok_or(ApiError::Forbidden)?;
-    if let Err(refusal) = app
-        .signer
-        .verify_upload(&binding, &signature, SystemTime::now())
-    {
-        tracing::debug!(%refusal, "upload URL refused");
-        return Err(ApiError::Forbidden);
-    }
     let receiving = spool_body(&app, "upload", body).await?;
     let check = Check {
         study: Some(binding.study.clone()),
@@ -94,15 +100,7 @@ pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Re
     let mut next = Some(Ok(first));
     while let Some(chunk) = next {
         if let Err(e) = receiving.append(&chunk.map_err(broken)?).await {
-            // Read (and drop) a bounded rest of the body first, so the client
-            // is still listening when the refusal comes.
-            let mut drained = 0;
-            while let Some(Ok(chunk)) = stream.next().await {
-                drained += chunk.len();
-                if drained > DRAIN_LIMIT {
-                    break;
-                }
-            }
+            drain_stream(stream, DRAIN_LIMIT).await;
             return Err(ApiError::Ingest(e));
         }
         next = stream.next().await;
@@ -112,3 +110,22 @@ pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Re
 
 /// How much of a refused body is read before answering.
 const DRAIN_LIMIT: usize = 16 << 20;
+/// How much of a body refused before it was read (no such study, a bad
+/// signature) is read before answering.
+pub(super) const REFUSED_DRAIN_LIMIT: usize = 1 << 20;
+
+/// Reads and drops at most `limit` bytes of a body that is refused, so a
+/// client still sending it gets the answer rather than a reset connection.
+pub(super) async fn drain(body: Body, limit: usize) {
+    drain_stream(body.into_data_stream(), limit).await
+}
+
+async fn drain_stream(mut stream: axum::body::BodyDataStream, limit: usize) {
+    let mut drained = 0;
+    while let Some(Ok(chunk)) = stream.next().await {
+        drained += chunk.len();
+        if drained > limit {
+            break;
+        }
+    }
+}

@@ -10,7 +10,7 @@ fn health_and_empty_listing() {
     assert_eq!(gw.studies().len(), 0);
     let (status, body) = gw.get_json("/no/such/route", None);
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
-    let (status, body) = gw.get_json("/api/studies/not-a-uid", None);
+    let (status, body) = gw.get_json("/api/studies/not%20a%20uid", None);
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")));
 }
 
