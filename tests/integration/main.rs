@@ -2,7 +2,9 @@
 
 mod common;
 
+mod crash;
 mod dimse;
+mod disk_full;
 mod durability;
 mod files;
 mod http_api;
