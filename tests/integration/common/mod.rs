@@ -119,6 +119,7 @@ pub struct Gateway {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     tmpfs_mib: Option<u32>,
+    prefix: Vec<String>,
 }
 
 /// How to start a gateway.
@@ -129,6 +130,8 @@ pub struct Opts {
     /// Run the gateway with its data directory on a tmpfs of this many MiB,
     /// mounted in a private mount namespace (see [`Opts::tmpfs`]).
     pub tmpfs_mib: Option<u32>,
+    /// A program (and its arguments) the gateway is run under, e.g. strace.
+    pub prefix: Vec<String>,
 }
 
 impl Opts {
@@ -150,6 +153,13 @@ impl Opts {
         self.tmpfs_mib = Some(mib);
         self
     }
+    /// Runs the gateway under `program_and_args` (which must exec or trace
+    /// it as its child, e.g. `strace -f -o FILE`). [`Gateway::pid`] is then
+    /// that program's; [`Gateway::traced_pid`] finds the gateway.
+    pub fn prefix(mut self, program_and_args: &[&str]) -> Self {
+        self.prefix = program_and_args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
 }
 
 impl Gateway {
@@ -160,7 +170,7 @@ impl Gateway {
     pub fn start_with(opts: Opts) -> Gateway {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut gw = Gateway::spawn(data_dir, opts.args, opts.envs, opts.tmpfs_mib);
+        let mut gw = Gateway::spawn(data_dir, opts);
         gw._tmp = Some(tmp);
         gw
     }
@@ -169,15 +179,16 @@ impl Gateway {
     /// stderr piped; with `tmpfs_mib`, exec'd by a shell that first mounts
     /// a tmpfs of that size on `data_dir` in a new mount namespace (the
     /// process id stays the gateway's).
-    fn command(
-        data_dir: &Path,
-        args: &[String],
-        envs: &[(String, String)],
-        tmpfs_mib: Option<u32>,
-    ) -> Command {
+    fn command(data_dir: &Path, opts: &Opts) -> Command {
         let gateway = env!("CARGO_BIN_EXE_dicom-gateway");
-        let mut cmd = match tmpfs_mib {
-            None => Command::new(gateway),
+        let mut program: Vec<&str> = opts.prefix.iter().map(String::as_str).collect();
+        program.push(gateway);
+        let mut cmd = match opts.tmpfs_mib {
+            None => {
+                let mut cmd = Command::new(program[0]);
+                cmd.args(&program[1..]);
+                cmd
+            }
             Some(mib) => {
                 let mut cmd = Command::new(require("/usr/bin/unshare"));
                 cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -187,7 +198,7 @@ impl Gateway {
                     )
                     .arg(data_dir)
                     .arg(mib.to_string())
-                    .arg(gateway);
+                    .args(&program);
                 cmd
             }
         };
@@ -200,25 +211,20 @@ impl Gateway {
                 "--http-listen",
                 "127.0.0.1:0",
             ])
-            .args(args)
+            .args(&opts.args)
             .env_remove("DICOM_GATEWAY_API_TOKEN")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in envs {
+        for (k, v) in &opts.envs {
             cmd.env(k, v);
         }
         cmd
     }
 
-    fn spawn(
-        data_dir: PathBuf,
-        args: Vec<String>,
-        envs: Vec<(String, String)>,
-        tmpfs_mib: Option<u32>,
-    ) -> Gateway {
-        let mut child = Gateway::command(&data_dir, &args, &envs, tmpfs_mib)
+    fn spawn(data_dir: PathBuf, opts: Opts) -> Gateway {
+        let mut child = Gateway::command(&data_dir, &opts)
             .spawn()
             .expect("start dicom-gateway");
         let log = Log::drain(child.stderr.take().unwrap(), "gateway");
@@ -229,9 +235,10 @@ impl Gateway {
             dicom: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             log,
-            args,
-            envs,
-            tmpfs_mib,
+            args: opts.args,
+            envs: opts.envs,
+            tmpfs_mib: opts.tmpfs_mib,
+            prefix: opts.prefix,
         };
         gw.dicom = gw.listening("dicom");
         gw.http = gw.listening("http");
@@ -281,14 +288,9 @@ impl Gateway {
     /// `limit`) for it to exit by itself; returns its status and stderr.
     pub fn start_expecting_exit(opts: Opts, limit: Duration) -> (ExitStatus, String) {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let child = Gateway::command(
-            &tmp.path().join("data"),
-            &opts.args,
-            &opts.envs,
-            opts.tmpfs_mib,
-        )
-        .spawn()
-        .expect("start dicom-gateway");
+        let child = Gateway::command(&tmp.path().join("data"), &opts)
+            .spawn()
+            .expect("start dicom-gateway");
         let pid = child.id();
         let (done, exited) = mpsc::channel();
         std::thread::spawn(move || {
@@ -315,6 +317,19 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The gateway's process id when it runs under a [`Opts::prefix`]
+    /// program: that program's only child.
+    pub fn traced_pid(&self) -> u32 {
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        let ids: Vec<u32> = children
+            .split_whitespace()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 1, "children of {pid}: {children:?}");
+        ids[0]
     }
 
     /// Peak resident set size of the gateway so far, in bytes.
@@ -361,12 +376,13 @@ impl Gateway {
             assert!(self.stop().success());
         }
         let tmp = self._tmp.take();
-        let mut next = Gateway::spawn(
-            self.data_dir.clone(),
-            self.args.clone(),
-            self.envs.clone(),
-            None,
-        );
+        let opts = Opts {
+            args: self.args.clone(),
+            envs: self.envs.clone(),
+            tmpfs_mib: None,
+            prefix: self.prefix.clone(),
+        };
+        let mut next = Gateway::spawn(self.data_dir.clone(), opts);
         next._tmp = tmp;
         *self = next;
     }
