@@ -217,7 +217,10 @@ def run_cycle(gw: Gateway, args: argparse.Namespace, rng: random.Random, work: P
         proc = subprocess.Popen(
             [PYTHON, SENDER, "--port", str(gw.dicom_port), "--out", out, "--acks", record,
              "--study", study, "--uid-root", f"{study}.{i + 1}", "--seed", str(rng.getrandbits(32)),
-             "--min-kib", "1", "--max-kib", "256"],
+             "--min-kib", "1", "--max-kib", "256",
+             # pynetdicom sometimes misses the connection's end while it sends
+             # and waits for its DIMSE timeout (30 s by default): keep it short.
+             "--timeout", "10"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         threading.Thread(target=forward, args=(proc, events), daemon=True).start()

@@ -7,6 +7,7 @@ mod dimse;
 mod disk_full;
 mod durability;
 mod files;
+mod fsync_order;
 mod http_api;
 mod lifecycle;
 mod maintenance;
