@@ -82,9 +82,11 @@ fn parse_trace(text: &str) -> Vec<Call> {
     let mut pending: BTreeMap<&str, String> = BTreeMap::new();
     let mut calls = Vec::new();
     for line in text.lines() {
+        // strace pads the pid column: "6309  sendto(...".
         let Some((pid, rest)) = line.split_once(' ') else {
             continue;
         };
+        let rest = rest.trim_start();
         let full = if let Some(call) = rest.strip_suffix(" <unfinished ...>") {
             pending.insert(pid, call.to_owned());
             continue;
