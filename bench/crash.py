@@ -35,7 +35,7 @@ Method
 * What it proves and what not: see RELIABILITY.md. SIGKILL keeps the page
   cache, so this proves ordering and atomicity (acknowledged only after the
   rename into the store and the index commit), not the fsyncs.
-* Figures (stdout and bench/results/crash-<date>.{md,json}): cycles,
+* Figures (stdout and bench/results/crash-<date>-seed<seed>.{md,json}): cycles,
   instances generated / acknowledged / listed / byte-checked, losses,
   mismatches, unlisted complete objects, acknowledgements lost in flight
   (listed, never acknowledged), spool files swept at restarts, restart time
@@ -331,9 +331,9 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "per_cycle": cycles,
     }
-    day = datetime.date.today().isoformat()
+    name = f"crash-{datetime.date.today().isoformat()}-seed{seed}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"crash-{day}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [
         f"# Crash benchmark, {result['date']} (git {result['git']})",
         "",
@@ -351,7 +351,7 @@ def main() -> None:
     kills = [c["kill_after_acks"] for c in cycles]
     md += ["", f"Kill points: after {min(kills)}-{max(kills)} acknowledgements "
            f"(median {statistics.median(kills)}) plus 0-{args.max_delay_ms:g} ms.", ""]
-    (args.results_dir / f"crash-{day}.md").write_text("\n".join(md))
+    (args.results_dir / f"{name}.md").write_text("\n".join(md))
     print("\n".join(md))
     shutil.rmtree(work / "data", ignore_errors=True)
 
