@@ -5,7 +5,8 @@
 //! SIGKILL ends the process but not the kernel: its page cache survives, so
 //! this proves the order of the gateway's steps (acknowledge only after the
 //! rename into the store and the index commit) and their atomicity, not that
-//! the fsyncs reach the disk. See RELIABILITY.md for what would.
+//! the fsyncs are made: fsync_order.rs checks those, and RELIABILITY.md says
+//! what neither proves.
 //!
 //! The moment of each kill is random: after a number of acknowledgements
 //! drawn from a seeded RNG, plus a random delay of up to a few milliseconds,
