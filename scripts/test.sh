@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh            # as CI runs it
 #
-# Installs: Debian's dcmtk (storescu, echoscu, dcmdump), a Python venv in
+# Installs: Debian's dcmtk (storescu, echoscu, dcmdump) and strace (the
+# fsync-order test traces the gateway), a Python venv in
 # .venv with pydicom and pynetdicom, and s3s-fs (the S3 server of the S3
 # tests, which checks SigV4 signatures for real) into ~/.cargo/bin. Then:
 # rustfmt check, clippy, and `cargo test --features failpoints` (unit tests
@@ -16,10 +17,10 @@ sudo=""
 
 step() { printf '\n== %s\n' "$*"; }
 
-if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ]; then
-    step "installing DCMTK"
+if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ] || [ ! -x /usr/bin/strace ]; then
+    step "installing DCMTK and strace"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk strace >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -2,10 +2,13 @@
 
 mod common;
 
+mod crash;
 mod dimse;
+mod disk_full;
 mod duplicates;
 mod durability;
 mod files;
+mod fsync_order;
 mod hostile_http;
 mod hostile_network;
 mod hostile_reports;

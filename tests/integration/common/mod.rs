@@ -118,6 +118,8 @@ pub struct Gateway {
     log: Arc<Log>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    tmpfs_mib: Option<u32>,
+    prefix: Vec<String>,
 }
 
 /// How to start a gateway.
@@ -125,6 +127,11 @@ pub struct Gateway {
 pub struct Opts {
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
+    /// Run the gateway with its data directory on a tmpfs of this many MiB,
+    /// mounted in a private mount namespace (see [`Opts::tmpfs`]).
+    pub tmpfs_mib: Option<u32>,
+    /// A program (and its arguments) the gateway is run under, e.g. strace.
+    pub prefix: Vec<String>,
 }
 
 impl Opts {
@@ -134,6 +141,23 @@ impl Opts {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.envs.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    /// Puts the data directory on a tmpfs of `mib` MiB: the gateway runs
+    /// under `unshare -m` (needs root), which mounts it in a mount namespace
+    /// of the gateway's own, so the small filesystem never appears on the
+    /// host and goes away with the process. The test sees it through
+    /// `/proc/<pid>/root` ([`Gateway::view`]); such a gateway cannot
+    /// [`Gateway::restart`].
+    pub fn tmpfs(mut self, mib: u32) -> Self {
+        self.tmpfs_mib = Some(mib);
+        self
+    }
+    /// Runs the gateway under `program_and_args` (which must exec or trace
+    /// it as its child, e.g. `strace -f -o FILE`). [`Gateway::pid`] is then
+    /// that program's; [`Gateway::traced_pid`] finds the gateway.
+    pub fn prefix(mut self, program_and_args: &[&str]) -> Self {
+        self.prefix = program_and_args.iter().map(|a| (*a).to_owned()).collect();
         self
     }
 }
@@ -146,15 +170,38 @@ impl Gateway {
     pub fn start_with(opts: Opts) -> Gateway {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut gw = Gateway::spawn(data_dir, opts.args, opts.envs);
+        let mut gw = Gateway::spawn(data_dir, opts);
         gw._tmp = Some(tmp);
         gw
     }
 
     /// `dicom-gateway serve` on `data_dir`, listening on port 0, with its
-    /// stderr piped.
-    fn command(data_dir: &Path, args: &[String], envs: &[(String, String)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dicom-gateway"));
+    /// stderr piped; with `tmpfs_mib`, exec'd by a shell that first mounts
+    /// a tmpfs of that size on `data_dir` in a new mount namespace (the
+    /// process id stays the gateway's).
+    fn command(data_dir: &Path, opts: &Opts) -> Command {
+        let gateway = env!("CARGO_BIN_EXE_dicom-gateway");
+        let mut program: Vec<&str> = opts.prefix.iter().map(String::as_str).collect();
+        program.push(gateway);
+        let mut cmd = match opts.tmpfs_mib {
+            None => {
+                let mut cmd = Command::new(program[0]);
+                cmd.args(&program[1..]);
+                cmd
+            }
+            Some(mib) => {
+                let mut cmd = Command::new(require("/usr/bin/unshare"));
+                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "mkdir -p \"$0\" && mount -t tmpfs -o size=\"$1\"m tmpfs \"$0\" \
+                         && shift && exec \"$@\"",
+                    )
+                    .arg(data_dir)
+                    .arg(mib.to_string())
+                    .args(&program);
+                cmd
+            }
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -164,20 +211,20 @@ impl Gateway {
                 "--http-listen",
                 "127.0.0.1:0",
             ])
-            .args(args)
+            .args(&opts.args)
             .env_remove("DICOM_GATEWAY_API_TOKEN")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in envs {
+        for (k, v) in &opts.envs {
             cmd.env(k, v);
         }
         cmd
     }
 
-    fn spawn(data_dir: PathBuf, args: Vec<String>, envs: Vec<(String, String)>) -> Gateway {
-        let mut child = Gateway::command(&data_dir, &args, &envs)
+    fn spawn(data_dir: PathBuf, opts: Opts) -> Gateway {
+        let mut child = Gateway::command(&data_dir, &opts)
             .spawn()
             .expect("start dicom-gateway");
         let log = Log::drain(child.stderr.take().unwrap(), "gateway");
@@ -188,8 +235,10 @@ impl Gateway {
             dicom: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
             log,
-            args,
-            envs,
+            args: opts.args,
+            envs: opts.envs,
+            tmpfs_mib: opts.tmpfs_mib,
+            prefix: opts.prefix,
         };
         gw.dicom = gw.listening("dicom");
         gw.http = gw.listening("http");
@@ -239,7 +288,7 @@ impl Gateway {
     /// `limit`) for it to exit by itself; returns its status and stderr.
     pub fn start_expecting_exit(opts: Opts, limit: Duration) -> (ExitStatus, String) {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let child = Gateway::command(&tmp.path().join("data"), &opts.args, &opts.envs)
+        let child = Gateway::command(&tmp.path().join("data"), &opts)
             .spawn()
             .expect("start dicom-gateway");
         let pid = child.id();
@@ -268,6 +317,19 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The gateway's process id when it runs under a [`Opts::prefix`]
+    /// program: that program's only child.
+    pub fn traced_pid(&self) -> u32 {
+        let pid = self.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        let ids: Vec<u32> = children
+            .split_whitespace()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 1, "children of {pid}: {children:?}");
+        ids[0]
     }
 
     /// Peak resident set size of the gateway so far, in bytes.
@@ -306,24 +368,50 @@ impl Gateway {
 
     /// Starts a new process on the same data directory (new ports).
     pub fn restart(&mut self) {
+        assert!(
+            self.tmpfs_mib.is_none(),
+            "a gateway on a tmpfs cannot restart: the filesystem ends with the process"
+        );
         if self.child.is_some() {
             assert!(self.stop().success());
         }
         let tmp = self._tmp.take();
-        let mut next = Gateway::spawn(self.data_dir.clone(), self.args.clone(), self.envs.clone());
+        let opts = Opts {
+            args: self.args.clone(),
+            envs: self.envs.clone(),
+            tmpfs_mib: None,
+            prefix: self.prefix.clone(),
+        };
+        let mut next = Gateway::spawn(self.data_dir.clone(), opts);
         next._tmp = tmp;
         *self = next;
     }
 
+    /// `path` (absolute, e.g. under `data_dir`) as the gateway sees it: the
+    /// path itself, or for a gateway on a tmpfs the same path through
+    /// `/proc/<pid>/root`, which resolves in the gateway's mount namespace.
+    pub fn view(&self, path: &Path) -> PathBuf {
+        match self.tmpfs_mib {
+            None => path.to_owned(),
+            Some(_) => PathBuf::from(format!("/proc/{}/root", self.pid()))
+                .join(path.strip_prefix("/").expect("an absolute path")),
+        }
+    }
+
+    /// The data directory as the gateway sees it (see [`Gateway::view`]).
+    pub fn data_view(&self) -> PathBuf {
+        self.view(&self.data_dir)
+    }
+
     pub fn objects(&self) -> PathBuf {
-        self.data_dir.join("objects")
+        self.data_view().join("objects")
     }
 
     /// Spool files holding data. (The gateway keeps a pool of empty,
     /// pre-created spool files; a file in use starts with its Part-10 header,
     /// so it is never empty.)
     pub fn spool_files(&self) -> Vec<PathBuf> {
-        files_under(&self.data_dir.join("spool"))
+        files_under(&self.data_view().join("spool"))
             .into_iter()
             .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
             .collect()
@@ -547,4 +635,57 @@ pub fn generate_big(path: &Path, size_mib: u32) {
         .output()
         .unwrap();
     assert_ok(&out, "generate.py big");
+}
+
+/// `tests/peers/ack_sender.py` (pynetdicom) on one association to `gw`: it
+/// generates distinct instances, keeps each one sent in `out` as
+/// `<SOP Instance UID>.dcm`, appends one line per C-STORE response to
+/// `record` (`ack UID` or `refused UID 0xSSSS`) and prints it on its piped
+/// stdout. `args` adds the generator's options (`--study`, `--uid-root`, …).
+pub fn spawn_ack_sender(gw: &Gateway, out: &Path, record: &Path, args: &[&str]) -> Child {
+    Command::new(python())
+        .arg(repo().join("tests/peers/ack_sender.py"))
+        .args(["--host", &gw.dicom.ip().to_string()])
+        .args(["--port", &gw.dicom.port().to_string()])
+        .arg("--out")
+        .arg(out)
+        .arg("--acks")
+        .arg(record)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tests/peers/ack_sender.py")
+}
+
+/// What an ack_sender.py record file says.
+#[derive(Debug, Default)]
+pub struct AckRecord {
+    /// SOP Instance UIDs answered 0x0000, in order.
+    pub acked: Vec<String>,
+    /// SOP Instance UIDs answered with another status, and the status.
+    pub refused: Vec<(String, u16)>,
+}
+
+impl AckRecord {
+    pub fn read(path: &Path) -> AckRecord {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut record = AckRecord::default();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["ack", uid] => record.acked.push((*uid).to_owned()),
+                ["refused", uid, status] => {
+                    let status = u16::from_str_radix(status.trim_start_matches("0x"), 16)
+                        .unwrap_or_else(|e| {
+                            panic!("{}: bad status in {line:?}: {e}", path.display())
+                        });
+                    record.refused.push(((*uid).to_owned(), status));
+                }
+                _ => panic!("{}: unexpected line {line:?}", path.display()),
+            }
+        }
+        record
+    }
 }

@@ -1,0 +1,251 @@
+//! The fsyncs behind an acknowledgement, seen at the system-call level.
+//!
+//! `kill -9` (crash.rs) cannot tell whether the gateway fsyncs: the page
+//! cache survives a killed process. Here the gateway runs under `strace -f`
+//! and every C-STORE response must come after the fsyncs that make its
+//! instance durable. This pins the current commit protocol (spool file,
+//! rename into the store, directory and index sync); a journal-based design
+//! would need this test rewritten against its own durable write.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::common::{self, AckRecord, Gateway, Opts};
+
+/// One completed system call of the traced gateway that matters here.
+#[derive(Debug)]
+enum Call {
+    /// fsync/fdatasync of the file or directory at this path, succeeded.
+    Sync(String),
+    Rename {
+        from: String,
+        to: String,
+    },
+    Mkdir(String),
+    /// A write to a file at this path.
+    Write(String),
+    /// Bytes sent on a TCP socket (as many as strace shows).
+    Send(Vec<u8>),
+}
+
+/// The quoted strings of an strace argument list, as printed (with `-x`,
+/// a string with any non-printable byte is all `\xNN`, so no `"` inside).
+fn quoted(args: &str) -> Vec<&str> {
+    args.split('"').skip(1).step_by(2).collect()
+}
+
+/// The bytes of a string strace printed with `-x`.
+fn unescape(printed: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(printed.len() / 4);
+    let mut rest = printed.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some((&e, tail)) = rest.split_first() else {
+            break;
+        };
+        rest = tail;
+        match e {
+            b'x' if rest.len() >= 2 => {
+                let hex = std::str::from_utf8(&rest[..2]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                rest = &rest[2..];
+            }
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'v' => out.push(0x0b),
+            b'f' => out.push(0x0c),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The path strace `-y` shows for the first argument's file descriptor.
+fn fd_path(args: &str) -> Option<&str> {
+    let start = args.find('<')? + 1;
+    let end = start + args[start..].find('>')?;
+    Some(&args[start..end])
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Parses `strace -f -yy -x` output into completed calls, in completion
+/// order (an `<unfinished ...>` call counts where it is resumed).
+fn parse_trace(text: &str) -> Vec<Call> {
+    let mut pending: BTreeMap<&str, String> = BTreeMap::new();
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        // strace pads the pid column: "6309  sendto(...".
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let full = if let Some(call) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, call.to_owned());
+            continue;
+        } else if rest.starts_with("<... ") {
+            let Some((_, tail)) = rest.split_once(" resumed>") else {
+                continue;
+            };
+            match pending.remove(pid) {
+                Some(head) => head + tail,
+                None => continue,
+            }
+        } else {
+            rest.to_owned()
+        };
+        let Some((name, args)) = full.split_once('(') else {
+            continue;
+        };
+        let ok = full
+            .rsplit_once(" = ")
+            .is_some_and(|(_, r)| !r.starts_with('-'));
+        let call = match name {
+            "fsync" | "fdatasync" if ok => fd_path(args).map(|p| Call::Sync(p.to_owned())),
+            "rename" | "renameat" | "renameat2" if ok => match quoted(args).as_slice() {
+                [.., from, to] => Some(Call::Rename {
+                    from: (*from).to_owned(),
+                    to: (*to).to_owned(),
+                }),
+                _ => None,
+            },
+            "mkdir" | "mkdirat" if ok => quoted(args).first().map(|p| Call::Mkdir((*p).to_owned())),
+            "write" | "pwrite64" | "writev" | "sendto" | "sendmsg" => match fd_path(args) {
+                Some(p) if p.starts_with("TCP") => {
+                    quoted(args).first().map(|data| Call::Send(unescape(data)))
+                }
+                Some(p) => Some(Call::Write(p.to_owned())),
+                None => None,
+            },
+            _ => None,
+        };
+        calls.extend(call);
+    }
+    calls
+}
+
+/// The C-STORE responses must come after what makes the instance durable:
+/// its spool file's last write, then an fsync of it, then the rename to its
+/// key, then an fsync of that directory (and of the parent of every
+/// directory made for it) and an fsync of the index. Traced with strace,
+/// one sender: a gateway with any of these fsyncs removed, or acknowledging
+/// before them, fails here even though kill -9 could not tell (the page
+/// cache survives it). This pins the current commit protocol (spool, rename,
+/// directory and index sync); a journal-based design would need this test
+/// rewritten against its own durable write.
+#[test]
+fn every_acknowledgement_follows_the_fsyncs_that_make_it_durable() {
+    let strace = common::require("/usr/bin/strace");
+    let work = tempfile::tempdir().unwrap();
+    let trace = work.path().join("trace");
+    let mut gw = Gateway::start_with(Opts::default().prefix(&[
+        strace.to_str().unwrap(),
+        "-f",
+        "-qq",
+        "-yy",
+        "-x",
+        "-s",
+        "512",
+        "-e",
+        "trace=fsync,fdatasync,rename,renameat,renameat2,mkdir,mkdirat,\
+         write,pwrite64,writev,sendto,sendmsg",
+        "-o",
+        trace.to_str().unwrap(),
+    ]));
+    let (out, record) = (work.path().join("sent"), work.path().join("acks"));
+    let study = "2.25.8061.1";
+    let sender = common::spawn_ack_sender(
+        &gw,
+        &out,
+        &record,
+        &[
+            "--study",
+            study,
+            "--uid-root",
+            &format!("{study}.1"),
+            "--count",
+            "12",
+            "--min-kib",
+            "1",
+            "--max-kib",
+            "700",
+        ],
+    );
+    common::assert_ok(&sender.wait_with_output().unwrap(), "ack_sender.py");
+    let acked = AckRecord::read(&record).acked;
+    assert_eq!(acked.len(), 12);
+    // strace writes its last lines when the gateway has exited.
+    let ok = std::process::Command::new("kill")
+        .args(["-s", "TERM", &gw.traced_pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(gw.wait_exit().success());
+
+    let calls = parse_trace(&std::fs::read_to_string(&trace).unwrap());
+    let objects = format!("{}/", gw.objects().display());
+    let index = format!("{}/", gw.data_dir.join("index").display());
+    let data = format!("{}/", gw.data_dir.display());
+    let synced = |range: &[Call], path: &str| {
+        range
+            .iter()
+            .any(|c| matches!(c, Call::Sync(p) if p == path))
+    };
+    for sop in &acked {
+        let ack = calls
+            .iter()
+            .position(|c| matches!(c, Call::Send(d) if d.first() == Some(&0x04) && contains(d, sop.as_bytes())))
+            .unwrap_or_else(|| panic!("{sop}: no response in the trace"));
+        let before = &calls[..ack];
+        let r = before
+            .iter()
+            .rposition(|c| matches!(c, Call::Rename { to, .. } if to.starts_with(&objects) && to.ends_with(&format!("/{sop}.dcm"))))
+            .unwrap_or_else(|| panic!("{sop}: acknowledged before its rename into the store"));
+        let Call::Rename { from, to } = &calls[r] else {
+            unreachable!()
+        };
+        let sync = before[..r]
+            .iter()
+            .rposition(|c| matches!(c, Call::Sync(p) if p == from))
+            .unwrap_or_else(|| panic!("{sop}: {from} renamed without an fsync"));
+        let last_write = before[..r]
+            .iter()
+            .rposition(|c| matches!(c, Call::Write(p) if p == from));
+        assert!(
+            last_write.is_some_and(|w| w < sync),
+            "{sop}: {from} written after its fsync"
+        );
+        let dir = Path::new(to).parent().unwrap().to_str().unwrap();
+        assert!(
+            synced(&before[r..], dir),
+            "{sop}: {dir} not fsynced between the rename and the acknowledgement"
+        );
+        assert!(
+            before[r..]
+                .iter()
+                .any(|c| matches!(c, Call::Sync(p) if p.starts_with(&index))),
+            "{sop}: the index was not fsynced between the rename and the acknowledgement"
+        );
+        // A directory made for this instance is durable once its parent is
+        // (from the data directory down: making that is start-up's job).
+        for (m, call) in before.iter().enumerate() {
+            if let Call::Mkdir(made) = call
+                && to.starts_with(&format!("{made}/"))
+                && made.starts_with(&data)
+            {
+                let parent = Path::new(made).parent().unwrap().to_str().unwrap();
+                assert!(
+                    synced(&before[m..], parent),
+                    "{sop}: {made} was made but {parent} not fsynced before the acknowledgement"
+                );
+            }
+        }
+    }
+}
