@@ -151,6 +151,12 @@ impl std::fmt::Debug for Ingest {
 /// fill the filesystem the index lives on.
 const FREE_SPACE_CHECK_EVERY: u64 = 1 << 20;
 
+/// What one transfer may write between two checks: the bytes until its next
+/// check and the spool writer's two buffers. The free space must cover this
+/// for every transfer under way, on top of `min_free_space`, so that all of
+/// them together cannot eat into the reserve.
+const HEADROOM_PER_TRANSFER: u64 = FREE_SPACE_CHECK_EVERY + 2 * spool::WRITE_BUFFER as u64;
+
 /// An instance being received.
 #[derive(Debug)]
 pub struct Receiving {
@@ -160,6 +166,8 @@ pub struct Receiving {
     reserve: Reserve,
     /// Length at which the free space is checked next.
     check_at: u64,
+    /// Counts this transfer as under way while it lives.
+    _under_way: UnderWay,
 }
 
 /// The free space ingest keeps on the spool's filesystem.
@@ -167,15 +175,37 @@ pub struct Receiving {
 struct Reserve {
     dir: Arc<Path>,
     min: u64,
+    /// Transfers under way.
+    transfers: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One transfer under way, counted by its [`Reserve`] until dropped.
+#[derive(Debug)]
+struct UnderWay(Arc<std::sync::atomic::AtomicU64>);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Reserve {
     fn check(&self) -> Result<()> {
+        let transfers = self.transfers.load(std::sync::atomic::Ordering::Relaxed);
+        let needed = self
+            .min
+            .saturating_add(transfers.saturating_mul(HEADROOM_PER_TRANSFER));
         match free_space(&self.dir) {
-            Ok(free) if free < self.min => Err(Error::DiskFull { min: self.min }),
+            Ok(free) if free < needed => Err(Error::DiskFull { min: self.min }),
             Ok(_) => Ok(()),
             Err(e) => Err(Error::Spool(e)),
         }
+    }
+
+    fn start(&self) -> UnderWay {
+        self.transfers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        UnderWay(Arc::clone(&self.transfers))
     }
 }
 
@@ -186,6 +216,7 @@ impl Receiving {
             writer,
             limit,
             source,
+            _under_way: reserve.start(),
             reserve,
         }
     }
@@ -246,6 +277,7 @@ impl Ingest {
             reserve: Reserve {
                 dir: Arc::from(spool.dir()),
                 min: cfg.min_free_space,
+                transfers: Arc::default(),
             },
             spool,
         })

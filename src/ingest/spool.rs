@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 /// Bytes buffered before they are handed to the filesystem (two such buffers
 /// per instance being received).
-const WRITE_BUFFER: usize = 256 * 1024;
+pub(super) const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Empty spool files kept ready. Creating a file costs a journal entry that
 /// the next fsync must commit; creating them ahead, in batches, keeps that off
