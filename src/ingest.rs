@@ -37,8 +37,10 @@ pub enum Error {
     },
     #[error("instance larger than max_instance_size ({limit} bytes)")]
     TooLarge { limit: u64 },
-    #[error("less than min_free_space ({min} bytes) free for the data directory")]
-    DiskFull { min: u64 },
+    #[error(
+        "less than min_free_space ({min} bytes) free for the data directory, with room for {transfers} instances being received"
+    )]
+    DiskFull { min: u64, transfers: u64 },
     #[error("spool: {0}")]
     Spool(#[source] std::io::Error),
     #[error("store: {0}")]
@@ -191,12 +193,19 @@ impl Drop for UnderWay {
 
 impl Reserve {
     fn check(&self) -> Result<()> {
+        if self.min == 0 {
+            // No reserve to protect: the filesystem's own ENOSPC refuses.
+            return Ok(());
+        }
         let transfers = self.transfers.load(std::sync::atomic::Ordering::Relaxed);
         let needed = self
             .min
             .saturating_add(transfers.saturating_mul(HEADROOM_PER_TRANSFER));
         match free_space(&self.dir) {
-            Ok(free) if free < needed => Err(Error::DiskFull { min: self.min }),
+            Ok(free) if free < needed => Err(Error::DiskFull {
+                min: self.min,
+                transfers,
+            }),
             Ok(_) => Ok(()),
             Err(e) => Err(Error::Spool(e)),
         }
