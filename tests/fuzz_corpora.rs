@@ -14,7 +14,10 @@ mod entry;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-const TARGETS: [(&str, fn(&[u8])); 4] = [
+/// A fuzz target: its name and entry point.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 4] = [
     ("command_set", entry::command_set),
     ("header_scan", entry::header_scan),
     ("webhook_verify", entry::webhook_verify),
