@@ -5,6 +5,7 @@ mod common;
 mod dimse;
 mod durability;
 mod files;
+mod hostile_dicom;
 mod http_api;
 mod lifecycle;
 mod maintenance;
