@@ -205,3 +205,11 @@ fn the_scanner_agrees_with_dicom_object_in_every_native_encoding() {
     }
     assert!(checked >= 9, "only {checked} re-encodings checked");
 }
+
+#[test]
+fn the_wanted_table_is_sorted_for_its_binary_search() {
+    assert!(values::WANTED.windows(2).all(|w| w[0].0 < w[1].0));
+    for (i, (tag, _)) in values::WANTED.iter().enumerate() {
+        assert_eq!(values::wanted(*tag), Some(i));
+    }
+}
