@@ -136,6 +136,8 @@ pub struct Ingest {
     reserve: Reserve,
     index: Index,
     duplicates: DuplicatePolicy,
+    /// Bounds of the header read of every instance.
+    scan_limits: header::ScanLimits,
     /// Instances the duplicate policy refused since the start.
     duplicates_refused: std::sync::atomic::AtomicU64,
 }
@@ -279,6 +281,13 @@ impl Ingest {
             committer: Committer::new(store.clone(), index.clone()),
             index,
             duplicates: cfg.duplicates,
+            scan_limits: header::ScanLimits {
+                max_header_bytes: cfg.max_header_bytes,
+                max_depth: cfg.max_sequence_depth,
+                max_inflated: header::ScanLimits::default()
+                    .max_inflated
+                    .min(cfg.max_instance_size),
+            },
             duplicates_refused: Default::default(),
             store,
             locks: Arc::default(),
@@ -368,9 +377,10 @@ impl Ingest {
                 self.store.clone(),
             );
             let (index, policy) = (self.index.clone(), self.duplicates);
+            let limits = self.scan_limits.clone();
             return writer
                 .finish(true, move |spooled| {
-                    let (record, new) = describe(&spooled, &expected, source)?;
+                    let (record, new) = describe(&spooled, &expected, source, &limits)?;
                     let _one_at_a_time = locks.lock_blocking(record.sop_instance_uid.as_str());
                     let admission = duplicates::admit(policy, &index, &record, &expected)?;
                     note_replacing(&index, admission, &record)?;
@@ -387,9 +397,10 @@ impl Ingest {
                 .await
                 .map_err(Error::Spool)?;
         }
+        let limits = self.scan_limits.clone();
         let (spooled, described) = writer
             .finish(false, move |spooled| {
-                let described = describe(&spooled, &expected, source);
+                let described = describe(&spooled, &expected, source, &limits);
                 (spooled, described, expected)
             })
             .await
@@ -523,10 +534,11 @@ fn describe(
     spooled: &Spooled,
     expected: &Check,
     source: String,
+    limits: &header::ScanLimits,
 ) -> Result<(InstanceRecord, NewEntry)> {
     let header = std::panic::catch_unwind(|| {
         fail::fail_point!("ingest::describe");
-        header::read_header(spooled.path())
+        header::read_header_with(spooled.path(), limits)
     })
     .map_err(|_| Error::Panicked("reading its header"))??;
     check(&header.study, &expected.study, "Study Instance UID")?;

@@ -5,6 +5,7 @@
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
+use dicom_encoding::text::{DefaultCharacterSetCodec, TextCodec};
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
@@ -50,43 +51,96 @@ pub struct Command {
     pub has_dataset: bool,
 }
 
+/// The largest command set accepted. The association already caps command
+/// reassembly at 64 KiB; a real command set is a few hundred bytes.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// The values a command set element may carry that the gateway reads; every
+/// other group-0000 element is skipped by its length.
+#[derive(Default)]
+struct Fields<'a> {
+    field: Option<&'a [u8]>,
+    message_id: Option<&'a [u8]>,
+    responded_to: Option<&'a [u8]>,
+    data_set_type: Option<&'a [u8]>,
+    affected_class: Option<&'a [u8]>,
+    requested_class: Option<&'a [u8]>,
+    affected_instance: Option<&'a [u8]>,
+    requested_instance: Option<&'a [u8]>,
+}
+
 impl Command {
+    /// Parses a command set (Implicit VR Little Endian, group 0000 only).
+    ///
+    /// Bounded by construction: values are borrowed slices of `bytes`, every
+    /// length is checked against what remains before it is used, and nothing
+    /// is allocated beyond the few strings kept. An element of another group,
+    /// a length past the end, a truncated header or a command set over
+    /// [`MAX_COMMAND_BYTES`] is an error (the association aborts).
     pub fn parse(bytes: &[u8]) -> Result<Command, Error> {
-        let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &ts)
-            .map_err(|e| Error::Parse(e.to_string()))?;
-        let uint = |tag, name| -> Result<u16, Error> {
-            obj.element_opt(tag)
+        if bytes.len() > MAX_COMMAND_BYTES {
+            return Err(Error::Parse(format!(
+                "{} bytes, more than the {MAX_COMMAND_BYTES} allowed",
+                bytes.len()
+            )));
+        }
+        let mut f = Fields::default();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some((head, tail)) = rest.split_first_chunk::<8>() else {
+                return Err(Error::Parse(format!(
+                    "truncated element header ({} bytes left)",
+                    rest.len()
+                )));
+            };
+            let group = u16::from_le_bytes([head[0], head[1]]);
+            let element = u16::from_le_bytes([head[2], head[3]]);
+            let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if group != 0x0000 {
+                return Err(Error::Parse(format!(
+                    "element ({group:04X},{element:04X}) is not in group 0000"
+                )));
+            }
+            let len = usize::try_from(len)
                 .ok()
-                .flatten()
-                .and_then(|e| e.to_int::<u16>().ok())
-                .ok_or(Error::Missing(name))
-        };
-        let text = |tag| {
-            obj.element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
-        };
-        let field = uint(tags::COMMAND_FIELD, "Command Field")?;
+                .filter(|&l| l <= tail.len())
+                .ok_or_else(|| {
+                    Error::Parse(format!(
+                        "element (0000,{element:04X}) declares {len} bytes, only {} follow",
+                        tail.len()
+                    ))
+                })?;
+            let (value, after) = tail.split_at(len);
+            rest = after;
+            let slot = match element {
+                0x0100 => &mut f.field,
+                0x0110 => &mut f.message_id,
+                0x0120 => &mut f.responded_to,
+                0x0800 => &mut f.data_set_type,
+                0x0002 => &mut f.affected_class,
+                0x0003 => &mut f.requested_class,
+                0x1000 => &mut f.affected_instance,
+                0x1001 => &mut f.requested_instance,
+                _ => continue,
+            };
+            // A repeated element replaces the earlier one, as a data set
+            // insert does.
+            *slot = Some(value);
+        }
+        let field = us(f.field, "Command Field")?;
         // C-CANCEL carries MessageIDBeingRespondedTo instead of a Message ID.
         let message_id = if field == field::C_CANCEL_RQ {
-            uint(
-                tags::MESSAGE_ID_BEING_RESPONDED_TO,
-                "Message ID Being Responded To",
-            )?
+            us(f.responded_to, "Message ID Being Responded To")?
         } else {
-            uint(tags::MESSAGE_ID, "Message ID")?
+            us(f.message_id, "Message ID")?
         };
+        let has_dataset = us(f.data_set_type, "Command Data Set Type")? != NO_DATASET;
         Ok(Command {
             field,
             message_id,
-            affected_sop_class: text(tags::AFFECTED_SOP_CLASS_UID)
-                .or_else(|| text(tags::REQUESTED_SOP_CLASS_UID)),
-            affected_sop_instance: text(tags::AFFECTED_SOP_INSTANCE_UID)
-                .or_else(|| text(tags::REQUESTED_SOP_INSTANCE_UID)),
-            has_dataset: uint(tags::COMMAND_DATA_SET_TYPE, "Command Data Set Type")? != NO_DATASET,
+            affected_sop_class: ui(f.affected_class)?.or(ui(f.requested_class)?),
+            affected_sop_instance: ui(f.affected_instance)?.or(ui(f.requested_instance)?),
+            has_dataset,
         })
     }
 
@@ -94,6 +148,36 @@ impl Command {
     pub fn is_request(&self) -> bool {
         self.field & field::RESPONSE_BIT == 0
     }
+}
+
+/// The first value of a US element. Missing or empty is `Missing`; a value
+/// that is not whole 16-bit words is malformed.
+fn us(value: Option<&[u8]>, name: &'static str) -> Result<u16, Error> {
+    let value = value
+        .filter(|v| !v.is_empty())
+        .ok_or(Error::Missing(name))?;
+    match value.first_chunk::<2>() {
+        Some(first) if value.len() % 2 == 0 => Ok(u16::from_le_bytes(*first)),
+        _ => Err(Error::Parse(format!(
+            "{name} has an odd length ({})",
+            value.len()
+        ))),
+    }
+}
+
+/// A UI value as text, trailing NUL/space padding removed (odd lengths are
+/// tolerated: the padding is what is missing). Empty is absent.
+fn ui(value: Option<&[u8]>) -> Result<Option<String>, Error> {
+    let Some(value) = value else { return Ok(None) };
+    let text = DefaultCharacterSetCodec
+        .decode(value)
+        .map_err(|e| Error::Parse(format!("UID value: {e}")))?;
+    let text = text
+        .split('\\')
+        .map(|s| s.trim_end_matches(['\0', ' ']))
+        .collect::<Vec<_>>()
+        .join("\\");
+    Ok(Some(text))
 }
 
 /// The response to `req` with `status`; `comment` goes into Error Comment
@@ -235,6 +319,149 @@ mod tests {
                 .len(),
             64
         );
+    }
+
+    /// One Implicit VR LE element.
+    fn el(element: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 0];
+        out.extend_from_slice(&element.to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// A C-STORE-RQ laid out the way DCMTK's storescu sends it: group
+    /// length first, Priority, UIDs padded with a NUL to even length.
+    fn storescu_like() -> Vec<u8> {
+        let body = [
+            el(0x0002, b"1.2.840.10008.5.1.4.1.1.7\0"),
+            el(0x0100, &0x0001u16.to_le_bytes()),
+            el(0x0110, &0x0003u16.to_le_bytes()),
+            el(0x0700, &0x0000u16.to_le_bytes()),
+            el(0x0800, &0x0000u16.to_le_bytes()),
+            el(0x1000, b"1.2.276.0.7230010.3.1.4.1787205428.1.17\0"),
+        ]
+        .concat();
+        let mut out = el(0x0000, &(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn parses_a_storescu_command_set_and_round_trips_the_response() {
+        let cmd = Command::parse(&storescu_like()).unwrap();
+        assert_eq!(
+            cmd,
+            Command {
+                field: field::C_STORE_RQ,
+                message_id: 3,
+                affected_sop_class: Some("1.2.840.10008.5.1.4.1.1.7".into()),
+                affected_sop_instance: Some("1.2.276.0.7230010.3.1.4.1787205428.1.17".into()),
+                has_dataset: true,
+            }
+        );
+        // The response parses back with dicom-object (the writer side is
+        // unchanged) and carries what the request named.
+        let bytes = response(&cmd, status::SUCCESS, None);
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+                .unwrap();
+        assert_eq!(
+            obj.element(tags::AFFECTED_SOP_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "1.2.276.0.7230010.3.1.4.1787205428.1.17"
+        );
+    }
+
+    #[test]
+    fn a_length_past_the_end_is_refused_without_allocating_it() {
+        // What made the old parser zero-fill 4 GiB: (0000,0902) declaring
+        // 0xFFFFFFF0 bytes in a ~100-byte command set.
+        let mut bytes = storescu_like();
+        bytes.extend_from_slice(&[0, 0, 0x02, 0x09, 0xF0, 0xFF, 0xFF, 0xFF]);
+        bytes.extend_from_slice(b"short");
+        let err = Command::parse(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("(0000,0902) declares 4294967280 bytes"),
+            "{err}"
+        );
+        // Undefined length is no different.
+        let mut bytes = storescu_like();
+        bytes.extend_from_slice(&[0, 0, 0x00, 0x10, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert!(Command::parse(&bytes).is_err());
+    }
+
+    #[test]
+    fn truncated_input_is_refused_at_every_cut() {
+        let bytes = storescu_like();
+        // Element boundaries: a cut there leaves a shorter, valid command set.
+        let mut boundaries = vec![];
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            at += 8 + len;
+            boundaries.push(at);
+        }
+        for cut in 1..bytes.len() {
+            let parsed = Command::parse(&bytes[..cut]);
+            if !boundaries.contains(&cut) {
+                assert!(
+                    matches!(parsed, Err(Error::Parse(_))),
+                    "cut at {cut}: {parsed:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn elements_outside_group_0000_are_refused() {
+        let mut bytes = storescu_like();
+        bytes.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, 2, 0, 0, 0, b'1', 0]);
+        let err = Command::parse(&bytes).unwrap_err().to_string();
+        assert!(err.contains("(0008,0018) is not in group 0000"), "{err}");
+    }
+
+    #[test]
+    fn odd_lengths_of_numbers_are_refused_and_of_uids_tolerated() {
+        let bytes = [
+            el(0x0100, &[0x01, 0x00, 0x00]),
+            el(0x0110, &1u16.to_le_bytes()),
+            el(0x0800, &0x0101u16.to_le_bytes()),
+        ]
+        .concat();
+        let err = Command::parse(&bytes).unwrap_err().to_string();
+        assert!(err.contains("Command Field has an odd length (3)"), "{err}");
+        let bytes = [
+            el(0x0002, b"1.2.840.10008.1.1"),
+            el(0x0100, &field::C_ECHO_RQ.to_le_bytes()),
+            el(0x0110, &9u16.to_le_bytes()),
+            el(0x0800, &0x0101u16.to_le_bytes()),
+        ]
+        .concat();
+        let cmd = Command::parse(&bytes).unwrap();
+        assert_eq!(cmd.affected_sop_class.as_deref(), Some("1.2.840.10008.1.1"));
+        assert!(!cmd.has_dataset);
+    }
+
+    #[test]
+    fn oversized_command_sets_are_refused() {
+        let mut bytes = storescu_like();
+        bytes.extend(el(0x0700, &vec![0; MAX_COMMAND_BYTES]));
+        let err = Command::parse(&bytes).unwrap_err().to_string();
+        assert!(err.contains("more than the 65536 allowed"), "{err}");
+    }
+
+    #[test]
+    fn c_cancel_uses_the_message_id_being_responded_to() {
+        let bytes = [
+            el(0x0100, &field::C_CANCEL_RQ.to_le_bytes()),
+            el(0x0120, &42u16.to_le_bytes()),
+            el(0x0800, &0x0101u16.to_le_bytes()),
+        ]
+        .concat();
+        assert_eq!(Command::parse(&bytes).unwrap().message_id, 42);
     }
 
     #[test]

@@ -1,14 +1,22 @@
 //! The Part-10 header the gateway writes in front of received data sets, and
-//! the read-back of a stored header for indexing.
+//! the read-back of a stored header for indexing: a bounded, streaming scan
+//! (see `scan`) that keeps only the values indexing needs.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::file::ReadPreamble;
 use dicom_object::meta::FileMetaTableBuilder;
-use dicom_object::{InMemDicomObject, OpenFileOptions};
+
+mod scan;
+pub mod source;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use scan::Scanned;
+use values::Value;
 
 use crate::index::{InstanceTags, StudyTags};
 use crate::uid::Uid;
@@ -25,6 +33,10 @@ pub enum Error {
     Parse(String),
     #[error("data set has no {0}")]
     Missing(&'static str),
+    /// A bound of the scan was reached; the text names it first (it becomes
+    /// a C-STORE Error Comment, cut to 64 characters).
+    #[error("{0}")]
+    Limit(String),
     #[error("data set {name} is invalid: {source}")]
     BadUid {
         name: &'static str,
@@ -75,98 +87,150 @@ pub struct Header {
     pub study_tags: StudyTags,
 }
 
+/// Bounds of a header scan. Whatever a file declares, a scan holds at most
+/// a 64 KiB scratch buffer, the kept values (each under 64 KiB, UIDs under
+/// 1 KiB) and a stack of `2 × max_depth` small frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanLimits {
+    /// Structural bytes read before the pixel data: element and item headers
+    /// and the values kept. Values that are skipped (private OB/UN blobs, an
+    /// Encapsulated Document, waveforms, overlays, defined-length sequences)
+    /// do not count: they are read through the scratch buffer and dropped,
+    /// and they are in the spool file already. So a 600 MB Encapsulated
+    /// Document indexes, and a million tiny elements do not.
+    pub max_header_bytes: u64,
+    /// Nesting of undefined-length sequences (and encapsulated values).
+    pub max_depth: u32,
+    /// Inflated bytes of a deflated data set read before the pixel data;
+    /// the inflation ratio is capped as well
+    /// ([`source::MAX_INFLATION_RATIO`]).
+    pub max_inflated: u64,
+}
+
+impl Default for ScanLimits {
+    fn default() -> ScanLimits {
+        ScanLimits {
+            max_header_bytes: 16 << 20,
+            max_depth: 32,
+            max_inflated: 1 << 30,
+        }
+    }
+}
+
 /// Reads a Part-10 file's meta group and data set up to (not into) the pixel
-/// data. Blocking.
+/// data, with the default limits. Blocking.
 pub fn read_header(path: &Path) -> Result<Header, Error> {
+    read_header_with(path, &ScanLimits::default())
+}
+
+/// [`read_header`] under `limits`. The file's length is known, so a length
+/// past its end is refused at once.
+pub fn read_header_with(path: &Path, limits: &ScanLimits) -> Result<Header, Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::Parse(e.to_string()))?;
-    read_header_from(file)
+    let len = file
+        .metadata()
+        .map_err(|e| Error::Parse(e.to_string()))?
+        .len();
+    read_header_from_sized(file, Some(len), limits)
 }
 
 /// Reads a Part-10 object's header from `reader`, positioned at its first
-/// byte. Blocking when the reader is.
+/// byte, with the default limits. Blocking when the reader is.
 ///
-/// The read stops at Float Pixel Data (7FE0,0008), the first of the three
-/// pixel data tags, so no bulk data is ever loaded: a prefix of the object
-/// that reaches the pixel data is enough.
+/// The read stops at the first top-level pixel data element (Float, Double
+/// Float or Pixel Data), so a prefix of the object that reaches it is
+/// enough and nothing of the pixel data is read.
 ///
 /// The preamble is detected the way `dicom-object` does for files: skipped
 /// when `DICM` follows it, absent when the object starts with `DICM`, and
 /// otherwise assumed (so a non-DICOM object fails on the magic).
-pub fn read_header_from(mut reader: impl Read) -> Result<Header, Error> {
-    let mut head = [0u8; 132];
-    let mut filled = 0;
-    while filled < head.len() {
-        match reader.read(&mut head[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Parse(e.to_string())),
-        }
-    }
-    let head = &head[..filled];
-    let magic_after_preamble = head.get(128..132) == Some(&b"DICM"[..]);
-    let preamble = if !magic_after_preamble && head.starts_with(b"DICM") {
-        ReadPreamble::Never
-    } else {
-        ReadPreamble::Always
+pub fn read_header_from(reader: impl Read) -> Result<Header, Error> {
+    read_header_from_with(reader, &ScanLimits::default())
+}
+
+/// [`read_header_from`] under `limits`.
+pub fn read_header_from_with(reader: impl Read, limits: &ScanLimits) -> Result<Header, Error> {
+    read_header_from_sized(reader, None, limits)
+}
+
+/// [`read_header_from`] under `limits`, for a reader holding `len` bytes
+/// when that is known (a declared length past the end is then refused before
+/// anything is read; without it, a skip that meets the end fails there).
+pub fn read_header_from_sized(
+    mut reader: impl Read,
+    len: Option<u64>,
+    limits: &ScanLimits,
+) -> Result<Header, Error> {
+    let found = scan::scan(&mut reader, len, limits)?;
+    header_of(&found)
+}
+
+/// Builds the header from what the scan kept.
+fn header_of(found: &Scanned) -> Result<Header, Error> {
+    let text = |tag: Tag| found.get(tag).and_then(Value::text);
+    let int = |tag: Tag| found.get(tag).and_then(Value::int);
+    let float = |tag: Tag| {
+        found
+            .get(tag)
+            .and_then(Value::float)
+            .filter(|f| f.is_finite())
     };
-    let obj = OpenFileOptions::new()
-        .read_until(tags::FLOAT_PIXEL_DATA)
-        .read_preamble(preamble)
-        .from_reader(head.chain(reader))
-        .map_err(|e| Error::Parse(e.to_string()))?;
+    let small = |tag: Tag| int(tag).and_then(|v| u32::try_from(v).ok());
     let uid = |tag: Tag, name: &'static str| -> Result<Uid, Error> {
-        let raw = text(&obj, tag).ok_or(Error::Missing(name))?;
+        let raw = text(tag).ok_or(Error::Missing(name))?;
         Uid::parse(&raw).map_err(|source| Error::BadUid { name, source })
     };
-    let transfer_syntax =
-        Uid::parse(obj.meta().transfer_syntax()).map_err(|source| Error::BadUid {
-            name: "Transfer Syntax UID",
-            source,
-        })?;
+    let ts = found
+        .transfer_syntax
+        .as_deref()
+        .ok_or(Error::Missing("Transfer Syntax UID"))?
+        .trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    let transfer_syntax = Uid::parse(ts).map_err(|source| Error::BadUid {
+        name: "Transfer Syntax UID",
+        source,
+    })?;
     let sop_class = uid(tags::SOP_CLASS_UID, "SOP Class UID")?;
-    let bits_allocated = int(&obj, tags::BITS_ALLOCATED);
+    let bits_allocated = small(tags::BITS_ALLOCATED);
     // A Parametric Map stores 32-bit pixels as Float Pixel Data and 64-bit
     // ones as Double Float Pixel Data (PS3.3 C.7.6.3.1.2 / C.8.32); no other
     // IOD uses those elements.
     let parametric = sop_class.as_str() == uids::PARAMETRIC_MAP_STORAGE;
     let instance = InstanceTags {
-        modality: text(&obj, tags::MODALITY),
-        series_description: text(&obj, tags::SERIES_DESCRIPTION),
-        series_number: int(&obj, tags::SERIES_NUMBER),
-        instance_number: int(&obj, tags::INSTANCE_NUMBER),
-        rows: int(&obj, tags::ROWS),
-        columns: int(&obj, tags::COLUMNS),
+        modality: text(tags::MODALITY),
+        series_description: text(tags::SERIES_DESCRIPTION),
+        series_number: int(tags::SERIES_NUMBER),
+        instance_number: int(tags::INSTANCE_NUMBER),
+        rows: small(tags::ROWS),
+        columns: small(tags::COLUMNS),
         bits_allocated,
-        bits_stored: int(&obj, tags::BITS_STORED),
-        high_bit: int(&obj, tags::HIGH_BIT),
-        pixel_representation: int(&obj, tags::PIXEL_REPRESENTATION),
-        photometric_interpretation: text(&obj, tags::PHOTOMETRIC_INTERPRETATION),
-        samples_per_pixel: int(&obj, tags::SAMPLES_PER_PIXEL),
-        number_of_frames: int(&obj, tags::NUMBER_OF_FRAMES),
-        rescale_slope: float(&obj, tags::RESCALE_SLOPE),
-        rescale_intercept: float(&obj, tags::RESCALE_INTERCEPT),
+        bits_stored: small(tags::BITS_STORED),
+        high_bit: small(tags::HIGH_BIT),
+        pixel_representation: small(tags::PIXEL_REPRESENTATION),
+        photometric_interpretation: text(tags::PHOTOMETRIC_INTERPRETATION),
+        samples_per_pixel: small(tags::SAMPLES_PER_PIXEL),
+        number_of_frames: small(tags::NUMBER_OF_FRAMES),
+        rescale_slope: float(tags::RESCALE_SLOPE),
+        rescale_intercept: float(tags::RESCALE_INTERCEPT),
         is_float_pixel_data: parametric && bits_allocated == Some(32),
         is_double_float_pixel_data: parametric && bits_allocated == Some(64),
     };
     let study_tags = StudyTags {
-        patient_name: text(&obj, tags::PATIENT_NAME),
-        patient_id: text(&obj, tags::PATIENT_ID),
-        issuer_of_patient_id: text(&obj, tags::ISSUER_OF_PATIENT_ID),
-        patient_birth_date: text(&obj, tags::PATIENT_BIRTH_DATE),
-        patient_sex: text(&obj, tags::PATIENT_SEX),
-        patient_size: float(&obj, tags::PATIENT_SIZE),
-        patient_weight: float(&obj, tags::PATIENT_WEIGHT),
-        study_date: text(&obj, tags::STUDY_DATE),
-        study_time: text(&obj, tags::STUDY_TIME),
-        study_description: text(&obj, tags::STUDY_DESCRIPTION),
-        accession_number: text(&obj, tags::ACCESSION_NUMBER),
-        referring_physician_name: text(&obj, tags::REFERRING_PHYSICIAN_NAME),
-        institution_name: text(&obj, tags::INSTITUTION_NAME),
+        patient_name: text(tags::PATIENT_NAME),
+        patient_id: text(tags::PATIENT_ID),
+        issuer_of_patient_id: text(tags::ISSUER_OF_PATIENT_ID),
+        patient_birth_date: text(tags::PATIENT_BIRTH_DATE),
+        patient_sex: text(tags::PATIENT_SEX),
+        patient_size: float(tags::PATIENT_SIZE),
+        patient_weight: float(tags::PATIENT_WEIGHT),
+        study_date: text(tags::STUDY_DATE),
+        study_time: text(tags::STUDY_TIME),
+        study_description: text(tags::STUDY_DESCRIPTION),
+        accession_number: text(tags::ACCESSION_NUMBER),
+        referring_physician_name: text(tags::REFERRING_PHYSICIAN_NAME),
+        institution_name: text(tags::INSTITUTION_NAME),
     };
-    let source_ae = obj
-        .meta()
-        .source_application_entity_title
+    let source_ae = found
+        .source_ae
         .as_deref()
         .map(|ae| ae.trim_matches(|c: char| c == '\0' || c.is_whitespace()))
         .filter(|ae| !ae.is_empty())
@@ -181,23 +245,4 @@ pub fn read_header_from(mut reader: impl Read) -> Result<Header, Error> {
         instance,
         study_tags,
     })
-}
-
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let value = obj.element_opt(tag).ok()??.to_str().ok()?;
-    let trimmed = value.trim_matches(|c: char| c == '\0' || c.is_whitespace());
-    (!trimmed.is_empty()).then(|| trimmed.to_owned())
-}
-
-fn int<T: TryFrom<i64>>(obj: &InMemDicomObject, tag: Tag) -> Option<T> {
-    let v: i64 = obj.element_opt(tag).ok()??.to_int().ok()?;
-    T::try_from(v).ok()
-}
-
-fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
-    obj.element_opt(tag)
-        .ok()??
-        .to_float64()
-        .ok()
-        .filter(|f| f.is_finite())
 }

@@ -9,6 +9,7 @@ mod duplicates;
 mod durability;
 mod files;
 mod fsync_order;
+mod hostile_dicom;
 mod hostile_http;
 mod hostile_network;
 mod hostile_reports;
