@@ -1,5 +1,5 @@
 //! UIDs: liberal where it is safe. A UID that breaks PS3.5 but is harmless
-//! as a key (hex digits, leading zeros, over 64 characters) is stored as
+//! as a key (hex digits, leading zeros) is stored as
 //! received, as DCMTK and Orthanc do, so a modality is not left retrying it
 //! for ever; one that could escape a path is refused with 0xC000.
 
@@ -7,7 +7,7 @@ use crate::common::dul::{CT_IMAGE_STORAGE, EXPLICIT_VR_LE, Scu};
 use crate::common::{self, Gateway};
 
 #[test]
-fn hex_and_leading_zero_uids_are_stored_as_received() {
+fn hex_and_leading_zero_uids_are_stored_as_received_with_a_warning() {
     let gw = Gateway::start();
     let dir = tempfile::tempdir().unwrap();
     let f = common::fixture("study1/");
@@ -16,7 +16,9 @@ fn hex_and_leading_zero_uids_are_stored_as_received() {
     let (study, series, sop) = (
         "1.2.826.0.1.3680043.9.7.4a3f9e",
         "1.2.826.0.1.3680043.9.7.4a3f9e.01",
-        &format!("1.2.826.0.1.3680043.9.7.4a3f9e.01.{}", "7".repeat(60)),
+        // (DCMTK cuts a command's UIDs to 64 characters, so longer ones
+        // are covered by the unit tests of `Uid`.)
+        "1.2.826.0.1.3680043.9.7.4a3f9e.01.0042.ff",
     );
     common::pydicom(
         &format!(
