@@ -43,15 +43,8 @@ fn store(gw: &Gateway, file: &Path) -> Option<u64> {
     answer["results"][0]["status"].as_u64()
 }
 
-/// The instance `sop` of `study` as the operator API lists it.
 fn instance(gw: &Gateway, study: &str, sop: &str) -> Value {
-    gw.study(study)["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["instances"].as_array().unwrap().clone())
-        .find(|i| i["sopInstanceUid"] == sop)
-        .unwrap_or_else(|| panic!("{sop} not listed in {study}"))
+    gw.instance_record(study, sop)
 }
 
 fn stored_dataset(gw: &Gateway, record: &Value) -> Vec<u8> {

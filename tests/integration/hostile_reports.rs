@@ -28,14 +28,7 @@ fn gateway(allow_private: bool) -> Gateway {
 
 /// Signs and sends `event` with tests/peers/avara_sender.py; (status, body).
 fn send(gw: &Gateway, event: &Value) -> (u16, Value) {
-    let out = Command::new(common::python())
-        .arg(common::repo().join("tests/peers/avara_sender.py"))
-        .args(["--url", &gw.url("/webhooks/avara"), "--key", KEY])
-        .arg(event.to_string())
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "avara_sender.py");
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = common::avara_send(gw, KEY, &event.to_string(), &[]);
     (
         answer["status"].as_u64().unwrap() as u16,
         answer["body"].clone(),

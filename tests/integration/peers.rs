@@ -14,13 +14,7 @@ fn path_of(f: &Value) -> PathBuf {
 
 /// The instance record the API gives for a SOP Instance UID.
 fn record(gw: &Gateway, study: &str, sop: &str) -> Value {
-    gw.study(study)["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["instances"].as_array().unwrap().clone())
-        .find(|i| i["sopInstanceUid"] == sop)
-        .unwrap_or_else(|| panic!("{sop} not in study {study}"))
+    gw.instance_record(study, sop)
 }
 
 fn stored_path(gw: &Gateway, rec: &Value) -> PathBuf {

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -759,14 +758,7 @@ fn a_study_split_between_gateways_is_answered_whole() {
 
 /// `study.access_requested` etc. through Avara's own tools: the answer.
 fn webhook(gw: &Gateway, event: &Value) -> Value {
-    let out = Command::new(common::python())
-        .arg(common::repo().join("tests/peers/avara_sender.py"))
-        .args(["--url", &gw.url("/webhooks/avara"), "--key", KEY])
-        .arg(event.to_string())
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "avara_sender.py");
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::avara_send(gw, KEY, &event.to_string(), &[])
 }
 
 /// With S3 the gateway stays the way in for what the viewer and Avara send

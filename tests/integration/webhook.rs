@@ -29,16 +29,7 @@ fn send(gw: &Gateway, event: &Value, flags: &[&str]) -> (u16, Value) {
 }
 
 fn send_text(gw: &Gateway, event: &str, flags: &[&str]) -> (u16, Value) {
-    let url = format!("http://{}/webhooks/avara", gw.http);
-    let out = Command::new(common::python())
-        .arg(common::repo().join("tests/peers/avara_sender.py"))
-        .args(["--url", &url, "--key", KEY])
-        .args(flags)
-        .arg(event)
-        .output()
-        .unwrap();
-    common::assert_ok(&out, "avara_sender.py");
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = common::avara_send(gw, KEY, event, flags);
     (
         answer["status"].as_u64().unwrap() as u16,
         answer["body"].clone(),

@@ -447,6 +447,17 @@ impl Gateway {
         body
     }
 
+    /// The index record the operator API lists for `sop` in `study`.
+    pub fn instance_record(&self, study: &str, sop: &str) -> Value {
+        self.study(study)["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["instances"].as_array().unwrap().clone())
+            .find(|i| i["sopInstanceUid"] == sop)
+            .unwrap_or_else(|| panic!("{sop} not listed in study {study}"))
+    }
+
     pub fn studies(&self) -> Vec<Value> {
         let (status, body) = self.get_json("/api/studies", None);
         assert_eq!(status, 200, "{body}");
@@ -552,6 +563,19 @@ pub fn pynet(gw: &Gateway, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).expect("pynet.py prints JSON")
+}
+
+/// Signs `event` with `key` and posts it to the gateway's Avara webhook with
+/// `tests/peers/avara_sender.py` (Avara's own libraries), passing `flags`
+/// on; its JSON answer (`status`, `body`, ...).
+pub fn avara_send(gw: &Gateway, key: &str, event: &str, flags: &[&str]) -> Value {
+    let out = run(Command::new(python())
+        .arg(repo().join("tests/peers/avara_sender.py"))
+        .args(["--url", &gw.url("/webhooks/avara"), "--key", key])
+        .args(flags)
+        .arg(event));
+    assert_ok(&out, "avara_sender.py");
+    serde_json::from_slice(&out.stdout).expect("avara_sender.py prints JSON")
 }
 
 /// Runs a Python snippet with pydicom; returns stdout.
