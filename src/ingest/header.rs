@@ -10,12 +10,13 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::meta::FileMetaTableBuilder;
 
 mod scan;
-pub mod source;
+mod source;
 #[cfg(test)]
 mod tests;
 mod values;
 
 use scan::Scanned;
+pub use source::MAX_INFLATION_RATIO;
 use values::Value;
 
 use crate::index::{InstanceTags, StudyTags};
@@ -103,7 +104,7 @@ pub struct ScanLimits {
     pub max_depth: u32,
     /// Inflated bytes of a deflated data set read before the pixel data;
     /// the inflation ratio is capped as well
-    /// ([`source::MAX_INFLATION_RATIO`]).
+    /// ([`MAX_INFLATION_RATIO`]).
     pub max_inflated: u64,
 }
 

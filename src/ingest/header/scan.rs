@@ -230,7 +230,7 @@ fn read_meta(src: &mut Source<'_>, budget: &mut Budget) -> Result<Meta, Error> {
             meta.pushback_len = 4;
             break;
         }
-        let (vr, len) = element_header(src, EXPLICIT_LE, tag, budget)?;
+        let (_, len) = element_header(src, EXPLICIT_LE, tag, budget)?;
         if len == UNDEFINED {
             return Err(Error::Parse(format!(
                 "meta element {tag} has an undefined length"
@@ -245,7 +245,6 @@ fn read_meta(src: &mut Source<'_>, budget: &mut Budget) -> Result<Meta, Error> {
                 end = src.pos().checked_add(u64::from(u32::from_le_bytes(b)));
             }
             TRANSFER_SYNTAX | SOURCE_AE => {
-                let _ = vr;
                 let bytes = read_value(src, tag, len, MAX_META_VALUE, budget)?;
                 let text = DefaultCharacterSetCodec
                     .decode(&bytes)
@@ -350,7 +349,7 @@ fn walk(
         let slot = values::wanted(tag).filter(|_| stack.is_empty() && vr != VR::SQ);
         match slot {
             Some(i) => {
-                let bytes = read_value(src, tag, len, values::cap(tag, vr), budget)?;
+                let bytes = read_value(src, tag, len, values::cap(vr), budget)?;
                 let value = values::decode(tag, vr, &bytes, enc.big_endian, &charset)?;
                 if tag == dicom_dictionary_std::tags::SPECIFIC_CHARACTER_SET {
                     charset = values::charset(&value);

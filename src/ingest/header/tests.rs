@@ -213,3 +213,44 @@ fn the_wanted_table_is_sorted_for_its_binary_search() {
         assert_eq!(values::wanted(*tag), Some(i));
     }
 }
+
+/// The instances `testdata/generate.py` writes for benchmarks (streamed: the
+/// header by pydicom, the pixel data appended) read the same as through
+/// dicom-object.
+#[test]
+fn the_scanner_agrees_with_dicom_object_on_generated_bench_instances() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = repo.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        ".venv/bin/python (pydicom) is missing: run scripts/test.sh"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let big = dir.path().join("big.dcm");
+    for args in [
+        vec!["bench", out, "--set", "ct512", "--count", "2"],
+        vec!["bench", out, "--set", "small9", "--count", "2"],
+        vec!["bench", out, "--set", "mf100", "--count", "1"],
+        vec!["big", big.to_str().unwrap(), "--size-mib", "2"],
+    ] {
+        let status = std::process::Command::new(&python)
+            .arg(repo.join("testdata/generate.py"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "generate.py {args:?}");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 6, "{files:?}");
+    for path in files {
+        let old = oracle(std::fs::File::open(&path).unwrap()).unwrap();
+        let new = read_header(&path).unwrap();
+        assert_eq!(new, old, "{}", path.display());
+    }
+}

@@ -57,9 +57,8 @@ pub fn wanted(tag: Tag) -> Option<usize> {
     WANTED.binary_search_by(|(t, _)| t.cmp(&tag)).ok()
 }
 
-/// The most bytes kept for a value of `tag`.
-pub fn cap(tag: Tag, vr: VR) -> u32 {
-    let _ = tag;
+/// The most bytes kept for a value of `vr`.
+pub fn cap(vr: VR) -> u32 {
     if vr == VR::UI {
         MAX_UID_VALUE
     } else {
