@@ -196,3 +196,71 @@ fn a_deflate_bomb_is_refused() {
     assert_rss_bounded(&gw);
     storescu_stores(&gw);
 }
+
+/// `max_sequence_depth` and `max_header_bytes` are the gateway's settings,
+/// not constants: three nested sequences pass the default and are refused
+/// at a depth of 2; a header of 10,000 empty elements is refused under a
+/// 64 KiB `max_header_bytes`.
+#[test]
+fn the_header_limits_are_the_configured_ones() {
+    let nested = |depth: usize| {
+        let mut data = ids();
+        for _ in 0..depth {
+            data.extend(long(0x0040, 0xA730, b"SQ", u32::MAX));
+            data.extend(item(0xE000, u32::MAX));
+        }
+        for _ in 0..depth {
+            data.extend(item(0xE00D, 0));
+            data.extend(item(0xE0DD, 0));
+        }
+        data
+    };
+    let wordy = || {
+        // 10,000 empty private elements (80 KB of element headers: what
+        // `max_header_bytes` counts; skipped values do not count) between the
+        // SOP UIDs (0008,xxxx) and the patient and study (0010/0020,xxxx)
+        // the scan must reach.
+        let all = ids();
+        let sop_uids = short(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0").len()
+            + short(
+                0x0008,
+                0x0018,
+                b"UI",
+                b"1.2.826.0.1.3680043.10.1234.99.1.1\0",
+            )
+            .len();
+        let mut data = all[..sop_uids].to_vec();
+        for element in 0x1000..0x1000 + 10_000u16 {
+            data.extend(short(0x0009, element, b"LO", b""));
+        }
+        data.extend(&all[sop_uids..]);
+        data
+    };
+
+    let default = Gateway::start();
+    let mut scu = Scu::connect(default.dicom, CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let rsp = scu.store(CT_IMAGE_STORAGE, INSTANCE, &nested(3), 16 * 1024);
+    assert_eq!(rsp.status, 0x0000, "{rsp:?}");
+    scu.release();
+
+    let strict = Gateway::start_with(
+        crate::common::Opts::default()
+            .arg("--max-sequence-depth")
+            .arg("2")
+            .arg("--max-header-bytes")
+            .arg("65536"),
+    );
+    let mut scu = Scu::connect(strict.dicom, CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let rsp = scu.store(CT_IMAGE_STORAGE, INSTANCE, &nested(3), 16 * 1024);
+    assert_eq!(rsp.status, 0xC000, "{rsp:?}");
+    assert_eq!(
+        rsp.comment.as_deref(),
+        Some("sequence nesting deeper than 2")
+    );
+    let rsp = scu.store(CT_IMAGE_STORAGE, INSTANCE, &wordy(), 16 * 1024);
+    assert_eq!(rsp.status, 0xC000, "{rsp:?}");
+    let comment = rsp.comment.unwrap_or_default();
+    assert!(comment.contains("header over"), "{comment}");
+    store_good(&mut scu);
+    scu.release();
+}
