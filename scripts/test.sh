@@ -50,4 +50,9 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features failpoints -- -D warnings
 
 step "tests"
-cargo test --locked --all-targets --features failpoints
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --all-targets --features failpoints 2>&1 | tee "$log"
+# One closing line over every test binary (the last binary cargo runs is an
+# example with no tests).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
