@@ -245,7 +245,7 @@ fn read_meta(src: &mut Source<'_>, budget: &mut Budget) -> Result<Meta, Error> {
                 end = src.pos().checked_add(u64::from(u32::from_le_bytes(b)));
             }
             TRANSFER_SYNTAX | SOURCE_AE => {
-                let bytes = read_value(src, tag, len, MAX_META_VALUE, budget)?;
+                let bytes = read_value(src, tag, len, MAX_META_VALUE, false, budget)?;
                 let text = DefaultCharacterSetCodec
                     .decode(&bytes)
                     .map_err(|e| Error::Parse(format!("meta element {tag}: {e}")))?;
@@ -349,7 +349,7 @@ fn walk(
         let slot = values::wanted(tag).filter(|_| stack.is_empty() && vr != VR::SQ);
         match slot {
             Some(i) => {
-                let bytes = read_value(src, tag, len, values::cap(vr), budget)?;
+                let bytes = read_value(src, tag, len, values::cap(vr), vr != VR::UI, budget)?;
                 let value = values::decode(tag, vr, &bytes, enc.big_endian, &charset)?;
                 if tag == dicom_dictionary_std::tags::SPECIFIC_CHARACTER_SET {
                     charset = values::charset(&value);
@@ -441,21 +441,26 @@ fn check_fits(src: &Source<'_>, tag: Tag, len: u32) -> Result<(), Error> {
     }
 }
 
-/// Reads a kept value of at most `cap` bytes.
+/// Reads a kept value of at most `cap` bytes; a longer one is an error, or
+/// with `cut` (text) is cut to `cap` bytes and the rest skipped.
 fn read_value(
     src: &mut Source<'_>,
     tag: Tag,
     len: u32,
     cap: u32,
+    cut: bool,
     budget: &mut Budget,
 ) -> Result<Vec<u8>, Error> {
-    if len > cap {
+    if len > cap && !cut {
         return Err(Error::Limit(format!(
             "element {tag} value of {len} bytes is over the {cap}-byte limit"
         )));
     }
-    budget.take(u64::from(len))?;
-    let mut bytes = vec![0u8; len as usize];
+    // Text past the cap is cut: only its first `cap` bytes are kept.
+    let kept = len.min(cap);
+    budget.take(u64::from(kept))?;
+    let mut bytes = vec![0u8; kept as usize];
     src.exact(&mut bytes, &|| format!("element {tag}"))?;
+    src.skip(u64::from(len - kept), &|| format!("element {tag}"))?;
     Ok(bytes)
 }

@@ -11,8 +11,16 @@ use super::Error;
 
 /// Longest value kept for a UID (PS3.5 allows 64; leniency up to here).
 pub const MAX_UID_VALUE: u32 = 1024;
-/// Longest value kept for any other wanted element.
-pub const MAX_TEXT_VALUE: u32 = 64 * 1024;
+/// Longest value kept for any other wanted element: far above what PS3.5
+/// allows any of them (64 characters a value for most), and small enough
+/// that every kept value of a header together stays well under 1 MiB. A
+/// longer value is cut here, not refused (a modality would retry it for
+/// ever).
+pub const MAX_TEXT_VALUE: u32 = 8 * 1024;
+/// Values of a multi-valued element kept apart; what follows stays in the
+/// last one, so the joined text is unchanged. (A value of 8,000 backslashes
+/// must not become 8,000 strings.)
+const MAX_VALUES: usize = 16;
 
 /// The data set elements `Header` is built from, with the VR the standard
 /// gives them (used for Implicit VR data sets). Sorted by tag.
@@ -120,7 +128,7 @@ pub fn decode(
     Ok(match vr {
         VR::AE | VR::CS | VR::AS => Value::Strs(
             bytes
-                .split(|b| *b == b'\\')
+                .splitn(MAX_VALUES, |b| *b == b'\\')
                 .map(|part| DefaultCharacterSetCodec.decode(part))
                 .collect::<Result<_, _>>()
                 .map_err(bad_text)?,
@@ -128,7 +136,7 @@ pub fn decode(
         VR::PN | VR::SH | VR::LO | VR::UC | VR::UI | VR::IS | VR::DS | VR::DA | VR::TM | VR::DT => {
             Value::Strs(
                 bytes
-                    .split(|b| *b == b'\\')
+                    .splitn(MAX_VALUES, |b| *b == b'\\')
                     .map(|part| charset.decode(part))
                     .collect::<Result<_, _>>()
                     .map_err(bad_text)?,

@@ -334,15 +334,30 @@ fn undefined_length_un_and_encapsulated_values_are_walked() {
 }
 
 #[test]
-fn oversized_kept_values_and_headers_are_refused_by_name() {
+fn oversized_text_is_cut_and_a_flood_of_values_stays_small() {
     let mut file = prefix(EXPLICIT_LE);
     file.extend(le(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.7\0"));
+    file.extend(le(0x0008, 0x0018, b"UI", b"1.2.3.4.5\0"));
     file.extend(le(0x0010, 0x0010, b"UC", &vec![b'A'; 100 * 1024]));
-    let err = scan_bytes(&file, &ScanLimits::default()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "element (0010,0010) value of 102400 bytes is over the 65536-byte limit"
+    file.extend(le(0x0010, 0x0020, b"UC", &vec![b'\\'; 8000]));
+    file.extend(le(0x0020, 0x000D, b"UI", b"1.2.3\0"));
+    file.extend(le(0x0020, 0x000E, b"UI", b"1.2.3.4\0"));
+    let h = scan_bytes(&file, &ScanLimits::default()).unwrap();
+    let name = h.study_tags.patient_name.unwrap();
+    assert_eq!(name.len(), super::super::values::MAX_TEXT_VALUE as usize);
+    // 8,000 empty values are kept as at most 16 strings; the text of the
+    // element is unchanged.
+    let id = h.study_tags.patient_id.unwrap_or_default();
+    assert!(
+        id.len() == 8000 && id.bytes().all(|b| b == b'\\'),
+        "{}",
+        id.len()
     );
+    assert_eq!(h.sop_instance.as_str(), "1.2.3.4.5");
+}
+
+#[test]
+fn oversized_uids_and_headers_are_refused_by_name() {
     let mut file = prefix(EXPLICIT_LE);
     file.extend(le(0x0020, 0x000D, b"UI", &vec![b'1'; 2048]));
     let err = scan_bytes(&file, &ScanLimits::default()).unwrap_err();
