@@ -27,12 +27,17 @@ use crate::ingest::Ingest;
 
 type Options = ServerAssociationOptions<'static, AeAccess, DefaultNegotiation>;
 
+/// Connections from outside `allowed_peers` kept while they are refused.
+const STRANGERS: usize = 16;
+
 /// Everything the DICOM side needs, built once from the configuration.
 pub struct DicomServer {
     options: Options,
     ingest: Arc<Ingest>,
     slots: Arc<Semaphore>,
     pending: Arc<PendingSet>,
+    /// Connections from outside `allowed_peers` waiting for their refusal.
+    strangers: Arc<PendingSet>,
     allowed_peers: Vec<IpAddr>,
     grace: Duration,
     artim: Duration,
@@ -62,6 +67,7 @@ impl DicomServer {
             ingest,
             slots: Arc::new(Semaphore::new(cfg.max_associations)),
             pending: PendingSet::new(cfg.max_pending_connections),
+            strangers: PendingSet::new(STRANGERS),
             allowed_peers: cfg.allowed_peers.clone(),
             grace: cfg.shutdown_grace(),
             artim: cfg.artim_timeout(),
@@ -90,10 +96,20 @@ impl DicomServer {
                 },
                 () = cancel.cancelled() => break,
             };
-            // Counted (and, when full, the oldest closed) here, in accept
-            // order; an association slot only once its request is complete.
-            let (waiting, evicted) = self.pending.admit();
-            if evicted {
+            // Counted (and, when full, the oldest of the greediest host
+            // closed) here, in accept order; an association slot only once
+            // its request is complete. Peers outside allowed_peers wait for
+            // their refusal in a small set of their own, so they can never
+            // push a modality out.
+            let stranger =
+                !self.allowed_peers.is_empty() && !self.allowed_peers.contains(&peer.ip());
+            let set = if stranger {
+                &self.strangers
+            } else {
+                &self.pending
+            };
+            let (waiting, evicted) = set.admit(peer.ip());
+            if evicted && !stranger {
                 tracing::warn!(
                     limit = self.pending.len(),
                     "max_pending_connections reached; closed the oldest connection without a request"
@@ -139,6 +155,7 @@ impl DicomServer {
         }
         if !self.allowed_peers.is_empty() && !self.allowed_peers.contains(&peer.ip()) {
             tracing::warn!(%peer, "connection from a peer not in allowed_peers; rejected");
+            // Read (at most ARTIM) what it sends, so it sees the refusal.
             let reason =
                 AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
             let stop = waiting.evicted.clone();
@@ -149,6 +166,8 @@ impl DicomServer {
             }
             return;
         }
+        // The whole handshake, request to A-ASSOCIATE-AC, within ARTIM.
+        let artim_over = tokio::time::Instant::now() + self.artim;
         let arrived = tokio::select! {
             arrived = pending::request_arrived(&socket, self.artim, &waiting.evicted) => arrived,
             () = cancel.cancelled() => return,
@@ -167,12 +186,17 @@ impl DicomServer {
             return;
         };
         let assoc = tokio::select! {
-            assoc = self.options.establish_async(socket) => assoc,
+            assoc = tokio::time::timeout_at(artim_over, self.options.establish_async(socket)) => assoc,
             () = hard_stop.cancelled() => return,
         };
         let assoc = match assoc {
-            Ok(assoc) => assoc,
-            Err(e) => {
+            Ok(Ok(assoc)) => assoc,
+            Err(_) => {
+                drop(slot);
+                tracing::warn!(%peer, artim = ?self.artim, "association not established within the ARTIM time");
+                return;
+            }
+            Ok(Err(e)) => {
                 drop(slot);
                 tracing::warn!(%peer, error = %e, "association not established");
                 return;

@@ -8,7 +8,8 @@
 //! §9.1.5) to deliver its whole request before it is closed. Only a complete
 //! request takes an association slot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +37,8 @@ pub struct PendingSet {
 #[derive(Debug, Default)]
 struct State {
     next: u64,
-    waiting: BTreeMap<u64, CancellationToken>,
+    /// Oldest first.
+    waiting: BTreeMap<u64, (IpAddr, CancellationToken)>,
 }
 
 /// A place in the set; dropping it leaves the set. `evicted` fires when a
@@ -56,21 +58,34 @@ impl PendingSet {
         })
     }
 
-    /// Admits a new connection, closing the oldest waiting one if the set
-    /// is full. Returns whether one was evicted, for the log.
-    pub fn admit(self: &Arc<Self>) -> (Pending, bool) {
+    /// Admits a new connection from `peer`. When the set is full, the
+    /// oldest connection of the address holding the most places is closed:
+    /// a flood from one host makes room from its own connections, not from
+    /// a modality's. Returns whether one was evicted, for the log.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> (Pending, bool) {
         let mut state = self.state.lock().expect("pending set");
         let mut evicted = false;
         while state.waiting.len() >= self.cap {
-            if let Some((_, oldest)) = state.waiting.pop_first() {
-                oldest.cancel();
-                evicted = true;
+            let mut held: HashMap<IpAddr, usize> = HashMap::new();
+            for (ip, _) in state.waiting.values() {
+                *held.entry(*ip).or_default() += 1;
             }
+            let greediest = held.into_iter().max_by_key(|(_, n)| *n).map(|(ip, _)| ip);
+            let victim = state
+                .waiting
+                .iter()
+                .find(|(_, (ip, _))| Some(*ip) == greediest)
+                .map(|(id, _)| *id);
+            let Some((_, token)) = victim.and_then(|id| state.waiting.remove(&id)) else {
+                break;
+            };
+            token.cancel();
+            evicted = true;
         }
         let id = state.next;
         state.next += 1;
         let token = CancellationToken::new();
-        state.waiting.insert(id, token.clone());
+        state.waiting.insert(id, (peer, token.clone()));
         let pending = Pending {
             set: Arc::clone(self),
             id,
@@ -104,13 +119,18 @@ pub enum Error {
     Closed,
     #[error("closed to make room for a newer connection")]
     Evicted,
+    #[error("first PDU (type 0x{0:02X}) is not an A-ASSOCIATE-RQ")]
+    NotARequest(u8),
     #[error("reading the A-ASSOCIATE-RQ: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// Waits, without consuming anything, until `socket` holds a complete
 /// A-ASSOCIATE-RQ (or enough of a long one), for at most `artim`. Any other
-/// first PDU is left for the association layer to refuse.
+/// first PDU closes the connection (PS3.8 state Sta2 answers it with an
+/// A-ABORT). The association layer then reads the request within what is
+/// left of the ARTIM time, so no part of the handshake can hold a slot for
+/// longer.
 pub async fn request_arrived(
     socket: &TcpStream,
     artim: Duration,
@@ -126,7 +146,7 @@ pub async fn request_arrived(
             }
             if n >= PDU_HEADER {
                 if buf[0] != ASSOCIATE_RQ {
-                    return Ok(());
+                    return Err(Error::NotARequest(buf[0]));
                 }
                 let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
                 let need = PDU_HEADER
@@ -161,10 +181,11 @@ mod tests {
     #[test]
     fn the_oldest_waiting_connection_makes_room() {
         let set = PendingSet::new(2);
-        let (a, evicted) = set.admit();
+        let ip = |last| IpAddr::from([127, 0, 0, last]);
+        let (a, evicted) = set.admit(ip(1));
         assert!(!evicted);
-        let (b, _) = set.admit();
-        let (c, evicted) = set.admit();
+        let (b, _) = set.admit(ip(1));
+        let (c, evicted) = set.admit(ip(1));
         assert!(evicted);
         assert!(a.evicted.is_cancelled());
         assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
@@ -173,6 +194,20 @@ mod tests {
         assert_eq!(set.len(), 1);
         drop(c);
         assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn a_flood_from_one_host_makes_room_from_its_own_connections() {
+        let set = PendingSet::new(3);
+        let ip = |last| IpAddr::from([127, 0, 0, last]);
+        let (modality, _) = set.admit(ip(9));
+        let flood: Vec<_> = (0..10).map(|_| set.admit(ip(66)).0).collect();
+        assert!(!modality.evicted.is_cancelled());
+        assert_eq!(
+            flood.iter().filter(|p| !p.evicted.is_cancelled()).count(),
+            2
+        );
+        assert_eq!(set.len(), 3);
     }
 
     #[tokio::test]

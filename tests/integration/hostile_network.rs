@@ -139,3 +139,28 @@ fn connect_from(local: SocketAddr, to: SocketAddr) -> TcpStream {
         stream
     })
 }
+
+#[test]
+fn a_first_pdu_that_is_not_a_request_or_a_request_that_never_ends_holds_nothing() {
+    let gw = Gateway::start_with(
+        Opts::default()
+            .arg("--max-associations")
+            .arg("1")
+            .arg("--artim-timeout")
+            .arg("1"),
+    );
+    // A P-DATA-TF header as the first PDU: closed at once.
+    let mut not_rq = TcpStream::connect(gw.dicom).unwrap();
+    not_rq.write_all(&[0x04, 0, 0, 0, 0x10, 0]).unwrap();
+    assert!(closed_by_gateway(&mut not_rq, Duration::from_secs(30)));
+    gw.wait_for_log("is not an A-ASSOCIATE-RQ");
+    // An A-ASSOCIATE-RQ that claims 64 KiB, sends 40 KiB and stops: it may
+    // reach the association layer (a long request is handed on once 32 KiB
+    // are in), which then has only what is left of the ARTIM time.
+    let mut endless = TcpStream::connect(gw.dicom).unwrap();
+    endless.write_all(&[0x01, 0, 0, 1, 0, 0]).unwrap();
+    endless.write_all(&[0u8; 40 * 1024]).unwrap();
+    assert!(closed_by_gateway(&mut endless, Duration::from_secs(30)));
+    // The slot it may have held is free again.
+    store_one(&gw);
+}
