@@ -51,6 +51,9 @@ pub enum Error {
     IndexCommit(String),
     #[error("index: {0}")]
     Index(#[source] crate::index::Error),
+    /// An upload whose Patient ID or issuer is not its study's.
+    #[error("Patient ID or issuer differs from the study's")]
+    PatientMismatch,
     /// Refused by the duplicate policy; the stored instance stays.
     #[error("{}", if *.same_study {
         "SOP Instance UID already stored (duplicates = reject)"
@@ -71,7 +74,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Header(_) | Error::Panicked(_) => ErrorKind::Unparseable,
-            Error::Mismatch { .. } => ErrorKind::Mismatch,
+            Error::Mismatch { .. } | Error::PatientMismatch => ErrorKind::Mismatch,
             Error::Duplicate { .. } => ErrorKind::Duplicate,
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             _ => ErrorKind::OutOfResources,
@@ -286,19 +289,30 @@ impl Ingest {
             let limits = self.scan_limits.clone();
             return writer
                 .finish(true, move |spooled| {
-                    let (record, new) = describe(&spooled, &expected, source, &limits)?;
-                    let _one_at_a_time = locks.lock_blocking(record.sop_instance_uid.as_str());
-                    let admission = duplicates::admit(policy, &index, &record, &expected)?;
-                    note_replacing(&index, admission, &record)?;
-                    let outcome = committer.commit(spooled, new)?;
-                    replaced(&index, admission, &record);
-                    // On the blocking thread that committed: awaited here.
-                    tokio::runtime::Handle::current().block_on(remove_moved(
-                        &store,
-                        &outcome,
-                        &record.object_key,
-                    ));
-                    Ok(Stored { record, outcome })
+                    // A panic on this thread fails this instance, like one
+                    // on the runtime (below), instead of becoming 0xA700.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let (record, new) = describe(&spooled, &expected, source, &limits)?;
+                        let _one_at_a_time = locks.lock_blocking(record.sop_instance_uid.as_str());
+                        let admission = duplicates::admit(
+                            policy,
+                            &index,
+                            &record,
+                            study_tags(&new),
+                            &expected,
+                        )?;
+                        note_replacing(&index, admission, &record)?;
+                        let outcome = committer.commit(spooled, new)?;
+                        replaced(&index, admission, &record);
+                        // On the blocking thread that committed: awaited here.
+                        tokio::runtime::Handle::current().block_on(remove_moved(
+                            &store,
+                            &outcome,
+                            &record.object_key,
+                        ));
+                        Ok(Stored { record, outcome })
+                    }))
+                    .unwrap_or(Err(Error::Panicked("storing it")))
                 })
                 .await
                 .map_err(Error::Spool)?;
@@ -314,7 +328,13 @@ impl Ingest {
             .map(|(spooled, described, expected)| (spooled, described.map(|d| (d, expected))))?;
         let ((record, new), expected) = described?;
         let _one_at_a_time = self.locks.lock(record.sop_instance_uid.as_str()).await;
-        let admission = duplicates::admit(self.duplicates, &self.index, &record, &expected)?;
+        let admission = duplicates::admit(
+            self.duplicates,
+            &self.index,
+            &record,
+            study_tags(&new),
+            &expected,
+        )?;
         note_replacing(&self.index, admission, &record)?;
         let outcome = self.upload_and_commit(spooled, new).await?;
         replaced(&self.index, admission, &record);
@@ -430,6 +450,14 @@ fn replaced(index: &Index, admission: duplicates::Admission, record: &InstanceRe
         if let Err(e) = index.replacing_done(&record.object_key) {
             tracing::warn!(key = %record.object_key, error = %e, "could not forget a replacement note; it is described again at the next start");
         }
+    }
+}
+
+/// The patient and study tags an instance's entry carries.
+fn study_tags(new: &NewEntry) -> Option<&crate::index::StudyTags> {
+    match new {
+        NewEntry::Instance(instance) => Some(&instance.study),
+        NewEntry::Media(_) => None,
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn put_upload(
         drain(body, REFUSED_DRAIN_LIMIT).await;
         return Err(ApiError::Forbidden);
     };
-    let receiving = spool_body(&app, "upload", body).await?;
+    let receiving = spool_body(&app, crate::ingest::duplicates::UPLOAD_SOURCE, body).await?;
     let check = Check {
         study: Some(binding.study.clone()),
         series: binding.instance.as_ref().map(|(series, _)| series.clone()),

@@ -20,7 +20,7 @@ use object_store::ObjectStoreExt;
 
 use super::{Check, Error, Result};
 use crate::config::DuplicatePolicy;
-use crate::index::{Index, InstanceRecord, NewEntry};
+use crate::index::{Index, InstanceRecord, NewEntry, StudyTags};
 use crate::store::{BlobStore, ObjectKey};
 
 /// What the policy allows an arriving instance to do.
@@ -33,14 +33,23 @@ pub enum Admission {
     Replace { same_key: bool },
 }
 
-/// Decides, under the instance's lock, whether `record` may be stored.
-/// Blocking (an index read).
+/// The `source` of instances received through an upload URL.
+pub const UPLOAD_SOURCE: &str = "upload";
+
+/// Decides, under the instance's lock, whether `record` (with the patient
+/// and study tags `study_tags`) may be stored. Blocking (index reads).
 pub fn admit(
     policy: DuplicatePolicy,
     index: &Index,
     record: &InstanceRecord,
+    study_tags: Option<&StudyTags>,
     check: &Check,
 ) -> Result<Admission> {
+    // A request bound to a study (an upload URL, from outside the site).
+    let bound = check.study.is_some();
+    if let Some(tags) = study_tags.filter(|_| bound) {
+        same_patient(index, record, tags)?;
+    }
     let Some(stored) = index
         .instance(&record.sop_instance_uid)
         .map_err(Error::Index)?
@@ -49,8 +58,9 @@ pub fn admit(
     };
     let same_study = stored.study_instance_uid == record.study_instance_uid;
     let allowed = match policy {
-        // An upload URL is bound to one study: it cannot reach another.
-        _ if !same_study && check.study.is_some() => false,
+        // An upload URL is bound to one study: it cannot reach another, nor
+        // replace what a modality sent to its own.
+        _ if bound && (!same_study || stored.source != UPLOAD_SOURCE) => false,
         DuplicatePolicy::Reject => false,
         DuplicatePolicy::ReplaceSameStudy => same_study,
         DuplicatePolicy::Replace => true,
@@ -66,13 +76,43 @@ pub fn admit(
     })
 }
 
+/// An upload must name the patient its study already has: otherwise a later
+/// instance would change the study's Patient ID or issuer, and with them
+/// whose prior reports the study is shown with.
+fn same_patient(index: &Index, record: &InstanceRecord, tags: &StudyTags) -> Result<()> {
+    let Some(study) = index
+        .study(&record.study_instance_uid)
+        .map_err(Error::Index)?
+    else {
+        return Ok(());
+    };
+    let differs = |known: &Option<String>, new: &Option<String>| {
+        known.is_some() && new.is_some() && known != new
+    };
+    if differs(&study.tags.patient_id, &tags.patient_id)
+        || differs(&study.tags.issuer_of_patient_id, &tags.issuer_of_patient_id)
+    {
+        return Err(Error::PatientMismatch);
+    }
+    Ok(())
+}
+
 /// Describes again every object whose replacement a crash interrupted
 /// (whichever version the store holds), then forgets the notes. Returns how
 /// many were found.
 pub async fn recover(store: &BlobStore, index: &Index) -> Result<usize> {
     let keys = index.replacing().map_err(Error::Index)?;
     for key in &keys {
-        match describe_stored(store, key).await? {
+        let described = match describe_stored(store, key).await {
+            Ok(described) => described,
+            Err(e) => {
+                // Keep the note (and serve): the next start tries again, and
+                // `verify` shows the entry if it stays wrong.
+                tracing::error!(key = %key, error = %e, "cannot describe an interrupted replacement from the store; its entry may be stale");
+                continue;
+            }
+        };
+        match described {
             Some(new) => {
                 let index = index.clone();
                 tokio::task::spawn_blocking(move || index.put_batch(&[new]))
@@ -155,7 +195,7 @@ mod tests {
 
         for policy in [ReplaceSameStudy, Reject, Replace] {
             assert_eq!(
-                admit(policy, &index, &fresh, &dimse).ok(),
+                admit(policy, &index, &fresh, None, &dimse).ok(),
                 Some(Admission::New)
             );
             // Whatever the policy, an upload bound to its study cannot
@@ -164,32 +204,97 @@ mod tests {
                 policy,
                 &index,
                 &other_study,
+                None,
                 &upload_to("2.2")
             )));
         }
         assert_eq!(
-            admit(ReplaceSameStudy, &index, &same_key, &dimse).ok(),
+            admit(ReplaceSameStudy, &index, &same_key, None, &dimse).ok(),
             replace(true)
         );
         assert_eq!(
-            admit(ReplaceSameStudy, &index, &other_series, &dimse).ok(),
+            admit(ReplaceSameStudy, &index, &other_series, None, &dimse).ok(),
             replace(false)
         );
         assert!(refused(admit(
             ReplaceSameStudy,
             &index,
             &other_study,
+            None,
             &dimse
         )));
-        assert!(refused(admit(Reject, &index, &same_key, &dimse)));
-        assert!(refused(admit(Reject, &index, &other_study, &dimse)));
+        assert!(refused(admit(Reject, &index, &same_key, None, &dimse)));
+        assert!(refused(admit(Reject, &index, &other_study, None, &dimse)));
         assert_eq!(
-            admit(Replace, &index, &other_study, &dimse).ok(),
+            admit(Replace, &index, &other_study, None, &dimse).ok(),
             replace(false)
         );
+        // An upload does not replace what a modality sent to its study...
+        assert!(refused(admit(
+            ReplaceSameStudy,
+            &index,
+            &same_key,
+            None,
+            &upload_to("1.1")
+        )));
+        // ...only what an upload stored.
+        let mut uploaded = record("1.1", "1.1.9", "1.1.9.1");
+        uploaded.source = UPLOAD_SOURCE.into();
+        let new = NewInstance {
+            record: uploaded.clone(),
+            study: Default::default(),
+        };
+        index
+            .put_batch(&[NewEntry::Instance(Box::new(new))])
+            .unwrap();
         assert_eq!(
-            admit(ReplaceSameStudy, &index, &same_key, &upload_to("1.1")).ok(),
+            admit(ReplaceSameStudy, &index, &uploaded, None, &upload_to("1.1")).ok(),
             replace(true)
+        );
+    }
+
+    #[test]
+    fn an_upload_must_name_the_patient_its_study_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let tags = |id: &str, issuer: Option<&str>| StudyTags {
+            patient_id: Some(id.into()),
+            issuer_of_patient_id: issuer.map(Into::into),
+            ..Default::default()
+        };
+        let new = NewInstance {
+            record: record("3.3", "3.3.1", "3.3.1.1"),
+            study: tags("P1", Some("HOSP_A")),
+        };
+        index
+            .put_batch(&[NewEntry::Instance(Box::new(new))])
+            .unwrap();
+        let upload = Check {
+            study: Some(Uid::parse("3.3").unwrap()),
+            ..Check::default()
+        };
+        let capture = record("3.3", "3.3.2", "3.3.2.1");
+        let admit_with = |t: &StudyTags, check: &Check| {
+            admit(DuplicatePolicy::default(), &index, &capture, Some(t), check)
+        };
+        for other in [tags("P2", Some("HOSP_A")), tags("P1", Some("HOSP_B"))] {
+            assert!(matches!(
+                admit_with(&other, &upload),
+                Err(Error::PatientMismatch)
+            ));
+            // A modality's own instances are the site's to correct.
+            assert_eq!(
+                admit_with(&other, &Check::default()).ok(),
+                Some(Admission::New)
+            );
+        }
+        assert_eq!(
+            admit_with(&tags("P1", Some("HOSP_A")), &upload).ok(),
+            Some(Admission::New)
+        );
+        assert_eq!(
+            admit_with(&StudyTags::default(), &upload).ok(),
+            Some(Admission::New)
         );
     }
 }
