@@ -204,6 +204,7 @@ impl Ingest {
             reserve: Reserve {
                 dir: Arc::from(spool.dir()),
                 min: cfg.min_free_space,
+                headroom: receiving::HEADROOM_BUFFERS + u64::from(cfg.max_pdu_length),
                 transfers: Arc::default(),
             },
             spool,
@@ -328,14 +329,16 @@ impl Ingest {
             .map(|(spooled, described, expected)| (spooled, described.map(|d| (d, expected))))?;
         let ((record, new), expected) = described?;
         let _one_at_a_time = self.locks.lock(record.sop_instance_uid.as_str()).await;
-        let admission = duplicates::admit(
-            self.duplicates,
-            &self.index,
-            &record,
-            study_tags(&new),
-            &expected,
-        )?;
-        note_replacing(&self.index, admission, &record)?;
+        // Index reads and, for a replacement, a flush: off the runtime.
+        let (index, policy) = (self.index.clone(), self.duplicates);
+        let (record, new, admission) = tokio::task::spawn_blocking(move || {
+            let admission =
+                duplicates::admit(policy, &index, &record, study_tags(&new), &expected)?;
+            note_replacing(&index, admission, &record)?;
+            Ok::<_, Error>((record, new, admission))
+        })
+        .await
+        .map_err(|_| Error::Panicked("checking it against the index"))??;
         let outcome = self.upload_and_commit(spooled, new).await?;
         replaced(&self.index, admission, &record);
         remove_moved(&self.store, &outcome, &record.object_key).await;

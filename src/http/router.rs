@@ -32,11 +32,25 @@ pub fn router(app: App) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), files::cors));
     Router::new()
         .route("/healthz", get(api::healthz))
-        .route("/webhooks/avara", post(webhook::avara))
+        .route(
+            "/webhooks/avara",
+            post(webhook::avara).route_layer(middleware::from_fn(webhook_deadline)),
+        )
         .merge(operator)
         .merge(files)
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .with_state(app)
+}
+
+/// The whole of a webhook request, body included. Avara's events are a few
+/// KB sent at once; an unauthenticated client trickling a 1 MiB body at the
+/// minimum rate must not hold a connection for a quarter of an hour.
+const WEBHOOK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn webhook_deadline(request: Request, next: Next) -> Result<Response, ApiError> {
+    tokio::time::timeout(WEBHOOK_DEADLINE, next.run(request))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)
 }
 
 /// With a token configured, requests must carry `Authorization: Bearer

@@ -12,11 +12,13 @@ use super::{Error, Result};
 /// fill the filesystem the index lives on.
 const FREE_SPACE_CHECK_EVERY: u64 = 1 << 20;
 
-/// What one transfer may write between two checks: the bytes until its next
-/// check and the spool writer's two buffers. The free space must cover this
-/// for every transfer under way, on top of `min_free_space`, so that all of
-/// them together cannot eat into the reserve.
-const HEADROOM_PER_TRANSFER: u64 = FREE_SPACE_CHECK_EVERY + 2 * spool::WRITE_BUFFER as u64;
+/// What one transfer may write between two checks besides the check
+/// interval: the spool writer's two buffers (the chunk that crosses the
+/// interval, up to a PDU, is added from the configuration). The free space
+/// must cover this for every transfer under way, on top of
+/// `min_free_space`, so that all of them together cannot eat into the
+/// reserve.
+pub(super) const HEADROOM_BUFFERS: u64 = FREE_SPACE_CHECK_EVERY + 2 * spool::WRITE_BUFFER as u64;
 
 /// An instance being received.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub struct Receiving {
 pub(super) struct Reserve {
     pub(super) dir: Arc<Path>,
     pub(super) min: u64,
+    /// What one transfer may write between two checks.
+    pub(super) headroom: u64,
     /// Transfers under way.
     pub(super) transfers: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -59,7 +63,7 @@ impl Reserve {
         let transfers = self.transfers.load(std::sync::atomic::Ordering::Relaxed);
         let needed = self
             .min
-            .saturating_add(transfers.saturating_mul(HEADROOM_PER_TRANSFER));
+            .saturating_add(transfers.saturating_mul(self.headroom));
         match free_space(&self.dir) {
             Ok(free) if free < needed => Err(Error::DiskFull {
                 min: self.min,

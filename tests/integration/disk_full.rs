@@ -224,7 +224,12 @@ fn fill_refuse_recover(min_free: u64, refusal_log: &str) {
     let fixture = common::fixture("study1/series1");
     let fixture_file = common::fixtures_dir().join(fixture["file"].as_str().unwrap());
     if min_free > 0 {
-        let refused = common::storescu(&gw, &["-v"], &[&fixture_file]);
+        // An instance larger than what is left above the reserve (a small
+        // one may still fit: the reserve keeps room per transfer under way,
+        // and the senders' transfers are over).
+        let big = work.path().join("big.dcm");
+        common::generate_big(&big, 4);
+        let refused = common::storescu(&gw, &["-v"], &[&big]);
         let text = String::from_utf8_lossy(&refused.stdout).to_string()
             + &String::from_utf8_lossy(&refused.stderr);
         assert!(
