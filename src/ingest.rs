@@ -386,7 +386,26 @@ impl Ingest {
             .await
             .map_err(Error::Spool)?;
         let _one_at_a_time = self.locks.lock(record.object_key.as_str()).await;
+        // A file of that name is replaced in place: noted first, as for
+        // instances, so a crash before the commit is repaired at the start.
+        let (index, key) = (self.index.clone(), record.object_key.clone());
+        let (of_study, named) = (study.clone(), name.clone());
+        let replacing = tokio::task::spawn_blocking(move || {
+            let replacing = index.media(&of_study, &named)?.is_some();
+            if replacing {
+                index.note_replacing(&key)?;
+            }
+            Ok::<_, crate::index::Error>(replacing)
+        })
+        .await
+        .map_err(|_| Error::Panicked("checking it against the index"))?
+        .map_err(Error::Index)?;
         let outcome = self.upload_and_commit(spooled, new).await?;
+        if replacing {
+            if let Err(e) = self.index.replacing_done(&record.object_key) {
+                tracing::warn!(key = %record.object_key, error = %e, "could not forget a replacement note; it is described again at the next start");
+            }
+        }
         let sidecar = serde_json::to_vec(&record).expect("records serialise");
         let sidecar_key = ObjectKey::media_sidecar(&study, &name);
         if let Err(e) = self.store.put_small(&sidecar_key, sidecar).await {

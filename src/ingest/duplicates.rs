@@ -103,7 +103,7 @@ fn same_patient(index: &Index, record: &InstanceRecord, tags: &StudyTags) -> Res
 pub async fn recover(store: &BlobStore, index: &Index) -> Result<usize> {
     let keys = index.replacing().map_err(Error::Index)?;
     for key in &keys {
-        let described = match describe_stored(store, key).await {
+        let described = match describe_stored(store, index, key).await {
             Ok(described) => described,
             Err(e) => {
                 // Keep the note (and serve): the next start tries again, and
@@ -130,13 +130,29 @@ pub async fn recover(store: &BlobStore, index: &Index) -> Result<usize> {
     Ok(keys.len())
 }
 
-/// The index entry for the object stored under `key`, from its header.
-async fn describe_stored(store: &BlobStore, key: &ObjectKey) -> Result<Option<NewEntry>> {
+/// The index entry for the object stored under `key`: an instance's from
+/// its header; a media file's is its indexed record with the size the store
+/// now has (its type and report fields are those of the delivery the index
+/// knows: the one that was interrupted was never acknowledged, and is
+/// delivered again).
+async fn describe_stored(
+    store: &BlobStore,
+    index: &Index,
+    key: &ObjectKey,
+) -> Result<Option<NewEntry>> {
     let meta = match store.object_store().head(&key.to_path()).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(Error::Store(crate::store::Error::from_object_store(e))),
     };
+    if let Some((study, name)) = key.as_media() {
+        let Some(mut record) = index.media(&study, name).map_err(Error::Index)? else {
+            return Ok(None);
+        };
+        record.size = meta.size;
+        record.stored_at = super::now_rfc3339();
+        return Ok(Some(NewEntry::Media(record)));
+    }
     let header = crate::maintenance::read_stored_header(store, &meta)
         .await
         .map_err(|reason| Error::Spool(std::io::Error::other(reason.to_string())))?;

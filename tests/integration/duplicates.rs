@@ -165,3 +165,49 @@ fn a_replacement_interrupted_before_its_index_commit_is_repaired_at_start() {
     // And it serves on (the failpoint fired once; a store commits again).
     assert_eq!(store(&gw, &o.file), Some(0));
 }
+
+/// The same for a media file put again under its name: after the restart
+/// the index gives the size of the bytes the store holds.
+#[test]
+fn a_media_replacement_interrupted_before_its_index_commit_is_repaired_at_start() {
+    crate::panics::require_failpoints();
+    // Commits: the instance, the first PUT, then the replacement aborts.
+    let mut gw =
+        Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::placed=2*off->return"));
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let url = gw.url(&format!("/api/studies/{}/media/report.pdf", o.study));
+    let put = |body: Vec<u8>| {
+        ureq::put(&url)
+            .header("Content-Type", "application/pdf")
+            .send(&body[..])
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(put(b"%PDF-1.4 first".to_vec()).ok(), Some(201));
+    let second = format!("%PDF-1.4 {}", "second version ".repeat(100)).into_bytes();
+    assert!(put(second.clone()).is_err(), "answered across a crash");
+    assert!(
+        !gw.wait_exit().success(),
+        "the failpoint aborts the process"
+    );
+    let file = gw
+        .objects()
+        .join(format!("studies/{}/media/report.pdf", o.study));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        second,
+        "the object was replaced"
+    );
+
+    gw.restart();
+    gw.wait_for_log("described again from the store");
+    let media = gw.study(&o.study)["media"].clone();
+    let listed = media
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["fileName"] == "report.pdf")
+        .unwrap_or_else(|| panic!("report.pdf not listed: {media}"))
+        .clone();
+    assert_eq!(listed["size"].as_u64().unwrap(), second.len() as u64);
+}
