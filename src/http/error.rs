@@ -179,6 +179,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A subscription request's field that cannot be used is a 400 naming it;
+/// a failing random source is the gateway's fault.
+impl From<crate::outbound::Error> for ApiError {
+    fn from(e: crate::outbound::Error) -> Self {
+        match e {
+            crate::outbound::Error::Invalid { field, reason } => ApiError::BadRequest {
+                what: field,
+                reason,
+            },
+            e @ crate::outbound::Error::Random(_) => ApiError::internal(e),
+        }
+    }
+}
+
 type BoxedError = Box<dyn std::error::Error + Send + Sync>;
 
 #[cfg(test)]
