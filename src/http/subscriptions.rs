@@ -7,7 +7,8 @@ use std::time::SystemTime;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -30,20 +31,27 @@ pub struct WithSecret {
 }
 
 impl WithSecret {
-    fn of(subscription: &Subscription, now: SystemTime) -> Json<WithSecret> {
-        Json(WithSecret {
+    /// The answer, marked for no cache to keep.
+    fn answer(status: StatusCode, subscription: &Subscription, now: SystemTime) -> Response {
+        let body = Json(WithSecret {
             subscription: subscription.view(now),
             secret: subscription.secret().expose().to_owned(),
-        })
+        });
+        let mut response = (status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 }
 
 /// `POST /api/webhooks` → 201 with the subscription and its secret.
 pub async fn create(
     State(app): State<App>,
+    headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<WithSecret>), ApiError> {
-    let request: NewSubscription = read_json(body).await?;
+) -> Result<Response, ApiError> {
+    let request: NewSubscription = read_json(&headers, body).await?;
     let now = SystemTime::now();
     let subscription = request.create(now)?;
     let stored = subscription.clone();
@@ -61,7 +69,7 @@ pub async fn create(
         active = subscription.active,
         "webhook subscription created"
     );
-    Ok((StatusCode::CREATED, WithSecret::of(&subscription, now)))
+    Ok(WithSecret::answer(StatusCode::CREATED, &subscription, now))
 }
 
 /// `GET /api/webhooks`: every subscription, by id, without secrets.
@@ -87,10 +95,11 @@ pub async fn get(
 pub async fn update(
     State(app): State<App>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     let id = known_form(id)?;
-    let patch = read_json::<Patch>(body).await?.check()?;
+    let patch = read_json::<Patch>(&headers, body).await?.check()?;
     let now = SystemTime::now();
     let lookup = id.clone();
     let updated = blocking(&app, move |index| {
@@ -126,7 +135,7 @@ pub async fn delete(
 pub async fn rotate_secret(
     State(app): State<App>,
     Path(id): Path<String>,
-) -> Result<Json<WithSecret>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = known_form(id)?;
     let secret = SigningSecret::generate()?;
     let now = SystemTime::now();
@@ -137,7 +146,7 @@ pub async fn rotate_secret(
     .await?
     .ok_or_else(|| not_found(&id))?;
     tracing::info!(id = %rotated.id, "webhook subscription secret rotated");
-    Ok(WithSecret::of(&rotated, now))
+    Ok(WithSecret::answer(StatusCode::OK, &rotated, now))
 }
 
 /// An id of the form the gateway makes, or 404 (such an id was never
@@ -155,8 +164,22 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// The request body as `T` (unknown fields refused), bounded to
-/// [`MAX_BODY`]; any refusal is a 400 that says what is wrong.
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+/// [`MAX_BODY`]; any refusal is a 400 that says what is wrong. The body
+/// must be declared JSON: a web page can make a browser on the gateway's
+/// host post a form or `text/plain` to a loopback-only API without asking,
+/// but not `application/json`.
+async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        super::uploads::drain(body, super::uploads::REFUSED_DRAIN_LIMIT).await;
+        return Err(ApiError::UnsupportedMediaType {
+            expected: "application/json",
+        });
+    }
     let bytes = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::from_body(&e, MAX_BODY))?;

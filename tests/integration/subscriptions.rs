@@ -227,14 +227,25 @@ fn rotation_keeps_the_old_secret_for_a_day() {
     let created = create(&gw, ris());
     let id = created["id"].as_str().unwrap();
     let old = secret_of(&created);
-    let (status, rotated) = call(
-        &gw,
-        "POST",
-        &format!("/api/webhooks/{id}/rotate-secret"),
-        None,
-        None,
+    // An answer with a secret is not for caches to keep.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&gw.url(&format!("/api/webhooks/{id}/rotate-secret")))
+        .send_empty()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
     );
-    assert_eq!(status, 200, "{rotated}");
+    let rotated: Value = resp.body_mut().read_json().unwrap();
+    // Its idle connection would hold the shutdown below.
+    drop(agent);
     let new = secret_of(&rotated);
     assert_ne!(new, old);
     assert_eq!(rotated["id"], created["id"]);
@@ -314,6 +325,25 @@ fn refusals_name_the_field() {
         );
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(names), "{body}: {error}");
+    }
+    // Only a body declared JSON is read: a web page cannot make a browser
+    // on the gateway's host post one to the loopback-only API unasked.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = agent.post(&gw.url("/api/webhooks"));
+        if !content_type.is_empty() {
+            req = req.content_type(content_type);
+        }
+        let mut resp = req.send(ris().to_string()).unwrap();
+        let answer: Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), answer["code"].as_str()),
+            (415, Some("unsupported_media_type")),
+            "{content_type}"
+        );
     }
     // The event names the refused one and the known ones.
     let (_, answer) = call(
