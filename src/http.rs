@@ -11,6 +11,7 @@ mod limits;
 mod pace;
 mod router;
 mod server;
+mod subscriptions;
 mod uploads;
 mod webhook;
 

@@ -17,20 +17,23 @@
 //! - `v1/patients`: `<issuer> 0x00 <patient id> 0x00 <study>` → empty: a
 //!   patient's studies in one prefix scan, kept with the study records in
 //!   the same transaction ([`patients`]).
+//! - `v1/subscriptions`: outbound webhook subscription id →
+//!   [`crate::outbound::Subscription`] (JSON, secrets included).
 //!
 //! A batch of instances is written in one transaction over the instance, SOP,
 //! study, media and patient trees and made durable with one flush (group
 //! commit): callers acknowledge only after [`Index::put_batch`] returns.
 //!
 //! Instances, studies and media can be rebuilt from the object store
-//! (`crate::maintenance`); report jobs, webhook answers and Avara pairings
-//! cannot.
+//! (`crate::maintenance`); report jobs, webhook answers, Avara pairings and
+//! subscriptions cannot.
 
 mod jobs;
 mod patients;
 mod prune;
 mod records;
 mod replacing;
+mod subscriptions;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};

@@ -27,6 +27,10 @@ pub enum ApiError {
     WebhookNotConfigured,
     #[error("body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// A body that must be of another media type (JSON for the operator
+    /// API's writes: a browser cannot send that cross-site without asking).
+    #[error("Content-Type must be {expected}")]
+    UnsupportedMediaType { expected: &'static str },
     /// A request head or body that did not arrive in time.
     #[error("the request did not arrive in time")]
     RequestTimeout,
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::Signature(_) => StatusCode::UNAUTHORIZED,
             ApiError::WebhookNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Ingest(e) => match e.kind() {
@@ -126,6 +131,7 @@ impl ApiError {
             ApiError::Signature(_) => "bad_signature",
             ApiError::WebhookNotConfigured => "webhook_not_configured",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::Ingest(e) => match e.kind() {
@@ -176,6 +182,20 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// A subscription request's field that cannot be used is a 400 naming it;
+/// a failing random source is the gateway's fault.
+impl From<crate::outbound::Error> for ApiError {
+    fn from(e: crate::outbound::Error) -> Self {
+        match e {
+            crate::outbound::Error::Invalid { field, reason } => ApiError::BadRequest {
+                what: field,
+                reason,
+            },
+            e @ crate::outbound::Error::Random(_) => ApiError::internal(e),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, uploads, webhook};
+use super::{api, files, subscriptions, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -19,6 +19,21 @@ pub fn router(app: App) -> Router {
         .route("/api/reports", get(api::list_reports))
         .route("/api/studies/{study}", get(api::get_study))
         .route("/api/studies/{study}/media/{name}", put(api::put_media))
+        // Outbound webhook subscriptions.
+        .route(
+            "/api/webhooks",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/api/webhooks/{id}",
+            get(subscriptions::get)
+                .patch(subscriptions::update)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/api/webhooks/{id}/rotate-secret",
+            post(subscriptions::rotate_secret),
+        )
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));
     let files = Router::new()
         .route(

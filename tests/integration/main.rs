@@ -19,5 +19,6 @@ mod maintenance;
 mod panics;
 mod peers;
 mod s3;
+mod subscriptions;
 mod uids;
 mod webhook;
