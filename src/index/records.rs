@@ -72,6 +72,26 @@ pub struct StudyTags {
     pub institution_name: Option<String>,
 }
 
+#[cfg(test)]
+impl InstanceRecord {
+    /// A 10-byte CT instance received from `TEST`, for tests.
+    pub fn for_test(study: &str, series: &str, sop: &str) -> InstanceRecord {
+        let uid = |s: &str| Uid::parse(s).expect("test UID");
+        InstanceRecord {
+            object_key: crate::store::ObjectKey::instance(&uid(study), &uid(series), &uid(sop)),
+            study_instance_uid: uid(study),
+            series_instance_uid: uid(series),
+            sop_instance_uid: uid(sop),
+            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
+            size: 10,
+            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+            received_at: "2026-11-23T12:00:00.000Z".into(),
+            source: "TEST".into(),
+            tags: InstanceTags::default(),
+        }
+    }
+}
+
 impl StudyTags {
     /// Takes every value `newer` has.
     pub fn merge(&mut self, newer: &StudyTags) {

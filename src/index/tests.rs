@@ -7,22 +7,14 @@ fn uid(s: &str) -> Uid {
 }
 
 fn new_instance(study: &str, series: &str, sop: &str, size: u64) -> NewEntry {
-    let (st, se, so) = (uid(study), uid(series), uid(sop));
     NewEntry::Instance(Box::new(NewInstance {
         record: InstanceRecord {
-            object_key: ObjectKey::instance(&st, &se, &so),
-            study_instance_uid: st,
-            series_instance_uid: se,
-            sop_instance_uid: so,
-            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
             size,
-            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-            received_at: "2026-11-23T12:00:00Z".into(),
-            source: "TEST".into(),
             tags: InstanceTags {
                 modality: Some("CT".into()),
                 ..Default::default()
             },
+            ..InstanceRecord::for_test(study, series, sop)
         },
         study: StudyTags {
             patient_id: Some("P1".into()),

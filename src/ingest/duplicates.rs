@@ -168,19 +168,7 @@ mod tests {
     use crate::uid::Uid;
 
     fn record(study: &str, series: &str, sop: &str) -> InstanceRecord {
-        let uid = |s: &str| Uid::parse(s).unwrap();
-        InstanceRecord {
-            object_key: ObjectKey::instance(&uid(study), &uid(series), &uid(sop)),
-            study_instance_uid: uid(study),
-            series_instance_uid: uid(series),
-            sop_instance_uid: uid(sop),
-            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
-            size: 10,
-            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-            received_at: "2026-11-30T00:00:00.000Z".into(),
-            source: "TEST".into(),
-            tags: Default::default(),
-        }
+        InstanceRecord::for_test(study, series, sop)
     }
 
     #[test]

@@ -1,5 +1,4 @@
-use crate::index::{Index, InstanceRecord, InstanceTags, NewEntry, NewInstance, StudyTags};
-use crate::store::ObjectKey;
+use crate::index::{Index, InstanceRecord, NewEntry, NewInstance, StudyTags};
 use crate::uid::Uid;
 
 fn uid(s: &str) -> Uid {
@@ -8,20 +7,8 @@ fn uid(s: &str) -> Uid {
 
 /// One instance of `study` for the patient (`issuer`, `id`).
 fn instance(study: &str, sop: &str, issuer: Option<&str>, id: Option<&str>) -> NewEntry {
-    let (st, se, so) = (uid(study), uid(&format!("{study}.1")), uid(sop));
     NewEntry::Instance(Box::new(NewInstance {
-        record: InstanceRecord {
-            object_key: ObjectKey::instance(&st, &se, &so),
-            study_instance_uid: st,
-            series_instance_uid: se,
-            sop_instance_uid: so,
-            sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
-            size: 10,
-            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-            received_at: "2026-11-30T12:00:00.000Z".into(),
-            source: "TEST".into(),
-            tags: InstanceTags::default(),
-        },
+        record: InstanceRecord::for_test(study, &format!("{study}.1"), sop),
         study: StudyTags {
             patient_id: id.map(str::to_owned),
             issuer_of_patient_id: issuer.map(str::to_owned),
