@@ -20,6 +20,13 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Why `ip` is refused even where internal addresses are allowed: it is
+/// link-local (the cloud metadata service, a neighbour's auto-configured
+/// address), in any of the forms [`forbidden`] knows.
+pub fn link_local(ip: IpAddr) -> Option<&'static str> {
+    forbidden(ip).filter(|why| why.starts_with("link-local"))
+}
+
 fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, c, _] = ip.octets();
     Some(match (a, b) {
@@ -84,6 +91,22 @@ fn low_v4(hi: u16, lo: u16) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_local_stays_refused_where_internal_addresses_are_allowed() {
+        for (raw, refused) in [
+            ("169.254.169.254", true),
+            ("fe80::1", true),
+            ("::ffff:169.254.169.254", true),
+            ("127.0.0.1", false),
+            ("10.1.2.3", false),
+            ("192.168.1.10", false),
+            ("fd00::1", false),
+        ] {
+            let ip: IpAddr = raw.parse().unwrap();
+            assert_eq!(link_local(ip).is_some(), refused, "{raw}");
+        }
+    }
 
     #[test]
     fn internal_addresses_are_refused_and_public_ones_pass() {

@@ -47,10 +47,12 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// Refuses internal addresses unless `allow_private`.
+    /// Refuses internal addresses unless `allow_private`; link-local ones
+    /// (cloud metadata at 169.254.169.254) even then: no report server
+    /// lives there.
     pub fn new(allow_private: bool) -> Fetcher {
         let check: Check = if allow_private {
-            |_| None
+            super::address::link_local
         } else {
             super::address::forbidden
         };
