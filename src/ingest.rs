@@ -303,7 +303,11 @@ impl Ingest {
                             &expected,
                         )?;
                         note_replacing(&index, admission, &record)?;
-                        let outcome = committer.commit(spooled, new)?;
+                        let outcome = committer.commit(spooled, new).inspect_err(|_| {
+                            // On the blocking thread that committed.
+                            tokio::runtime::Handle::current()
+                                .block_on(repair_failed(&store, &index, admission, &record))
+                        })?;
                         replaced(&index, admission, &record);
                         // On the blocking thread that committed: awaited here.
                         tokio::runtime::Handle::current().block_on(remove_moved(
@@ -339,7 +343,13 @@ impl Ingest {
         })
         .await
         .map_err(|_| Error::Panicked("checking it against the index"))??;
-        let outcome = self.upload_and_commit(spooled, new).await?;
+        let outcome = match self.upload_and_commit(spooled, new).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                repair_failed(&self.store, &self.index, admission, &record).await;
+                return Err(e);
+            }
+        };
         replaced(&self.index, admission, &record);
         remove_moved(&self.store, &outcome, &record.object_key).await;
         Ok(Stored { record, outcome })
@@ -463,6 +473,22 @@ fn note_replacing(
             .map_err(Error::Index)?;
     }
     Ok(())
+}
+
+/// A replacement whose commit failed (the process lives on) may already
+/// have overwritten the object: describe it again now rather than at the
+/// next start, so the index does not describe bytes that are gone meanwhile.
+async fn repair_failed(
+    store: &BlobStore,
+    index: &Index,
+    admission: duplicates::Admission,
+    record: &InstanceRecord,
+) {
+    if admission == (duplicates::Admission::Replace { same_key: true }) {
+        if let Err(e) = duplicates::repair(store, index, &record.object_key).await {
+            tracing::error!(key = %record.object_key, error = %e, "could not describe a failed replacement again; the next start does");
+        }
+    }
 }
 
 /// Ends the note of a replacement the index now describes. (If the commit

@@ -138,7 +138,15 @@ fn commit_batch(
     // Crash tests: the objects are in place, the index does not know yet.
     fail::fail_point!("commit::placed", |_| std::process::abort());
     let news: Vec<NewEntry> = committed.iter().map(|(_, new)| new.clone()).collect();
-    match index.put_batch(&news) {
+    let written = (|| {
+        // Tests: an index write that fails (a full disk, an I/O error).
+        fail::fail_point!("commit::index", |_| Err(crate::index::Error::Sync {
+            op: "failpoint commit::index",
+            source: std::io::Error::other("injected"),
+        }));
+        index.put_batch(&news)
+    })();
+    match written {
         Ok(outcomes) => {
             // A moved instance's old object is the caller's to delete, after
             // the batch: a slow delete must not hold up everyone's commit.

@@ -103,31 +103,37 @@ fn same_patient(index: &Index, record: &InstanceRecord, tags: &StudyTags) -> Res
 pub async fn recover(store: &BlobStore, index: &Index) -> Result<usize> {
     let keys = index.replacing().map_err(Error::Index)?;
     for key in &keys {
-        let described = match describe_stored(store, index, key).await {
-            Ok(described) => described,
-            Err(e) => {
-                // Keep the note (and serve): the next start tries again, and
-                // `verify` shows the entry if it stays wrong.
-                tracing::error!(key = %key, error = %e, "cannot describe an interrupted replacement from the store; its entry may be stale");
-                continue;
-            }
-        };
-        match described {
-            Some(new) => {
-                let index = index.clone();
-                tokio::task::spawn_blocking(move || index.put_batch(&[new]))
-                    .await
-                    .map_err(|e| Error::Spool(std::io::Error::other(e)))?
-                    .map_err(Error::Index)?;
-                tracing::warn!(key = %key, "index entry of an interrupted replacement described again from the store");
-            }
-            None => {
-                tracing::warn!(key = %key, "interrupted replacement: the object is gone; its entry is left for `verify` to report");
-            }
-        }
-        index.replacing_done(key).map_err(Error::Index)?;
+        repair(store, index, key).await?;
     }
     Ok(keys.len())
+}
+
+/// Describes the object under `key` again and forgets its note; a note
+/// that cannot be described yet is kept (logged) for the next try.
+pub async fn repair(store: &BlobStore, index: &Index, key: &ObjectKey) -> Result<()> {
+    let described = match describe_stored(store, index, key).await {
+        Ok(described) => described,
+        Err(e) => {
+            // Keep the note (and serve): the next start tries again, and
+            // `verify` shows the entry if it stays wrong.
+            tracing::error!(key = %key, error = %e, "cannot describe an interrupted replacement from the store; its entry may be stale");
+            return Ok(());
+        }
+    };
+    match described {
+        Some(new) => {
+            let index = index.clone();
+            tokio::task::spawn_blocking(move || index.put_batch(&[new]))
+                .await
+                .map_err(|e| Error::Spool(std::io::Error::other(e)))?
+                .map_err(Error::Index)?;
+            tracing::warn!(key = %key, "index entry of an interrupted replacement described again from the store");
+        }
+        None => {
+            tracing::warn!(key = %key, "interrupted replacement: the object is gone; its entry is left for `verify` to report");
+        }
+    }
+    index.replacing_done(key).map_err(Error::Index)
 }
 
 /// The index entry for the object stored under `key`: an instance's from

@@ -211,3 +211,32 @@ fn a_media_replacement_interrupted_before_its_index_commit_is_repaired_at_start(
         .clone();
     assert_eq!(listed["size"].as_u64().unwrap(), second.len() as u64);
 }
+
+/// A replacement whose index commit fails (the process lives on) has
+/// already overwritten the object: it is refused (0xA700) and its entry is
+/// described again at once, so the index never describes bytes that are
+/// gone, not even until the next start.
+#[test]
+fn a_replacement_whose_commit_fails_is_described_again_at_once() {
+    crate::panics::require_failpoints();
+    let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::index=1*off->return"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let first = instance(&gw, &o.study, &o.sop);
+    let bigger = variant(
+        &o.file,
+        dir.path(),
+        "bigger.dcm",
+        "ds.StudyDescription = 'a much longer description ' * 40",
+    );
+    assert_eq!(store(&gw, &bigger), Some(0xA700));
+    gw.wait_for_log("described again from the store");
+    let on_disk = gw.objects().join(first["objectKey"].as_str().unwrap());
+    let now = instance(&gw, &o.study, &o.sop);
+    assert_eq!(
+        now["size"].as_u64().unwrap(),
+        std::fs::metadata(&on_disk).unwrap().len()
+    );
+    assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
+}
