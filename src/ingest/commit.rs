@@ -138,15 +138,7 @@ fn commit_batch(
     // Crash tests: the objects are in place, the index does not know yet.
     fail::fail_point!("commit::placed", |_| std::process::abort());
     let news: Vec<NewEntry> = committed.iter().map(|(_, new)| new.clone()).collect();
-    let written = (|| {
-        // Tests: an index write that fails (a full disk, an I/O error).
-        fail::fail_point!("commit::index", |_| Err(crate::index::Error::Sync {
-            op: "failpoint commit::index",
-            source: std::io::Error::other("injected"),
-        }));
-        index.put_batch(&news)
-    })();
-    match written {
+    match write_index(index, &news) {
         Ok(outcomes) => {
             // A moved instance's old object is the caller's to delete, after
             // the batch: a slow delete must not hold up everyone's commit.
@@ -168,4 +160,14 @@ fn commit_batch(
         }
     }
     results
+}
+
+/// The batch's index write.
+fn write_index(index: &Index, news: &[NewEntry]) -> crate::index::Result<Vec<PutOutcome>> {
+    // Tests: an index write that fails (a full disk, an I/O error).
+    fail::fail_point!("commit::index", |_| Err(crate::index::Error::Sync {
+        op: "failpoint commit::index",
+        source: std::io::Error::other("injected"),
+    }));
+    index.put_batch(news)
 }
