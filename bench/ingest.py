@@ -4,6 +4,7 @@
     python3 bench/ingest.py                       # all sets, 3 runs each (~5 min)
     python3 bench/ingest.py --sets small9 --quick # one set, one run
     python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (s3s-fs)
+    python3 bench/ingest.py --receivers dcmtk,gateway,orthanc --runs 3   # with Orthanc (apt-get install orthanc)
 
 Must run as root (it creates a private network namespace).  Python 3.11,
 standard library only; the test data generator is run with .venv/bin/python.
@@ -555,7 +556,59 @@ class GatewayS3Receiver(GatewayReceiver):
         return problems
 
 
-RECEIVER_CLASSES = {"dcmtk": DcmtkReceiver, "gateway": GatewayReceiver, "gateway-s3": GatewayS3Receiver}
+ORTHANC = "/usr/sbin/Orthanc"
+ORTHANC_DICOM_PORT = 14242
+ORTHANC_HTTP_PORT = 18042
+
+
+class OrthancReceiver(Receiver):
+    """Debian's Orthanc (`apt-get install orthanc`), default settings but for
+    ports and directories: SQLite index, SyncStorageArea on (one fsync per
+    file plus the SQLite commit, like the gateway's durability)."""
+
+    name = "orthanc"
+    port = ORTHANC_DICOM_PORT
+    called_ae = "ORTHANC"
+
+    def command(self) -> list[str]:
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.out_dir / "db"),
+            "IndexDirectory": str(self.out_dir / "db"),
+            "HttpPort": ORTHANC_HTTP_PORT,
+            "DicomPort": ORTHANC_DICOM_PORT,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "StorageCompression": False,
+        }
+        path = self.out_dir / "orthanc.json"
+        path.write_text(json.dumps(config))
+        return [ORTHANC, str(path)]
+
+    def env(self) -> dict[str, str]:
+        return dcmtk_env()
+
+    def ready(self) -> bool:
+        return super().ready() and listening(ORTHANC_HTTP_PORT)
+
+    def stored_count(self) -> int:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}/statistics"
+        with opener.open(url, timeout=10) as response:
+            return int(json.load(response)["CountInstances"])
+
+    def check_exit(self, code: int) -> list[str]:
+        return [] if code == 0 else [f"Orthanc exited with {code} after SIGTERM"]
+
+
+RECEIVER_CLASSES = {
+    "dcmtk": DcmtkReceiver,
+    "gateway": GatewayReceiver,
+    "gateway-s3": GatewayS3Receiver,
+    "orthanc": OrthancReceiver,
+}
 
 
 # --------------------------------------------------------------------------
