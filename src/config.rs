@@ -114,6 +114,11 @@ pub struct Config {
     /// `max_associations`; past it the oldest of them is closed, so idle
     /// sockets can never lock a modality out.
     pub max_pending_connections: usize,
+    /// Lowest average rate (bytes/s) at which a data set must arrive once it
+    /// has taken longer than `read_timeout`; slower ones are aborted, so a
+    /// peer trickling bytes cannot hold an association slot and a spool
+    /// file for ever. 0: no minimum.
+    pub min_data_rate: u64,
     /// Largest part of a data set before its pixel data that is read as the
     /// header, in bytes; bulk elements are skipped, not counted.
     pub max_header_bytes: u64,
@@ -264,6 +269,7 @@ impl Default for Config {
             duplicates: DuplicatePolicy::default(),
             artim_timeout: 10,
             max_pending_connections: 128,
+            min_data_rate: 1024,
             max_header_bytes: 16 << 20,
             max_sequence_depth: 32,
             http_header_timeout: 10,
@@ -313,6 +319,7 @@ impl Config {
             duplicates,
             artim_timeout,
             max_pending_connections,
+            min_data_rate,
             max_header_bytes,
             max_sequence_depth,
             http_header_timeout,

@@ -90,6 +90,9 @@ pub struct Overrides {
     /// DICOM connections not yet associated [default: 128].
     #[arg(long, env = "DICOM_GATEWAY_MAX_PENDING_CONNECTIONS")]
     pub max_pending_connections: Option<usize>,
+    /// Lowest data set rate in bytes/s once read_timeout has passed [default: 1024; 0: none].
+    #[arg(long, env = "DICOM_GATEWAY_MIN_DATA_RATE", value_name = "BYTES")]
+    pub min_data_rate: Option<u64>,
     /// Largest data set header (before pixel data) in bytes [default: 16 MiB].
     #[arg(long, env = "DICOM_GATEWAY_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<u64>,

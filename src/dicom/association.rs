@@ -2,6 +2,7 @@
 //! streamed into the ingest path, refusals, release and abort.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
@@ -45,6 +46,38 @@ struct Pending {
     pc: u8,
     command: Command,
     sink: Sink,
+    /// When its command arrived, and the data set bytes since.
+    started: Instant,
+    received: u64,
+}
+
+impl Pending {
+    fn new(pc: u8, command: Command, sink: Sink) -> Pending {
+        Pending {
+            pc,
+            command,
+            sink,
+            started: Instant::now(),
+            received: 0,
+        }
+    }
+}
+
+/// The slowest a data set may arrive: `min_rate` bytes/s on average once it
+/// has taken longer than `grace`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl Pace {
+    fn too_slow(&self, started: Instant, received: u64) -> bool {
+        let elapsed = started.elapsed();
+        self.min_rate > 0
+            && elapsed > self.grace
+            && u128::from(received) * 1000 < u128::from(self.min_rate) * elapsed.as_millis()
+    }
 }
 
 pub struct Association<'a> {
@@ -55,6 +88,7 @@ pub struct Association<'a> {
     command_buf: Vec<u8>,
     command_pc: Option<u8>,
     pending: Option<Pending>,
+    pace: Pace,
     /// Instances stored, for the closing log line.
     stored: u64,
 }
@@ -64,6 +98,7 @@ impl<'a> Association<'a> {
         assoc: AsyncServerAssociation<TcpStream>,
         calling_ae: String,
         ingest: &'a Ingest,
+        pace: Pace,
     ) -> Self {
         let contexts = assoc
             .presentation_contexts()
@@ -86,6 +121,7 @@ impl<'a> Association<'a> {
             command_buf: Vec::new(),
             command_pc: None,
             pending: None,
+            pace,
             stored: 0,
         }
     }
@@ -191,7 +227,7 @@ impl<'a> Association<'a> {
             }
             field::C_STORE_RQ if command.has_dataset => {
                 let sink = self.start_store(pc, &command).await;
-                self.pending = Some(Pending { pc, command, sink });
+                self.pending = Some(Pending::new(pc, command, sink));
                 Ok(())
             }
             field::C_STORE_RQ => {
@@ -212,11 +248,7 @@ impl<'a> Association<'a> {
                     comment,
                 };
                 if command.has_dataset {
-                    self.pending = Some(Pending {
-                        pc,
-                        command,
-                        sink: refusal,
-                    });
+                    self.pending = Some(Pending::new(pc, command, refusal));
                     Ok(())
                 } else {
                     let comment = "operation not supported by this gateway";
@@ -268,6 +300,13 @@ impl<'a> Association<'a> {
         if pending.pc != pdv.presentation_context_id {
             return Err("data PDV on another presentation context than its command".into());
         }
+        pending.received = pending.received.saturating_add(pdv.data.len() as u64);
+        if self.pace.too_slow(pending.started, pending.received) {
+            return Err(format!(
+                "data set arriving slower than min_data_rate ({} bytes/s)",
+                self.pace.min_rate
+            ));
+        }
         if let Sink::Store {
             receiving: receiving @ Ok(_),
             ..
@@ -283,7 +322,9 @@ impl<'a> Association<'a> {
         if !pdv.is_last {
             return Ok(());
         }
-        let Pending { pc, command, sink } = self.pending.take().expect("checked above");
+        let Pending {
+            pc, command, sink, ..
+        } = self.pending.take().expect("checked above");
         let (code, comment) = match sink {
             Sink::Refuse { status, comment } => (status, Some(comment)),
             Sink::Store {

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::access::AeAccess;
-use super::association::{Association, End};
+use super::association::{Association, End, Pace};
 use super::pending::{self, PendingSet};
 use super::sop_classes::STORAGE_SOP_CLASSES;
 use crate::config::Config;
@@ -41,6 +41,7 @@ pub struct DicomServer {
     allowed_peers: Vec<IpAddr>,
     grace: Duration,
     artim: Duration,
+    pace: Pace,
 }
 
 impl DicomServer {
@@ -71,6 +72,10 @@ impl DicomServer {
             allowed_peers: cfg.allowed_peers.clone(),
             grace: cfg.shutdown_grace(),
             artim: cfg.artim_timeout(),
+            pace: Pace {
+                min_rate: cfg.min_data_rate,
+                grace: cfg.read_timeout(),
+            },
         }
     }
 
@@ -210,7 +215,7 @@ impl DicomServer {
                 contexts = assoc.presentation_contexts().len(),
                 "association established"
             );
-            let (end, stored) = Association::new(assoc, calling_ae, &self.ingest)
+            let (end, stored) = Association::new(assoc, calling_ae, &self.ingest, self.pace)
                 .run(hard_stop)
                 .await;
             drop(slot);

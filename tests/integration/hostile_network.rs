@@ -164,3 +164,43 @@ fn a_first_pdu_that_is_not_a_request_or_a_request_that_never_ends_holds_nothing(
     // The slot it may have held is free again.
     store_one(&gw);
 }
+
+/// A peer that associates and then trickles a data set cannot hold its slot
+/// and a spool file for ever: once the data set has taken longer than
+/// `read_timeout`, it must average `min_data_rate`.
+#[test]
+fn a_data_set_trickled_below_min_data_rate_is_aborted() {
+    use crate::common::dul::{CT_IMAGE_STORAGE, EXPLICIT_VR_LE, Scu};
+    use dicom_ul::pdu::PDataValueType::{Command, Data};
+    let gw = Gateway::start_with(
+        Opts::default()
+            .arg("--max-associations")
+            .arg("1")
+            .arg("--read-timeout")
+            .arg("1")
+            .arg("--min-data-rate")
+            .arg("100000"),
+    );
+    let mut scu = Scu::connect(gw.dicom, CT_IMAGE_STORAGE, EXPLICIT_VR_LE);
+    let (_, cmd) = scu.command(0x0001, CT_IMAGE_STORAGE, "1.2.3.4.5", true);
+    let pdv = scu.pdv(Command, true, &cmd);
+    scu.send(vec![pdv]);
+    // The attack itself: 16 bytes every 200 ms, well under 100 kB/s. Each
+    // PDU comes before read_timeout, so only the rate can end it.
+    let mut aborted = false;
+    for _ in 0..50 {
+        let chunk = scu.pdv(Data, false, &[0u8; 16]);
+        if !scu.try_send(vec![chunk]) {
+            aborted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        aborted,
+        "a trickling data set was still accepted after 10 s"
+    );
+    gw.wait_for_log("data set arriving slower than min_data_rate");
+    // The slot is free.
+    store_one(&gw);
+}

@@ -90,6 +90,11 @@ impl Scu {
         }
     }
 
+    /// Sends P-DATA; false once the gateway has closed the association.
+    pub fn try_send(&mut self, pdvs: Vec<PDataValue>) -> bool {
+        self.assoc.send(&Pdu::PData { data: pdvs }).is_ok()
+    }
+
     pub fn send(&mut self, pdvs: Vec<PDataValue>) {
         self.assoc
             .send(&Pdu::PData { data: pdvs })
