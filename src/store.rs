@@ -70,12 +70,6 @@ impl From<object_store::Error> for Error {
     }
 }
 
-impl Error {
-    pub fn from_object_store(e: object_store::Error) -> Error {
-        Error::from(e)
-    }
-}
-
 /// Credentials that must not reach a log through an error text.
 static SECRETS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 

@@ -34,26 +34,10 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use crate::index::{Index, ReportInfo, ReportJob, ReportState};
+    use crate::index::{Index, ReportJob, ReportState};
 
     fn job(id: &str, received_at: u64, state: ReportState) -> ReportJob {
-        ReportJob {
-            report: ReportInfo {
-                report_id: id.into(),
-                is_critical: false,
-                plain_text: None,
-            },
-            study_id: None,
-            study_instance_uid: Some("1.2.3".into()),
-            presigned_url: "https://example.com/r.pdf?sig=x".into(),
-            received_at,
-            deadline: received_at + 3600,
-            next_attempt: received_at,
-            attempts: 1,
-            state,
-            last_error: None,
-            object_key: None,
-        }
+        ReportJob::for_test(id, received_at, state)
     }
 
     #[test]

@@ -92,6 +92,30 @@ impl InstanceRecord {
     }
 }
 
+#[cfg(test)]
+impl ReportJob {
+    /// A report job received at `received_at` (Unix seconds), for tests.
+    pub fn for_test(id: &str, received_at: u64, state: ReportState) -> ReportJob {
+        ReportJob {
+            report: ReportInfo {
+                report_id: id.into(),
+                is_critical: false,
+                plain_text: None,
+            },
+            study_id: None,
+            study_instance_uid: Some("1.2.3".into()),
+            presigned_url: "https://example.com/r.pdf?sig=x".into(),
+            received_at,
+            deadline: received_at + 3600,
+            next_attempt: received_at,
+            attempts: 1,
+            state,
+            last_error: None,
+            object_key: None,
+        }
+    }
+}
+
 impl StudyTags {
     /// Takes every value `newer` has.
     pub fn merge(&mut self, newer: &StudyTags) {

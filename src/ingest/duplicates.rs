@@ -149,7 +149,7 @@ async fn describe_stored(
     let meta = match store.object_store().head(&key.to_path()).await {
         Ok(meta) => meta,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(Error::Store(crate::store::Error::from_object_store(e))),
+        Err(e) => return Err(Error::Store(crate::store::Error::from(e))),
     };
     if let Some((study, name)) = key.as_media() {
         let Some(mut record) = index.media(&study, name).map_err(Error::Index)? else {

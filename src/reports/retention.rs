@@ -73,28 +73,12 @@ pub async fn run(index: Index, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{ReportInfo, ReportJob, ReportState, StoredAnswer};
+    use crate::index::{ReportJob, ReportState, StoredAnswer};
 
     const DAY: u64 = 24 * 3600;
 
     fn job(id: &str, received_at: u64, state: ReportState) -> ReportJob {
-        ReportJob {
-            report: ReportInfo {
-                report_id: id.into(),
-                is_critical: false,
-                plain_text: None,
-            },
-            study_id: None,
-            study_instance_uid: None,
-            presigned_url: "https://example.com/r.pdf".into(),
-            received_at,
-            deadline: received_at + 3600,
-            next_attempt: received_at,
-            attempts: 1,
-            state,
-            last_error: None,
-            object_key: None,
-        }
+        ReportJob::for_test(id, received_at, state)
     }
 
     #[test]
