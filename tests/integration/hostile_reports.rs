@@ -6,7 +6,7 @@
 //! `standardwebhooks` peer, reports served by tests/peers/pdf_server.py.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Value, json};
@@ -87,22 +87,11 @@ struct PdfPeer {
 
 impl PdfPeer {
     fn start(dir: &Path) -> PdfPeer {
-        use std::io::BufRead;
         let pdf = dir.join("r.pdf");
         std::fs::write(&pdf, PDF).unwrap();
         let log = dir.join("pdf_server.log");
-        let mut child = Command::new(common::python())
-            .arg(common::repo().join("tests/peers/pdf_server.py"))
-            .args(["--file", pdf.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("pdf_server prints its port");
+        let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+        let (child, port) = common::spawn_pdf_server(&pdf, &[], stderr);
         PdfPeer { child, port, log }
     }
 

@@ -3,7 +3,6 @@
 //! then every URL of the answer fetched with a real HTTP client.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -608,19 +607,7 @@ pub(crate) struct PdfServer {
 
 impl PdfServer {
     pub(crate) fn start(pdf: &std::path::Path, extra: &[&str]) -> PdfServer {
-        use std::io::BufRead;
-        let mut child = Command::new(common::python())
-            .arg(common::repo().join("tests/peers/pdf_server.py"))
-            .args(["--file", pdf.to_str().unwrap()])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("pdf_server prints its port");
+        let (child, port) = common::spawn_pdf_server(pdf, extra, std::process::Stdio::inherit());
         PdfServer {
             child,
             url: format!("http://127.0.0.1:{port}/presigned/report.pdf?X-Amz-Signature=abc"),

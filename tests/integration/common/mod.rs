@@ -578,6 +578,25 @@ pub fn avara_send(gw: &Gateway, key: &str, event: &str, flags: &[&str]) -> Value
     serde_json::from_slice(&out.stdout).expect("avara_sender.py prints JSON")
 }
 
+/// Starts `tests/peers/pdf_server.py` serving `pdf` (with `extra` flags,
+/// its stderr to `stderr`); the process and the port it printed.
+pub fn spawn_pdf_server(pdf: &Path, extra: &[&str], stderr: Stdio) -> (Child, u16) {
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/peers/pdf_server.py"))
+        .args(["--file", pdf.to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start pdf_server.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("pdf_server prints its port");
+    (child, port)
+}
+
 /// Runs a Python snippet with pydicom; returns stdout.
 pub fn pydicom(script: &str, args: &[&str]) -> String {
     let out = run(Command::new(python()).arg("-c").arg(script).args(args));
