@@ -544,6 +544,9 @@ impl Config {
                 return invalid(name, "must be at least 1".into());
             }
         }
+        if self.webhook_timeout > 300 {
+            return invalid("webhook_timeout", "must be at most 300 seconds".into());
+        }
         if let Err(reason) = self.retry_schedule() {
             return invalid("webhook_retry_schedule", reason);
         }

@@ -65,6 +65,7 @@ fn outbound_tasks(
     let settings = outbound::worker::Settings {
         schedule,
         concurrency: cfg.webhook_concurrency,
+        drain: cfg.shutdown_grace(),
     };
     Ok(vec![
         tokio::spawn(outbound::stable::run(app.clone(), stop.clone())),

@@ -40,7 +40,7 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
     // feature (the crash tests); nothing otherwise.
     let _failpoints = fail::FailScenario::setup();
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let listeners = Listeners {
             dicom: bind(cfg.dicom_listen, "DICOM").await?,
             http: bind(cfg.http_listen, "HTTP").await?,
@@ -48,7 +48,13 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
         let cancel = CancellationToken::new();
         shutdown::on_signals(cancel.clone()).context("installing signal handlers")?;
         dicom_gateway::run(cfg, listeners, cancel).await
-    })?;
+    });
+    // `run` has drained what it waits for (the index is flushed); a blocking
+    // call still under way (a webhook delivery to an endpoint that does not
+    // answer) is left behind rather than holding the exit. Whatever it would
+    // have recorded is repeated after the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

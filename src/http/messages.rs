@@ -73,7 +73,7 @@ pub async fn redeliver(
         return Err(not_found(&id));
     }
     let queued = queued.ok_or_else(|| ApiError::NotFound(format!("message {message}")))?;
-    tracing::info!(subscription = %id, %message, "webhook message queued again");
+    tracing::info!(subscription = %id, webhook_id = %message, "webhook message queued again");
     Ok((StatusCode::ACCEPTED, Json(queued.view())))
 }
 

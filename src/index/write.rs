@@ -33,6 +33,16 @@ impl Index {
                             let first = tx.studies.get(study)?.is_none();
                             let outcome = put_one(tx, new)?;
                             stable::touch(tx.unstable, &rec.study_instance_uid, now)?;
+                            // An instance moved out of another study changed
+                            // that study too.
+                            if let PutOutcome::Replaced {
+                                previous_key: Some(key),
+                            } = &outcome
+                            {
+                                if let Some(old) = key.study() {
+                                    stable::touch(tx.unstable, &old, now)?;
+                                }
+                            }
                             if first {
                                 emit(Event::study_received(now, rec, &new.study))?;
                             }

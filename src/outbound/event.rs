@@ -4,8 +4,9 @@
 //! An event is made once and stored in every subscription's outbox as it
 //! is; the body is rendered at each attempt, so an operator who turns
 //! `includePatient` off stops patient data leaving even in messages that
-//! were already queued. Patient identifiers live apart from `data` for that
-//! reason.
+//! were already queued. What identifies a patient (HIPAA Safe Harbor's
+//! names, identifiers, dates and accession numbers) lives apart from `data`
+//! for that reason.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::EventType;
 use crate::index::{InstanceRecord, MediaRecord, ReportJob, StudyRecord, StudyTags};
+use crate::uid::Uid;
 
 /// One event, as every outbox holding it keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,10 +33,11 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub study: Option<String>,
     pub data: Map<String, Value>,
-    /// Patient name and identifiers, sent only to subscriptions with
+    /// Fields of `data` that identify the patient (`patient`,
+    /// `accessionNumber`, `studyDate`), sent only to subscriptions with
     /// `includePatient`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patient: Option<Value>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub identifying: Map<String, Value>,
 }
 
 impl Event {
@@ -49,12 +52,22 @@ impl Event {
             at_ms,
             study,
             data,
-            patient: None,
+            identifying: Map::new(),
         }
     }
 
     fn with_patient(mut self, tags: &StudyTags) -> Event {
-        self.patient = patient(tags);
+        if let Some(p) = patient(tags) {
+            self.identifying.insert("patient".into(), p);
+        }
+        for (name, value) in [
+            ("accessionNumber", &tags.accession_number),
+            ("studyDate", &tags.study_date),
+        ] {
+            if let Some(v) = value {
+                self.identifying.insert(name.into(), json!(v));
+            }
+        }
         self
     }
 
@@ -69,7 +82,7 @@ impl Event {
             "receivedAt": rec.received_at,
             "callingAeTitle": rec.source,
         });
-        study_fields(&mut data, tags);
+        describe_study(&mut data, tags);
         Event::new(
             EventType::StudyReceived,
             at_ms,
@@ -108,7 +121,7 @@ impl Event {
             "callingAeTitles": callers,
             "totalBytes": study.total_bytes,
         });
-        study_fields(&mut data, &study.tags);
+        describe_study(&mut data, &study.tags);
         Event::new(
             EventType::StudyStable,
             at_ms,
@@ -118,15 +131,26 @@ impl Event {
         .with_patient(&study.tags)
     }
 
-    /// An instance answered with a failure status.
+    /// An instance answered with a failure status. The UIDs are the
+    /// command's, passed on only when they are UIDs (`null` otherwise, and
+    /// the reason says so): a receiver may use them as keys or paths.
     pub fn instance_refused(at_ms: u64, refusal: &Refusal<'_>) -> Event {
-        // What the peer sent is bounded here: a command set may be 64 KiB.
+        let mut reason = clip(refusal.reason, 1024);
+        let mut uid = |raw: &str, name: &str| match Uid::parse(raw) {
+            Ok(uid) => Value::String(uid.to_string()),
+            Err(_) => {
+                reason.push_str(&format!(" ({name} in the command is not a valid UID)"));
+                Value::Null
+            }
+        };
+        let sop_instance = uid(refusal.sop_instance_uid, "the SOP Instance UID");
+        let sop_class = uid(refusal.sop_class_uid, "the SOP Class UID");
         let data = json!({
             "status": format!("0x{:04X}", refusal.status),
-            "reason": clip(refusal.reason, 1024),
+            "reason": reason.trim_start(),
             "callingAeTitle": clip(refusal.calling_ae, 16),
-            "sopInstanceUid": clip(refusal.sop_instance_uid, 64),
-            "sopClassUid": clip(refusal.sop_class_uid, 64),
+            "sopInstanceUid": sop_instance,
+            "sopClassUid": sop_class,
         });
         Event::new(EventType::InstanceRefused, at_ms, None, data)
     }
@@ -198,8 +222,8 @@ impl Event {
     /// `data.patient` only when `include_patient`.
     pub fn body(&self, include_patient: bool) -> Vec<u8> {
         let mut data = self.data.clone();
-        if let (true, Some(p)) = (include_patient, &self.patient) {
-            data.insert("patient".into(), p.clone());
+        if include_patient {
+            data.extend(self.identifying.clone());
         }
         let body = json!({
             "type": self.kind.as_str(),
@@ -220,25 +244,21 @@ pub struct Refusal<'a> {
     pub sop_class_uid: &'a str,
 }
 
-/// `text` cut to `max` characters, padding and NULs dropped.
+/// `text` cut to `max` characters, control characters dropped (a peer's
+/// AE title or a refusal reason goes to a receiver's logs).
 fn clip(text: &str, max: usize) -> String {
-    text.trim_matches(|c: char| c == '\0' || c == ' ')
-        .chars()
+    text.chars()
+        .filter(|c| !c.is_control())
         .take(max)
-        .collect()
+        .collect::<String>()
+        .trim()
+        .to_owned()
 }
 
-/// Study-level tags that say which study it is without saying who the
-/// patient is.
-fn study_fields(data: &mut Value, tags: &StudyTags) {
-    for (name, value) in [
-        ("accessionNumber", &tags.accession_number),
-        ("studyDate", &tags.study_date),
-        ("studyDescription", &tags.study_description),
-    ] {
-        if let Some(v) = value {
-            data[name] = json!(v);
-        }
+/// What the study is, without saying whose it is.
+fn describe_study(data: &mut Value, tags: &StudyTags) {
+    if let Some(d) = &tags.study_description {
+        data["studyDescription"] = json!(d);
     }
 }
 
@@ -282,9 +302,15 @@ mod tests {
         assert_eq!(without["type"], "study.received");
         assert_eq!(without["timestamp"], "2023-11-14T22:13:20.123Z");
         assert_eq!(without["data"]["studyInstanceUid"], "1.2.3");
-        assert_eq!(without["data"]["accessionNumber"], "A-9");
         assert_eq!(without["data"]["callingAeTitle"], "TEST");
         assert!(without["data"].get("patient").is_none());
+        assert!(without["data"].get("accessionNumber").is_none());
+        assert!(
+            !String::from_utf8(event.body(false))
+                .unwrap()
+                .contains("A-9")
+        );
+        assert_eq!(with["data"]["accessionNumber"], "A-9");
         assert!(
             !String::from_utf8(event.body(false))
                 .unwrap()
@@ -316,5 +342,43 @@ mod tests {
         assert_eq!(body["data"]["modalities"], json!(["CT", "SR"]));
         assert_eq!(body["data"]["callingAeTitles"], json!(["OTHER", "TEST"]));
         assert_eq!(event.study.as_deref(), Some("1.2.3"));
+    }
+
+    #[test]
+    fn a_refusal_passes_on_only_valid_uids() {
+        let long = "1".repeat(12_000);
+        let event = Event::instance_refused(
+            0,
+            &Refusal {
+                status: 0xA900,
+                reason: "mismatch",
+                calling_ae: "CT\0\n1",
+                sop_instance_uid: "1.2.3/../../etc",
+                sop_class_uid: &long,
+            },
+        );
+        let body: Value = serde_json::from_slice(&event.body(true)).unwrap();
+        assert_eq!(body["data"]["status"], "0xA900");
+        assert_eq!(body["data"]["sopInstanceUid"], Value::Null);
+        assert_eq!(body["data"]["sopClassUid"], Value::Null);
+        assert_eq!(body["data"]["callingAeTitle"], "CT1");
+        let reason = body["data"]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("mismatch (the SOP Instance UID"),
+            "{reason}"
+        );
+        assert!(reason.len() < 300, "{reason}");
+        let good = Event::instance_refused(
+            0,
+            &Refusal {
+                status: 0xC000,
+                reason: "bad",
+                calling_ae: "CT",
+                sop_instance_uid: "1.2.3.4",
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2",
+            },
+        );
+        assert_eq!(good.data["sopInstanceUid"], "1.2.3.4");
+        assert_eq!(good.data["reason"], "bad");
     }
 }

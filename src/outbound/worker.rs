@@ -33,6 +33,9 @@ const IDLE_PASS: Duration = Duration::from_secs(60);
 pub struct Settings {
     pub schedule: Vec<Duration>,
     pub concurrency: usize,
+    /// How long deliveries in flight may finish at shutdown; those still
+    /// under way then are left (and repeated after the next start).
+    pub drain: Duration,
 }
 
 impl Settings {
@@ -41,8 +44,8 @@ impl Settings {
     }
 }
 
-/// Delivers until `cancel`; deliveries in flight then finish (each is
-/// bounded by the delivery time-out).
+/// Delivers until `cancel`; deliveries in flight then get `drain` to
+/// finish.
 pub async fn run(index: Index, sender: Sender, settings: Settings, cancel: CancellationToken) {
     let wake = index.outbox_wake();
     let settings = Arc::new(settings);
@@ -76,7 +79,17 @@ pub async fn run(index: Index, sender: Sender, settings: Settings, cancel: Cance
             }
         }
     }
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(settings.drain, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            in_flight = tasks.len(),
+            "webhook deliveries still under way at shutdown; they are sent again after the next start"
+        );
+        tasks.abort_all();
+    }
 }
 
 /// One pass; the Unix milliseconds of the earliest retry not yet due.
@@ -178,11 +191,11 @@ fn deliver(
     let id = &message.event.id;
     match (&outcome, message.state) {
         (_, State::Delivered) => tracing::debug!(
-            subscription = %subscription.id, message = %id, kind = message.event.kind.as_str(),
+            subscription = %subscription.id, webhook_id = %id, kind = message.event.kind.as_str(),
             attempts = message.attempts, "webhook delivered"
         ),
         (outcome, state) => tracing::warn!(
-            subscription = %subscription.id, endpoint = %host, message = %id,
+            subscription = %subscription.id, endpoint = %host, webhook_id = %id,
             kind = message.event.kind.as_str(), attempts = message.attempts,
             outcome = ?outcome, next_attempt_in_ms = (state == State::Pending)
                 .then(|| message.next_at_ms.saturating_sub(now_ms())),
@@ -190,7 +203,7 @@ fn deliver(
         ),
     }
     if let Err(e) = index.update_message(key, &message) {
-        tracing::error!(message = %id, error = %e, "cannot record a webhook attempt; it will be repeated");
+        tracing::error!(webhook_id = %id, error = %e, "cannot record a webhook attempt; it will be repeated");
     }
     // The endpoint's health, written only when it changes.
     let now = SystemTime::now();
