@@ -62,7 +62,8 @@ def handler(state: State) -> type[BaseHTTPRequestHandler]:
 
         def answer(self, status: int, body: bytes = b"") -> None:
             self.send_response(status)
-            self.send_header("content-length", str(len(body)))
+            if status != 204:  # a 204 has no body and says no length (RFC 9110 8.6)
+                self.send_header("content-length", str(len(body)))
             if body:
                 self.send_header("content-type", "application/json")
             self.end_headers()
