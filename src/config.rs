@@ -139,6 +139,20 @@ pub struct Config {
     pub report_fetch_allow_private: bool,
     /// Report PDFs fetched at once.
     pub report_fetch_concurrency: usize,
+    /// Seconds without a new instance after which a study is told stable
+    /// (`study.stable`; Orthanc's `StableAge`).
+    pub stable_after: u64,
+    /// The wait before each delivery attempt of an outbound webhook message
+    /// (`"0s"`, `"5m"`, …: the first is the first attempt's); once the last
+    /// has failed, the message is failed.
+    pub webhook_retry_schedule: Vec<String>,
+    /// Let outbound webhook URLs point at loopback and private addresses
+    /// (a RIS on the hospital network); link-local ones are always refused.
+    pub webhook_allow_private: bool,
+    /// Seconds one webhook delivery may take, connection included.
+    pub webhook_timeout: u64,
+    /// Webhook deliveries in flight at once.
+    pub webhook_concurrency: usize,
     /// Where objects live: `[storage]` in the file, `--storage-*` flags.
     pub storage: StorageConfig,
 }
@@ -278,6 +292,14 @@ impl Default for Config {
             http_max_connections: 1024,
             report_fetch_allow_private: false,
             report_fetch_concurrency: 4,
+            stable_after: 60,
+            webhook_retry_schedule: crate::outbound::DEFAULT_SCHEDULE
+                .iter()
+                .map(|d| humantime::format_duration(*d).to_string())
+                .collect(),
+            webhook_allow_private: true,
+            webhook_timeout: 15,
+            webhook_concurrency: 8,
             storage: StorageConfig::default(),
         }
     }
@@ -328,6 +350,11 @@ impl Config {
             http_max_connections,
             report_fetch_allow_private,
             report_fetch_concurrency,
+            stable_after,
+            webhook_retry_schedule,
+            webhook_allow_private,
+            webhook_timeout,
+            webhook_concurrency,
         );
         let st = &mut cfg.storage;
         if over.storage_url.is_some() {
@@ -509,10 +536,16 @@ impl Config {
                 "report_fetch_concurrency",
                 self.report_fetch_concurrency as u64,
             ),
+            ("stable_after", self.stable_after),
+            ("webhook_timeout", self.webhook_timeout),
+            ("webhook_concurrency", self.webhook_concurrency as u64),
         ] {
             if value == 0 {
                 return invalid(name, "must be at least 1".into());
             }
+        }
+        if let Err(reason) = self.retry_schedule() {
+            return invalid("webhook_retry_schedule", reason);
         }
         if self.max_header_bytes < 64 * 1024 {
             return invalid("max_header_bytes", "must be at least 64 KiB".into());
@@ -603,6 +636,28 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
     }
+    /// `webhook_retry_schedule` parsed: 1 to 32 waits of at most a week.
+    pub fn retry_schedule(&self) -> std::result::Result<Vec<Duration>, String> {
+        let raw = &self.webhook_retry_schedule;
+        if raw.is_empty() || raw.len() > 32 {
+            return Err(format!("has {} entries; give 1 to 32", raw.len()));
+        }
+        raw.iter()
+            .map(|text| {
+                let wait = humantime::parse_duration(text.trim())
+                    .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+                if wait > Duration::from_secs(7 * 24 * 3600) {
+                    return Err(format!("{text:?} is longer than a week"));
+                }
+                Ok(wait)
+            })
+            .collect()
+    }
+
+    pub fn stable_after(&self) -> Duration {
+        Duration::from_secs(self.stable_after)
+    }
+
     pub fn artim_timeout(&self) -> Duration {
         Duration::from_secs(self.artim_timeout)
     }

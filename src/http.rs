@@ -8,6 +8,7 @@ mod conn;
 mod error;
 mod files;
 mod limits;
+mod messages;
 mod pace;
 mod router;
 mod server;

@@ -19,37 +19,52 @@
 //!   the same transaction ([`patients`]).
 //! - `v1/subscriptions`: outbound webhook subscription id →
 //!   [`crate::outbound::Subscription`] (JSON, secrets included).
+//! - `v1/outbox`: `<subscription id>/<sequence, 16 hex digits>` →
+//!   [`crate::outbound::Message`] still to deliver; `v1/outbox_done` the
+//!   same for delivered and failed ones, until they are pruned ([`outbox`]).
+//! - `v1/unstable`: `<study>` → Unix milliseconds of its last change, for
+//!   studies not yet told stable; `v1/stable`: `<study>` → the version of
+//!   its last `study.stable` event ([`stable`]).
+//! - `v1/meta`: `node` → this index's random node id (in message ids).
 //!
 //! A batch of instances is written in one transaction over the instance, SOP,
-//! study, media and patient trees and made durable with one flush (group
-//! commit): callers acknowledge only after [`Index::put_batch`] returns.
+//! study, media, patient, stability and outbox trees and made durable with
+//! one flush (group commit): callers acknowledge only after
+//! [`Index::put_batch`] returns, and the events the batch causes are in the
+//! outbox by then, or neither is.
 //!
 //! Instances, studies and media can be rebuilt from the object store
 //! (`crate::maintenance`); report jobs, webhook answers, Avara pairings and
 //! subscriptions cannot.
 
 mod jobs;
+mod outbox;
 mod patients;
 mod prune;
 mod records;
 mod replacing;
+mod stable;
 mod subscriptions;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use jobs::StoredAnswer;
+pub use outbox::OutboxKey;
 pub use records::{
     FillOutcome, InstanceRecord, InstanceTags, MediaRecord, NewEntry, NewInstance, PutOutcome,
     ReportInfo, ReportJob, ReportState, Series, StudyRecord, StudyTags, in_viewing_order,
 };
+pub use stable::StableOutcome;
+pub use write::UPLOAD_SOURCE;
 
+use crate::outbound::Subscription;
 use crate::store::ObjectKey;
 use crate::uid::Uid;
 
@@ -107,7 +122,30 @@ pub struct Index {
     webhooks: sled::Tree,
     avara_studies: sled::Tree,
     patients: sled::Tree,
+    unstable: sled::Tree,
+    stable: sled::Tree,
+    outbox: sled::Tree,
+    outbox_done: sled::Tree,
+    /// Random, made once per index: message ids from two gateways on one
+    /// store never collide.
+    node: Arc<str>,
+    /// The subscriptions, as last written (events are queued for those that
+    /// want them inside the write's transaction, which cannot scan a tree).
+    subscriptions: Arc<RwLock<Arc<Vec<Subscription>>>>,
+    /// Woken when the outbox has new messages.
+    outbox_wake: Arc<tokio::sync::Notify>,
     stamps: Arc<Stamps>,
+}
+
+/// The trees one write transaction spans.
+pub(crate) struct Tx<'a> {
+    pub instances: &'a TransactionalTree,
+    pub sops: &'a TransactionalTree,
+    pub studies: &'a TransactionalTree,
+    pub media: &'a TransactionalTree,
+    pub patients: &'a TransactionalTree,
+    pub unstable: &'a TransactionalTree,
+    pub outbox: &'a TransactionalTree,
 }
 
 /// In-memory change stamps, one per study written since the index was
@@ -202,44 +240,49 @@ impl Index {
             webhooks: tree("v1/webhooks")?,
             avara_studies: tree("v1/avara_studies")?,
             patients: tree("v1/patients")?,
+            unstable: tree("v1/unstable")?,
+            stable: tree("v1/stable")?,
+            outbox: tree("v1/outbox")?,
+            outbox_done: tree("v1/outbox_done")?,
+            node: outbox::node_id(&tree("v1/meta")?)?.into(),
+            subscriptions: Arc::default(),
+            outbox_wake: Arc::default(),
             stamps: Arc::default(),
             db,
         })
         .and_then(|index| {
             index.backfill_patients()?;
+            index.reload_subscriptions()?;
             Ok(index)
         })
     }
 
-    /// Runs `op` as one transaction over the instance, SOP, study, media and
-    /// patient trees.
-    fn transact<T>(
-        &self,
-        op: impl Fn(
-            &TransactionalTree,
-            &TransactionalTree,
-            &TransactionalTree,
-            &TransactionalTree,
-            &TransactionalTree,
-        ) -> TxResult<T>,
-    ) -> Result<T> {
+    /// Runs `op` as one transaction over the instance, SOP, study, media,
+    /// patient, stability and outbox trees.
+    fn transact<T>(&self, op: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T> {
         (
             &self.instances,
             &self.sops,
             &self.studies,
             &self.media,
             &self.patients,
+            &self.unstable,
+            &self.outbox,
         )
-            .transaction(|(instances, sops, studies, media, patients)| {
-                op(instances, sops, studies, media, patients)
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(source) => Error::Db {
-                    op: "transaction",
-                    source,
+            .transaction(
+                |(instances, sops, studies, media, patients, unstable, outbox)| {
+                    op(&Tx {
+                        instances,
+                        sops,
+                        studies,
+                        media,
+                        patients,
+                        unstable,
+                        outbox,
+                    })
                 },
-            })
+            )
+            .map_err(tx_error)
     }
 
     /// Removes every instance, study and media entry: what `reindex` can
@@ -368,6 +411,16 @@ impl Stamps {
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<Error>>;
+
+fn tx_error(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(source) => Error::Db {
+            op: "transaction",
+            source,
+        },
+    }
+}
 
 fn tx_decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> TxResult<T> {
     decode(key, value).map_err(ConflictableTransactionError::Abort)

@@ -270,6 +270,16 @@ impl Ingest {
         result
     }
 
+    /// Tells the subscriptions that want `instance.refused` (not flushed on
+    /// its own: a refusal changes nothing that must survive a crash).
+    pub fn tell_refused(&self, refusal: &crate::outbound::Refusal<'_>) {
+        let event =
+            crate::outbound::Event::instance_refused(crate::outbound::worker::now_ms(), refusal);
+        if let Err(e) = self.index.emit(event) {
+            tracing::error!(error = %e, "cannot queue instance.refused");
+        }
+    }
+
     /// Instances the duplicate policy refused since the start.
     pub fn duplicates_refused(&self) -> u64 {
         self.duplicates_refused

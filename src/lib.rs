@@ -49,6 +49,34 @@ pub struct Listeners {
     pub http: TcpListener,
 }
 
+/// The outbound webhook tasks: stable-study detection and delivery.
+fn outbound_tasks(
+    app: &App,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let cfg = &app.cfg;
+    let schedule = cfg
+        .retry_schedule()
+        .map_err(|e| anyhow::anyhow!("webhook_retry_schedule: {e}"))?;
+    let sender = outbound::delivery::Sender::new(
+        cfg.webhook_allow_private,
+        std::time::Duration::from_secs(cfg.webhook_timeout),
+    );
+    let settings = outbound::worker::Settings {
+        schedule,
+        concurrency: cfg.webhook_concurrency,
+    };
+    Ok(vec![
+        tokio::spawn(outbound::stable::run(app.clone(), stop.clone())),
+        tokio::spawn(outbound::worker::run(
+            app.index.clone(),
+            sender,
+            settings,
+            stop.clone(),
+        )),
+    ])
+}
+
 /// Opens the store and index, serves both listeners until `cancel` fires (or
 /// one server fails), drains in-flight work, and flushes the index.
 pub async fn run(
@@ -110,6 +138,7 @@ pub async fn run(
     ));
     // Webhook answers and finished report jobs are forgotten while running.
     let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
+    let outbound = outbound_tasks(&app, &worker_stop)?;
     let dicom = Arc::new(DicomServer::new(&cfg, Arc::clone(&app.ingest)));
     let mut dicom_task = tokio::spawn(dicom.serve(listeners.dicom, cancel.clone()));
     let mut http_task = tokio::spawn(http::serve(
@@ -143,6 +172,9 @@ pub async fn run(
     worker_stop.cancel();
     let _ = report_worker.await;
     let _ = pruner.await;
+    for task in outbound {
+        let _ = task.await;
+    }
     // Every association and request is done (each commit flushed the index
     // before it was acknowledged); one last flush for good measure.
     drop(app);

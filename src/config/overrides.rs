@@ -117,6 +117,25 @@ pub struct Overrides {
     /// Report PDFs fetched at once [default: 4].
     #[arg(long, env = "DICOM_GATEWAY_REPORT_FETCH_CONCURRENCY")]
     pub report_fetch_concurrency: Option<usize>,
+    /// Seconds without a new instance before study.stable [default: 60].
+    #[arg(long, env = "DICOM_GATEWAY_STABLE_AFTER", value_name = "SECS")]
+    pub stable_after: Option<u64>,
+    /// Comma-separated waits before each webhook attempt [default: 0s,5s,5m,30m,2h,5h,10h,10h].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_WEBHOOK_RETRY_SCHEDULE",
+        value_delimiter = ','
+    )]
+    pub webhook_retry_schedule: Option<Vec<String>>,
+    /// Allow webhook URLs on loopback/private addresses [default: true].
+    #[arg(long, env = "DICOM_GATEWAY_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
+    /// Seconds one webhook delivery may take [default: 15].
+    #[arg(long, env = "DICOM_GATEWAY_WEBHOOK_TIMEOUT", value_name = "SECS")]
+    pub webhook_timeout: Option<u64>,
+    /// Webhook deliveries in flight at once [default: 8].
+    #[arg(long, env = "DICOM_GATEWAY_WEBHOOK_CONCURRENCY")]
+    pub webhook_concurrency: Option<usize>,
     /// Object store: file:///path or s3://bucket/prefix [default: <data-dir>/objects].
     #[arg(long = "storage", env = "DICOM_GATEWAY_STORAGE", value_name = "URL")]
     pub storage_url: Option<String>,

@@ -332,6 +332,15 @@ impl<'a> Association<'a> {
                 receiving,
             } => self.finish_store(expected, receiving).await,
         };
+        if dimse::is_failure(code) {
+            self.ingest.tell_refused(&crate::outbound::Refusal {
+                status: code,
+                reason: comment.as_deref().unwrap_or(""),
+                calling_ae: &self.calling_ae,
+                sop_instance_uid: command.affected_sop_instance.as_deref().unwrap_or(""),
+                sop_class_uid: command.affected_sop_class.as_deref().unwrap_or(""),
+            });
+        }
         self.respond(pc, &command, code, comment.as_deref()).await
     }
 

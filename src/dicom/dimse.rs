@@ -30,6 +30,15 @@ pub mod status {
     pub const CANNOT_UNDERSTAND: u16 = 0xC000;
 }
 
+/// Whether a C-STORE status is a failure (PS3.7 C.4 and Annex C): anything
+/// but success, the warnings (0001, 0107, 0116, Bxxx), pending and cancel.
+pub fn is_failure(code: u16) -> bool {
+    !matches!(
+        code,
+        0x0000 | 0x0001 | 0x0107 | 0x0116 | 0xFE00 | 0xFF00 | 0xFF01
+    ) && code & 0xF000 != 0xB000
+}
+
 /// CommandDataSetType value meaning "no data set follows".
 const NO_DATASET: u16 = 0x0101;
 

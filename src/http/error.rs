@@ -186,7 +186,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A subscription request's field that cannot be used is a 400 naming it;
-/// a failing random source is the gateway's fault.
+/// anything else is the gateway's fault.
 impl From<crate::outbound::Error> for ApiError {
     fn from(e: crate::outbound::Error) -> Self {
         match e {
@@ -194,7 +194,7 @@ impl From<crate::outbound::Error> for ApiError {
                 what: field,
                 reason,
             },
-            e @ crate::outbound::Error::Random(_) => ApiError::internal(e),
+            e => ApiError::internal(e),
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, subscriptions, uploads, webhook};
+use super::{api, files, messages, subscriptions, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -33,6 +33,11 @@ pub fn router(app: App) -> Router {
         .route(
             "/api/webhooks/{id}/rotate-secret",
             post(subscriptions::rotate_secret),
+        )
+        .route("/api/webhooks/{id}/messages", get(messages::list))
+        .route(
+            "/api/webhooks/{id}/messages/{message}/redeliver",
+            post(messages::redeliver),
         )
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));
     let files = Router::new()

@@ -151,7 +151,7 @@ pub async fn rotate_secret(
 
 /// An id of the form the gateway makes, or 404 (such an id was never
 /// given out); it is then safe as an index key and in a log line.
-fn known_form(id: String) -> Result<String, ApiError> {
+pub(super) fn known_form(id: String) -> Result<String, ApiError> {
     if is_id(&id) {
         Ok(id)
     } else {
@@ -159,7 +159,7 @@ fn known_form(id: String) -> Result<String, ApiError> {
     }
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("webhook subscription {id}"))
 }
 
@@ -189,7 +189,7 @@ async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     app: &App,
     op: impl FnOnce(&Index) -> index::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {

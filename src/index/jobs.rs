@@ -39,12 +39,34 @@ impl Index {
         }
     }
 
-    /// Updates a report job, durably.
+    /// Updates a report job, durably. A job that fails here tells the
+    /// subscriptions that want `report.failed`, in the same transaction
+    /// (`report.stored` goes with the report's media entry).
     pub fn put_report_job(&self, job: &ReportJob) -> Result<()> {
-        self.reports
-            .insert(job.report.report_id.as_str(), encode(job))
-            .map_err(db_err("write report job"))?;
-        self.flush()
+        use sled::Transactional;
+        let subscriptions = self.subscriptions_snapshot();
+        let key = job.report.report_id.as_bytes();
+        let value = encode(job);
+        let failed = job.state == ReportState::Failed;
+        let queued = (&self.reports, &self.outbox)
+            .transaction(|(reports, outbox)| {
+                let previous = reports.insert(key, value.clone())?;
+                let was_failed = match previous {
+                    Some(old) => tx_decode::<ReportJob>(key, &old)?.state == ReportState::Failed,
+                    None => false,
+                };
+                if failed && !was_failed {
+                    let event = crate::outbound::Event::report_failed(outbox::now_ms(), job);
+                    return outbox::emit(outbox, &self.node, &subscriptions, event);
+                }
+                Ok(0)
+            })
+            .map_err(tx_error)?;
+        self.flush()?;
+        if queued > 0 {
+            self.outbox_wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Every report job, by report id.

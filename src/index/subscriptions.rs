@@ -3,6 +3,8 @@
 //! them. Every change is flushed before it returns: the operator is shown a
 //! secret only once it is durable. Blocking, like the rest of the index.
 
+use std::sync::Arc;
+
 use super::{Index, Result, db_err, decode, decode_all, encode};
 use crate::outbound::Subscription;
 
@@ -29,8 +31,16 @@ impl Index {
             .is_ok();
         if added {
             self.flush()?;
+            self.reload_subscriptions()?;
         }
         Ok(added)
+    }
+
+    /// Reads the subscriptions into the copy writes queue events from.
+    pub(super) fn reload_subscriptions(&self) -> Result<()> {
+        let all = self.subscriptions()?;
+        *self.subscriptions.write().expect("subscriptions lock") = Arc::new(all);
+        Ok(())
     }
 
     pub fn subscription(&self, id: &str) -> Result<Option<Subscription>> {
@@ -71,12 +81,14 @@ impl Index {
                 .map_err(db_err("update subscription"))?;
             if swapped.is_ok() {
                 self.flush()?;
+                self.reload_subscriptions()?;
                 return Ok(Some(subscription));
             }
         }
     }
 
-    /// Removes a subscription durably; whether there was one.
+    /// Removes a subscription and its messages durably; whether there was
+    /// one.
     pub fn remove_subscription(&self, id: &str) -> Result<bool> {
         let removed = self
             .subscriptions_tree()?
@@ -84,6 +96,8 @@ impl Index {
             .map_err(db_err("remove subscription"))?
             .is_some();
         if removed {
+            self.reload_subscriptions()?;
+            self.remove_messages(id)?;
             self.flush()?;
         }
         Ok(removed)

@@ -1,20 +1,59 @@
 //! Writing instances and media: one transaction per batch, one flush.
+//! Ingest's writes also mark their studies as changing and queue the
+//! events they cause, in the same transaction; rebuilding from the store
+//! and repairs tell nobody anything.
 
 use super::*;
+use crate::outbound::Event;
+
+/// Where an upload through a signed URL comes from (its instances'
+/// `source`): such an instance is a secondary capture.
+pub const UPLOAD_SOURCE: &str = "upload";
 
 impl Index {
     /// Writes a batch of instances in one transaction and flushes it to disk.
     /// Blocking: call from a blocking thread.
     pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
-        let outcomes = self.transact(|instances, sops, studies, media, patients| {
-            batch
-                .iter()
-                .map(|entry| match entry {
-                    NewEntry::Instance(new) => put_one(instances, sops, studies, patients, new),
-                    NewEntry::Media(record) => put_media(media, record),
-                })
-                .collect::<TxResult<Vec<_>>>()
-        })?;
+        let subscriptions = self.subscriptions_snapshot();
+        let now = outbox::now_ms();
+        let mut queued = false;
+        let outcomes = self
+            .transact(|tx| {
+                let mut emitted = 0;
+                let mut emit = |event| -> TxResult<()> {
+                    emitted += outbox::emit(tx.outbox, &self.node, &subscriptions, event)?;
+                    Ok(())
+                };
+                let outcomes = batch
+                    .iter()
+                    .map(|entry| match entry {
+                        NewEntry::Instance(new) => {
+                            let rec = &new.record;
+                            let study = rec.study_instance_uid.as_str().as_bytes();
+                            let first = tx.studies.get(study)?.is_none();
+                            let outcome = put_one(tx, new)?;
+                            stable::touch(tx.unstable, &rec.study_instance_uid, now)?;
+                            if first {
+                                emit(Event::study_received(now, rec, &new.study))?;
+                            }
+                            if rec.source == UPLOAD_SOURCE {
+                                emit(Event::secondary_capture_stored(now, rec, &new.study))?;
+                            }
+                            Ok(outcome)
+                        }
+                        NewEntry::Media(record) => {
+                            let outcome = put_media(tx.media, record)?;
+                            emit(Event::media_stored(now, record))?;
+                            Ok(outcome)
+                        }
+                    })
+                    .collect::<TxResult<Vec<_>>>()?;
+                Ok((outcomes, emitted))
+            })
+            .map(|(outcomes, emitted)| {
+                queued = emitted > 0;
+                outcomes
+            })?;
         // After the commit, so a view built from what a reader saw before
         // it carries an older stamp and is not reused.
         let moved_from = outcomes.iter().filter_map(|o| match o {
@@ -26,6 +65,9 @@ impl Index {
         self.stamps
             .bump(batch.iter().map(entry_study).chain(moved_from));
         self.flush()?;
+        if queued {
+            self.outbox_wake.notify_one();
+        }
         Ok(outcomes)
     }
 
@@ -36,25 +78,24 @@ impl Index {
     /// transaction, so an instance ingest stores (or moves) meanwhile is
     /// never overwritten with what an older listing saw. Blocking.
     pub fn put_missing(&self, batch: &[NewEntry]) -> Result<Vec<FillOutcome>> {
-        let outcomes = self.transact(|instances, sops, studies, media, patients| {
+        let outcomes = self.transact(|tx| {
             batch
                 .iter()
                 .map(|entry| match entry {
                     NewEntry::Instance(new) => {
-                        match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
+                        match indexed_key(tx.instances, tx.sops, &new.record.sop_instance_uid)? {
                             Some(key) if key == new.record.object_key => {
                                 Ok(FillOutcome::AlreadyIndexed)
                             }
                             Some(key) => Ok(FillOutcome::IndexedElsewhere(key)),
-                            None => put_one(instances, sops, studies, patients, new)
-                                .map(|_| FillOutcome::Added),
+                            None => put_one(tx, new).map(|_| FillOutcome::Added),
                         }
                     }
                     NewEntry::Media(record) => {
-                        if media.get(media_key(record).as_bytes())?.is_some() {
+                        if tx.media.get(media_key(record).as_bytes())?.is_some() {
                             Ok(FillOutcome::AlreadyIndexed)
                         } else {
-                            put_media(media, record).map(|_| FillOutcome::Added)
+                            put_media(tx.media, record).map(|_| FillOutcome::Added)
                         }
                     }
                 })
@@ -76,11 +117,9 @@ impl Index {
     /// an ingest that stored the instance again meanwhile. Returns whether
     /// it moved. Blocking.
     pub fn move_if_at(&self, new: &NewInstance, from: &ObjectKey) -> Result<bool> {
-        let moved = self.transact(|instances, sops, studies, _, patients| {
-            match indexed_key(instances, sops, &new.record.sop_instance_uid)? {
-                Some(key) if key == *from => {
-                    put_one(instances, sops, studies, patients, new).map(|_| true)
-                }
+        let moved = self.transact(|tx| {
+            match indexed_key(tx.instances, tx.sops, &new.record.sop_instance_uid)? {
+                Some(key) if key == *from => put_one(tx, new).map(|_| true),
                 _ => Ok(false),
             }
         })?;
@@ -129,13 +168,14 @@ pub(super) fn put_media(media: &TransactionalTree, record: &MediaRecord) -> TxRe
     })
 }
 
-pub(super) fn put_one(
-    instances: &TransactionalTree,
-    sops: &TransactionalTree,
-    studies: &TransactionalTree,
-    patients: &TransactionalTree,
-    new: &NewInstance,
-) -> TxResult<PutOutcome> {
+pub(super) fn put_one(tx: &Tx<'_>, new: &NewInstance) -> TxResult<PutOutcome> {
+    let Tx {
+        instances,
+        sops,
+        studies,
+        patients,
+        ..
+    } = *tx;
     let rec = &new.record;
     let key = instance_key(
         &rec.study_instance_uid,

@@ -34,7 +34,7 @@ pub enum Admission {
 }
 
 /// The `source` of instances received through an upload URL.
-pub const UPLOAD_SOURCE: &str = "upload";
+pub use crate::index::UPLOAD_SOURCE;
 
 /// Decides, under the instance's lock, whether `record` (with the patient
 /// and study tags `study_tags`) may be stored. Blocking (index reads).

@@ -18,6 +18,10 @@ use super::{Error, Result};
 /// switch to the new one without losing a message.
 pub const SECRET_OVERLAP: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// An endpoint whose deliveries have all failed for this long is
+/// deactivated.
+pub const FAILING_LIMIT: Duration = Duration::from_secs(5 * 24 * 60 * 60);
+
 /// Longest endpoint URL, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
 /// Longest name, in characters.
@@ -104,6 +108,14 @@ pub struct Subscription {
     pub created_at: u64,
     /// Unix seconds of the last change, rotation included.
     pub updated_at: u64,
+    /// Unix seconds of the first failed attempt since the last delivery
+    /// that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<u64>,
+    /// Why the gateway deactivated it, when it did (410 Gone, or failing for
+    /// [`FAILING_LIMIT`]); cleared when the operator activates it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_reason: Option<String>,
     secret: SigningSecret,
     /// Secrets replaced by rotations, until each one's expiry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -195,6 +207,12 @@ pub struct SubscriptionView {
     /// while one still does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_secret_expires_at: Option<String>,
+    /// Since when every delivery has failed (RFC 3339), while they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<String>,
+    /// Why the gateway deactivated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deactivated_reason: Option<String>,
 }
 
 impl NewSubscription {
@@ -216,6 +234,8 @@ impl NewSubscription {
             include_patient: self.include_patient,
             created_at: at,
             updated_at: at,
+            failing_since: None,
+            deactivated_reason: None,
             secret: SigningSecret::generate()?,
             previous_secrets: Vec::new(),
         })
@@ -252,6 +272,11 @@ impl Subscription {
             self.events.clone_from(events);
         }
         if let Some(active) = patch.active {
+            if active && !self.active {
+                // Activated again: a fresh start.
+                self.failing_since = None;
+                self.deactivated_reason = None;
+            }
             self.active = active;
         }
         if let Some(description) = &patch.description {
@@ -302,6 +327,44 @@ impl Subscription {
             .collect()
     }
 
+    /// Takes the result of a delivery into the endpoint's health: success
+    /// clears it, 410 Gone deactivates at once, other failures deactivate
+    /// once they have lasted [`FAILING_LIMIT`]. Whether it changed anything
+    /// (and so must be written).
+    pub fn note_delivery(&mut self, succeeded: bool, gone: bool, now: SystemTime) -> bool {
+        let at = unix(now);
+        if succeeded {
+            return self.failing_since.take().is_some();
+        }
+        if !self.active {
+            return false;
+        }
+        if gone {
+            self.deactivate("the endpoint answered 410 Gone".into(), at);
+            return true;
+        }
+        match self.failing_since {
+            None => {
+                self.failing_since = Some(at);
+                true
+            }
+            Some(since) if at.saturating_sub(since) >= FAILING_LIMIT.as_secs() => {
+                self.deactivate(
+                    format!("every delivery failed since {}", rfc3339(since)),
+                    at,
+                );
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn deactivate(&mut self, reason: String, at: u64) {
+        self.active = false;
+        self.deactivated_reason = Some(reason);
+        self.updated_at = at;
+    }
+
     /// Whether this subscription is sent `event`.
     pub fn wants(&self, event: EventType) -> bool {
         self.active && self.events.contains(&event)
@@ -327,6 +390,8 @@ impl Subscription {
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
             previous_secret_expires_at: previous.map(rfc3339),
+            failing_since: self.failing_since.map(rfc3339),
+            deactivated_reason: self.deactivated_reason.clone(),
         }
     }
 }

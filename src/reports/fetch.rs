@@ -67,7 +67,11 @@ impl Fetcher {
             .max_redirects(0)
             .proxy(None)
             .build();
-        let resolver = Guarded { inner, check };
+        let resolver = Guarded {
+            inner,
+            check,
+            setting: "report_fetch_allow_private",
+        };
         Fetcher {
             agent: ureq::Agent::with_parts(config, DefaultConnector::default(), resolver),
         }
@@ -222,7 +226,7 @@ fn describe(e: ureq::Error, url: &Url) -> Error {
 
 /// The resolver's refusal, carried through ureq as `Error::Other`.
 #[derive(Debug)]
-struct Refusal(String);
+pub(crate) struct Refusal(pub String);
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,11 +238,13 @@ impl std::error::Error for Refusal {}
 
 /// Resolves with `inner`, then refuses the lot if any address fails the
 /// check (a host with one internal address among public ones is refused:
-/// ureq may try any of them).
+/// ureq may try any of them). `setting` is the configuration key that
+/// allows internal addresses, named in the refusal.
 #[derive(Debug)]
-struct Guarded<R> {
-    inner: R,
-    check: Check,
+pub(crate) struct Guarded<R> {
+    pub inner: R,
+    pub check: Check,
+    pub setting: &'static str,
 }
 
 impl<R: Resolver> Resolver for Guarded<R> {
@@ -254,8 +260,9 @@ impl<R: Resolver> Resolver for Guarded<R> {
                 let host = uri.host().unwrap_or("");
                 return Err(ureq::Error::Other(Box::new(Refusal(format!(
                     "{host} resolves to a {why} address ({}); \
-                     set report_fetch_allow_private to allow it",
-                    addr.ip()
+                     set {} to allow it",
+                    addr.ip(),
+                    self.setting
                 )))));
             }
         }

@@ -15,6 +15,9 @@ use crate::index::Index;
 pub const WEBHOOK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a stored or failed report job stays listed in `/api/reports`.
 pub const REPORT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a delivered or failed outbound webhook message stays listed in
+/// `/api/webhooks/{id}/messages` (and can be redelivered).
+pub const MESSAGE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often pruning runs while the gateway is up.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -23,6 +26,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct Pruned {
     pub webhook_answers: usize,
     pub report_jobs: usize,
+    pub messages: usize,
 }
 
 /// One pass at `now` (Unix seconds). Blocking.
@@ -30,15 +34,21 @@ pub fn prune(index: &Index, now: u64) -> Result<Pruned, crate::index::Error> {
     let webhook_answers = index.prune_webhooks(now.saturating_sub(WEBHOOK_RETENTION.as_secs()))?;
     let report_jobs =
         index.prune_finished_report_jobs(now.saturating_sub(REPORT_RETENTION.as_secs()))?;
+    let messages = index.prune_messages(
+        now.saturating_sub(MESSAGE_RETENTION.as_secs())
+            .saturating_mul(1000),
+    )?;
     let pruned = Pruned {
         webhook_answers,
         report_jobs,
+        messages,
     };
     if pruned != Pruned::default() {
         tracing::info!(
             webhook_answers,
             report_jobs,
-            "forgot webhook answers and finished report jobs older than their retention"
+            messages,
+            "forgot webhook answers, finished report jobs and outbound messages older than their retention"
         );
     }
     Ok(pruned)
@@ -107,7 +117,8 @@ mod tests {
             prune(&index, now).unwrap(),
             Pruned {
                 webhook_answers: 1,
-                report_jobs: 2
+                report_jobs: 2,
+                messages: 0,
             }
         );
         let left: Vec<_> = index
