@@ -1,4 +1,5 @@
-//! Where the gateway will not send: the report fetcher's address guard.
+//! Where and how the gateway will not be held: the report fetcher's
+//! address guard, an endpoint that never answers.
 
 use serde_json::Value;
 
@@ -50,4 +51,60 @@ fn link_local_is_never_called() {
             .is_some_and(|e| e.starts_with("refused")),
         "{msg}"
     );
+}
+
+/// An endpoint that takes connections and never answers (the kernel
+/// completes the handshake of a listener that never accepts) cannot hold
+/// every delivery slot, nor slow ingest.
+#[test]
+fn a_hanging_endpoint_holds_up_only_itself() {
+    let gw = Gateway::start_with(
+        Opts::default()
+            .arg("--webhook-concurrency")
+            .arg("2")
+            .arg("--webhook-timeout")
+            .arg("600"),
+    );
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_url = hook_url(hanging.local_addr().unwrap().port());
+    let (stuck, _) = subscribe(&gw, &hanging_url, &["study.received"], false);
+    let port = free_port();
+    let (id, secret) = subscribe(&gw, &hook_url(port), &["study.received"], false);
+    let rx = Receiver::start(&[&secret], port, 204);
+
+    let studies = [
+        send(&gw, &["ts/implicit_le"]),
+        send(&gw, &["ts/rle_lossless"]),
+        send(&gw, &["ts/explicit_be"]),
+    ];
+    // A delivery to the hanging endpoint is under way, and stays so.
+    hanging.set_nonblocking(true).unwrap();
+    let (mut held, _) = wait_until("a connection to the hanging endpoint", || {
+        hanging.accept().map_err(|e| e.to_string())
+    });
+    held.set_nonblocking(false).unwrap();
+    let mut head = [0u8; 5];
+    std::io::Read::read_exact(&mut held, &mut head).unwrap();
+    assert_eq!(&head, b"POST ");
+
+    for study in &studies {
+        let records = wait_for_event(&rx, "study.received", study, 1);
+        assert_message(
+            of_study(&records, "study.received", study)[0],
+            "study.received",
+            serde_json::json!([0]),
+        );
+    }
+    settled(&gw, &id, 3);
+    // The hanging endpoint's messages are all still waiting, not one of
+    // them answered.
+    let stuck = messages(&gw, &stuck);
+    assert_eq!(stuck.len(), 3, "{stuck:?}");
+    assert!(
+        stuck
+            .iter()
+            .all(|m| m["state"] == "pending" && m.get("lastStatus").is_none()),
+        "{stuck:?}"
+    );
+    drop((held, hanging));
 }
