@@ -331,6 +331,49 @@ fn kill_9_between_commit_and_delivery() {
     assert_eq!(list[0]["state"], "delivered", "{list:?}");
 }
 
+/// Killed while a delivery is under way (sent, not yet answered): after
+/// the restart it goes again with the same webhook-id (at-least-once).
+#[test]
+fn kill_9_during_a_delivery_sends_it_again_with_the_same_id() {
+    let mut gw = Gateway::start_with(
+        Opts::default()
+            .arg("--webhook-timeout")
+            .arg("600")
+            .env(RETRY_SCHEDULE, &fast_retries()),
+    );
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (id, secret) = subscribe(
+        &gw,
+        &hook_url(hanging.local_addr().unwrap().port()),
+        &["study.received"],
+        false,
+    );
+    let study = send(&gw, &["ts/implicit_le"]);
+    let (held, sent) = hold_a_delivery(&hanging);
+    gw.kill9();
+    drop((held, hanging));
+
+    let rx = Receiver::start(&[&secret], 0, 204);
+    gw.restart();
+    let (status, answer) = call(
+        &gw,
+        "PATCH",
+        &format!("/api/webhooks/{id}"),
+        Some(&json!({ "url": hook_url(rx.port) }).to_string()),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let records = wait_for_event(&rx, "study.received", &study, 1);
+    assert_message(&records[0], "study.received", json!([0]));
+    assert_eq!(records[0]["id"], sent.as_str());
+    let list = settled(&gw, &id, 1);
+    assert_eq!(
+        (&list[0]["id"], &list[0]["state"]),
+        (&json!(sent), &json!("delivered")),
+        "{list:?}"
+    );
+}
+
 /// Rotated: the old secret keeps signing, so a receiver holding either
 /// verifies each delivery.
 #[test]

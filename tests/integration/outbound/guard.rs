@@ -78,14 +78,7 @@ fn a_hanging_endpoint_holds_up_only_itself() {
         send(&gw, &["ts/explicit_be"]),
     ];
     // A delivery to the hanging endpoint is under way, and stays so.
-    hanging.set_nonblocking(true).unwrap();
-    let (mut held, _) = wait_until("a connection to the hanging endpoint", || {
-        hanging.accept().map_err(|e| e.to_string())
-    });
-    held.set_nonblocking(false).unwrap();
-    let mut head = [0u8; 5];
-    std::io::Read::read_exact(&mut held, &mut head).unwrap();
-    assert_eq!(&head, b"POST ");
+    let (held, _) = hold_a_delivery(&hanging);
 
     for study in &studies {
         let records = wait_for_event(&rx, "study.received", study, 1);

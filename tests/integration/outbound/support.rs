@@ -1,8 +1,9 @@
 //! What the outbound tests share: the receiver, polling, the API calls.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +52,36 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Waits for the gateway to connect to `endpoint` (a listener nobody
+/// answers on) and send a request's head; the connection, held open and
+/// unanswered, and the request's `webhook-id`.
+pub fn hold_a_delivery(endpoint: &TcpListener) -> (TcpStream, String) {
+    endpoint.set_nonblocking(true).unwrap();
+    let (mut held, _) = wait_until("a connection to the endpoint", || {
+        endpoint.accept().map_err(|e| e.to_string())
+    });
+    held.set_nonblocking(false).unwrap();
+    held.set_read_timeout(Some(WAIT)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 64 * 1024, "no end to the request head");
+        held.read_exact(&mut byte).expect("a request head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("an ASCII request head");
+    assert!(head.starts_with("POST /hook"), "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("webhook-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no webhook-id: {head}"));
+    (held, id)
 }
 
 /// The environment variable the retry schedule is given in.
