@@ -9,7 +9,7 @@ use crate::common::{self, Gateway, Opts, call};
 
 #[test]
 fn deliveries_verify_with_the_reference_library() {
-    let gw = Gateway::start_with(Opts::default().arg("--stable-after").arg("1"));
+    let gw = Gateway::start_with(Opts::default().arg("--stable-after").arg("2"));
     let port = free_port();
     let (id, secret) = subscribe(&gw, &hook_url(port), &ALL_EVENTS, false);
     let rx = Receiver::start(&[&secret], port, 204);
@@ -169,7 +169,7 @@ fn a_receiver_that_is_down_then_failing_then_up_gets_everything_in_order() {
     let gw = Gateway::start_with(
         Opts::default()
             .arg("--stable-after")
-            .arg("1")
+            .arg("2")
             .env(RETRY_SCHEDULE, &fast_retries()),
     );
     let port = free_port();
