@@ -188,3 +188,45 @@ fn a_rotated_secret_signs_for_24_hours() {
     let shown = serde_json::to_string(&s.view(at(7_010))).unwrap();
     assert!(!shown.contains("whsec_"), "{shown}");
 }
+
+#[test]
+fn failing_for_five_days_or_410_deactivates_and_activating_starts_afresh() {
+    let day = 24 * 3600;
+    let mut s = new_one(at(1_000));
+    assert!(!s.note_delivery(true, false, at(1_000)), "healthy stays healthy");
+    assert!(s.note_delivery(false, false, at(2_000)), "first failure noted");
+    assert_eq!(s.failing_since, Some(2_000));
+    assert!(!s.note_delivery(false, false, at(2_000 + day)), "nothing new");
+    assert!(s.note_delivery(true, false, at(3_000 + day)), "a success clears it");
+    assert_eq!(s.failing_since, None);
+
+    s.note_delivery(false, false, at(10_000));
+    assert!(!s.note_delivery(false, false, at(10_000 + 5 * day - 1)));
+    assert!(s.active);
+    assert!(s.note_delivery(false, false, at(10_000 + 5 * day)));
+    assert!(!s.active);
+    let view = s.view(at(10_000 + 5 * day));
+    assert!(
+        view.deactivated_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("every delivery failed since")),
+        "{view:?}"
+    );
+    assert!(view.failing_since.is_some());
+
+    let activate = Patch {
+        active: Some(true),
+        ..Patch::default()
+    }
+    .check()
+    .unwrap();
+    s.apply(&activate, at(20 * day));
+    assert!(s.active && s.failing_since.is_none() && s.deactivated_reason.is_none());
+
+    assert!(s.note_delivery(false, true, at(21 * day)), "410 Gone");
+    assert!(!s.active);
+    assert_eq!(
+        s.deactivated_reason.as_deref(),
+        Some("the endpoint answered 410 Gone")
+    );
+}
