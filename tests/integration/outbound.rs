@@ -7,5 +7,6 @@
 mod delivery;
 mod guard;
 mod operator;
+mod shared;
 mod stable;
 mod support;
