@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 use super::support::*;
 use crate::common::{self, Gateway, Opts, call};
 
+/// A study sent with storescu: `study.received` once (its first instance),
+/// `study.stable` once (the whole study), each verified with the secret
+/// the API returned; patient data only for a subscription that asked.
 #[test]
 fn deliveries_verify_with_the_reference_library() {
     let gw = Gateway::start_with(Opts::default().arg("--stable-after").arg("2"));
@@ -60,42 +63,39 @@ fn deliveries_verify_with_the_reference_library() {
     // A subscription that asked for patient data gets it; the first one
     // still does not. The second study's stable event is also the barrier
     // after which the first study cannot fire again.
-    let secret2 = {
-        let port2 = free_port();
-        let (id2, secret2) = subscribe(
-            &gw,
-            &hook_url(port2),
-            &["study.received", "study.stable"],
-            true,
-        );
-        let rx2 = Receiver::start(&[&secret2], port2, 204);
-        let other = send(&gw, &["ts/implicit_le"]);
-        let with_patient = wait_for_event(&rx2, "study.stable", &other, 1);
-        for kind in ["study.received", "study.stable"] {
-            let got = of_study(&with_patient, kind, &other);
-            assert_eq!(got.len(), 1, "{with_patient:?}");
-            assert_message(got[0], kind, json!([0]));
-            let patient = &got[0]["body"]["data"]["patient"];
-            assert_eq!(patient["name"], "Test^Patient", "{}", got[0]);
-            assert_eq!(patient["id"], "GW-PAT-0001", "{}", got[0]);
-        }
-        // Only this study's: the subscription came after the first one.
-        assert!(
-            with_patient
-                .iter()
-                .all(|r| r["body"]["data"]["studyInstanceUid"] == other.as_str()),
-            "{with_patient:?}"
-        );
-        settled(&gw, &id2, 2);
-        let without = wait_for_event(&rx, "study.stable", &other, 1);
-        for r in of_study(&without, "study.received", &other)
-            .into_iter()
-            .chain(of_study(&without, "study.stable", &other))
-        {
-            assert!(r["body"]["data"].get("patient").is_none(), "{r}");
-        }
-        secret2
-    };
+    let port2 = free_port();
+    let (id2, secret2) = subscribe(
+        &gw,
+        &hook_url(port2),
+        &["study.received", "study.stable"],
+        true,
+    );
+    let rx2 = Receiver::start(&[&secret2], port2, 204);
+    let other = send(&gw, &["ts/implicit_le"]);
+    let with_patient = wait_for_event(&rx2, "study.stable", &other, 1);
+    for kind in ["study.received", "study.stable"] {
+        let got = of_study(&with_patient, kind, &other);
+        assert_eq!(got.len(), 1, "{with_patient:?}");
+        assert_message(got[0], kind, json!([0]));
+        let patient = &got[0]["body"]["data"]["patient"];
+        assert_eq!(patient["name"], "Test^Patient", "{}", got[0]);
+        assert_eq!(patient["id"], "GW-PAT-0001", "{}", got[0]);
+    }
+    // Only this study's: the subscription came after the first one.
+    assert!(
+        with_patient
+            .iter()
+            .all(|r| r["body"]["data"]["studyInstanceUid"] == other.as_str()),
+        "{with_patient:?}"
+    );
+    settled(&gw, &id2, 2);
+    let without = wait_for_event(&rx, "study.stable", &other, 1);
+    for r in of_study(&without, "study.received", &other)
+        .into_iter()
+        .chain(of_study(&without, "study.stable", &other))
+    {
+        assert!(r["body"]["data"].get("patient").is_none(), "{r}");
+    }
     assert_ne!(secret, secret2);
 
     let list = settled(&gw, &id, 4);
@@ -164,6 +164,10 @@ fn instance_refused_is_told() {
     assert!(gw.studies().is_empty(), "a refused instance was stored");
 }
 
+/// The receiver is down (connection refused), then up but failing (500),
+/// then well: every message arrives, each tried with the same id and body
+/// until acknowledged and never after, and per study `study.received` is
+/// acknowledged before `study.stable` is first tried.
 #[test]
 fn a_receiver_that_is_down_then_failing_then_up_gets_everything_in_order() {
     let gw = Gateway::start_with(
@@ -294,6 +298,8 @@ fn a_receiver_that_is_down_then_failing_then_up_gets_everything_in_order() {
     }
 }
 
+/// Killed after the event was committed (the instance acknowledged) and
+/// before it could be delivered: after the restart it is, same webhook-id.
 #[test]
 fn kill_9_between_commit_and_delivery() {
     let mut gw = Gateway::start_with(Opts::default().env(RETRY_SCHEDULE, &fast_retries()));

@@ -13,6 +13,8 @@ fn failed(gw: &Gateway, id: &str) -> Value {
     msg
 }
 
+/// `webhook_allow_private = false`: a loopback endpoint is refused before
+/// any connection, and the message fails saying which setting refused it.
 #[test]
 fn loopback_only_when_private_addresses_are_allowed() {
     let gw = Gateway::start_with(

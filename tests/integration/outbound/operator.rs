@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 use super::support::*;
 use crate::common::{Gateway, Opts, call};
 
+/// Subscribe, rotate, fail (refused, then 500), deliver: the log tells of
+/// the failures and carries neither secret, nor the URL's token.
 #[test]
 fn event_logs_never_carry_a_secret() {
     let mut gw = Gateway::start_with(
@@ -69,6 +71,8 @@ fn event_logs_never_carry_a_secret() {
     );
 }
 
+/// The messages view after a delivery, and a redelivery: the same
+/// webhook-id and body arrive again; unknown ids are 404s.
 #[test]
 fn messages_view_and_redeliver() {
     let gw = Gateway::start();
@@ -149,6 +153,8 @@ fn redeliver(gw: &Gateway, id: &str, msg: &Value) {
     assert_eq!(answer["id"], msg["id"], "{answer}");
 }
 
+/// Once every wait of the schedule has been tried, the message is failed
+/// (one attempt per wait); redelivered by hand, it arrives.
 #[test]
 fn a_message_fails_after_its_schedule_and_is_redelivered_by_hand() {
     let gw = Gateway::start_with(Opts::default().env(RETRY_SCHEDULE, "0s,100ms,100ms"));

@@ -30,6 +30,9 @@ fn new_instances(dir: &Path, fixture: &str, n: usize) -> Vec<PathBuf> {
     out
 }
 
+/// A study in bursts further apart than `stable_after`: `study.received`
+/// once, `study.stable` once per burst with versions 1, 2, 3, the third
+/// with a restart inside its window.
 #[test]
 fn two_bursts_fire_stable_twice_with_increasing_versions() {
     let mut gw = Gateway::start_with(

@@ -1,8 +1,7 @@
 //! What the outbound tests share: the receiver, polling, the API calls.
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -280,11 +279,17 @@ pub fn send(gw: &Gateway, parts: &[&str]) -> String {
     fixtures[0]["study"].as_str().unwrap().to_owned()
 }
 
-/// Everything a verified Standard Webhooks message of `kind` must be: one
-/// `v1,` signature per secret, a timestamp header near now, the body's
-/// `type`, `timestamp` and `data`.
+/// Everything a delivered Standard Webhooks message of `kind` must be:
+/// verified by the receiver's secrets `verified_by` (indexes), answered
+/// 2xx, only `v1,` signatures, a `msg_` id, the attempt's Unix time in
+/// seconds, and a body with `type`, an RFC 3339 `timestamp` and `data`.
 pub fn assert_message(record: &Value, kind: &str, verified_by: Value) {
     assert_eq!(record["verified_by"], verified_by, "{record}");
+    let signatures = record["signature"].as_str().unwrap();
+    assert!(
+        signatures.split(' ').all(|s| s.starts_with("v1,")),
+        "{record}"
+    );
     assert_eq!(record["answered"].as_u64().unwrap() / 100, 2, "{record}");
     assert_eq!(record["path"], "/hook", "{record}");
     let id = record["id"].as_str().unwrap();
