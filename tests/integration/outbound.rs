@@ -5,6 +5,7 @@
 //! messages API, polling with a deadline; nothing waits a fixed time.
 
 mod delivery;
+mod events;
 mod guard;
 mod operator;
 mod shared;
