@@ -193,23 +193,11 @@ fn a_rotated_secret_signs_for_24_hours() {
 fn failing_for_five_days_or_410_deactivates_and_activating_starts_afresh() {
     let day = 24 * 3600;
     let mut s = new_one(at(1_000));
-    assert!(
-        !s.note_delivery(true, false, at(1_000)),
-        "healthy stays healthy"
-    );
-    assert!(
-        s.note_delivery(false, false, at(2_000)),
-        "first failure noted"
-    );
+    assert!(!s.note_delivery(true, false, at(1_000)), "healthy stays healthy");
+    assert!(s.note_delivery(false, false, at(2_000)), "first failure noted");
     assert_eq!(s.failing_since, Some(2_000));
-    assert!(
-        !s.note_delivery(false, false, at(2_000 + day)),
-        "nothing new"
-    );
-    assert!(
-        s.note_delivery(true, false, at(3_000 + day)),
-        "a success clears it"
-    );
+    assert!(!s.note_delivery(false, false, at(2_000 + day)), "nothing new");
+    assert!(s.note_delivery(true, false, at(3_000 + day)), "a success clears it");
     assert_eq!(s.failing_since, None);
 
     s.note_delivery(false, false, at(10_000));
