@@ -465,6 +465,50 @@ impl Gateway {
     }
 }
 
+/// An operator API call: (status, JSON body or `null` when there is none).
+pub fn call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = gw.url(path);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let result = match (method, body) {
+        ("GET", None) => with_auth(agent.get(&url), &auth).call(),
+        ("DELETE", None) => with_auth(agent.delete(&url), &auth).call(),
+        ("POST", None) => with_auth(agent.post(&url), &auth).send_empty(),
+        ("POST", Some(b)) => with_auth(agent.post(&url), &auth)
+            .content_type("application/json")
+            .send(b),
+        ("PATCH", Some(b)) => with_auth(agent.patch(&url), &auth)
+            .content_type("application/json")
+            .send(b),
+        other => panic!("no such call: {other:?}"),
+    };
+    let mut resp = result.expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    };
+    (status, body)
+}
+
+fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: &Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("Authorization", a),
+        None => req,
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
