@@ -125,10 +125,7 @@ fn a_hanging_delivery_does_not_hold_the_shutdown() {
         false,
     );
     let study = send(&gw, &["ts/implicit_le"]);
-    hanging.set_nonblocking(true).unwrap();
-    let (held, _) = wait_until("a connection to the hanging endpoint", || {
-        hanging.accept().map_err(|e| e.to_string())
-    });
+    let (held, sent) = hold_a_delivery(&hanging);
 
     let pid = gw.pid();
     let (exited, exit) = std::sync::mpsc::channel();
@@ -161,5 +158,6 @@ fn a_hanging_delivery_does_not_hold_the_shutdown() {
     assert_eq!(status, 200, "{answer}");
     let records = wait_for_event(&rx, "study.received", &study, 1);
     assert_message(&records[0], "study.received", serde_json::json!([0]));
+    assert_eq!(records[0]["id"], sent.as_str());
     assert_eq!(settled(&gw, &id, 1)[0]["id"], records[0]["id"]);
 }
