@@ -7,6 +7,7 @@
 mod delivery;
 mod events;
 mod guard;
+mod hostile;
 mod operator;
 mod shared;
 mod stable;

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::support::*;
-use crate::common::{Gateway, Opts};
+use crate::common::{Gateway, Opts, call};
 
 /// Waits until subscription `id`'s only message has failed; returns it.
 fn failed(gw: &Gateway, id: &str) -> Value {
@@ -102,4 +102,62 @@ fn a_hanging_endpoint_holds_up_only_itself() {
         "{stuck:?}"
     );
     drop((held, hanging));
+}
+
+/// SIGTERM while a delivery hangs: the gateway stops within its shutdown
+/// grace, not the delivery's time-out, and the message goes after the
+/// restart with the same webhook-id.
+#[test]
+fn a_hanging_delivery_does_not_hold_the_shutdown() {
+    let mut gw = Gateway::start_with(
+        Opts::default()
+            .arg("--webhook-timeout")
+            .arg("3600")
+            .arg("--shutdown-grace")
+            .arg("1")
+            .env(RETRY_SCHEDULE, &fast_retries()),
+    );
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (id, secret) = subscribe(
+        &gw,
+        &hook_url(hanging.local_addr().unwrap().port()),
+        &["study.received"],
+        false,
+    );
+    let study = send(&gw, &["ts/implicit_le"]);
+    let (held, sent) = hold_a_delivery(&hanging);
+
+    let pid = gw.pid();
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = exited.send(gw.stop());
+        });
+        let status = exit.recv_timeout(WAIT).unwrap_or_else(|_| {
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .status();
+            panic!(
+                "still running {WAIT:?} after SIGTERM (shutdown grace 1 s): held by the delivery"
+            )
+        });
+        assert!(status.success(), "{status}");
+    });
+    drop((held, hanging));
+
+    let port = free_port();
+    let rx = Receiver::start(&[&secret], port, 204);
+    gw.restart();
+    let (status, answer) = call(
+        &gw,
+        "PATCH",
+        &format!("/api/webhooks/{id}"),
+        Some(&serde_json::json!({ "url": hook_url(port) }).to_string()),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let records = wait_for_event(&rx, "study.received", &study, 1);
+    assert_message(&records[0], "study.received", serde_json::json!([0]));
+    assert_eq!(records[0]["id"], sent.as_str());
+    assert_eq!(settled(&gw, &id, 1)[0]["id"], records[0]["id"]);
 }
