@@ -344,7 +344,7 @@ fn kill_9_during_a_delivery_sends_it_again_with_the_same_id() {
     let mut gw = Gateway::start_with(
         Opts::default()
             .arg("--webhook-timeout")
-            .arg("600")
+            .arg("300")
             .env(RETRY_SCHEDULE, &fast_retries()),
     );
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -65,7 +65,7 @@ fn a_hanging_endpoint_holds_up_only_itself() {
             .arg("--webhook-concurrency")
             .arg("2")
             .arg("--webhook-timeout")
-            .arg("600"),
+            .arg("300"),
     );
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hanging_url = hook_url(hanging.local_addr().unwrap().port());
@@ -112,7 +112,7 @@ fn a_hanging_delivery_does_not_hold_the_shutdown() {
     let mut gw = Gateway::start_with(
         Opts::default()
             .arg("--webhook-timeout")
-            .arg("3600")
+            .arg("300")
             .arg("--shutdown-grace")
             .arg("1")
             .env(RETRY_SCHEDULE, &fast_retries()),
