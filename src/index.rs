@@ -134,6 +134,10 @@ pub struct Index {
     subscriptions: Arc<RwLock<Arc<Vec<Subscription>>>>,
     /// Woken when the outbox has new messages.
     outbox_wake: Arc<tokio::sync::Notify>,
+    /// Counts changes to the outbox other than new messages and the
+    /// worker's own bookkeeping (redelivery, failing, removal): a reader
+    /// that caches the outbox reads it whole again when it moved.
+    outbox_rev: Arc<AtomicU64>,
     stamps: Arc<Stamps>,
 }
 
@@ -247,6 +251,7 @@ impl Index {
             node: outbox::node_id(&tree("v1/meta")?)?.into(),
             subscriptions: Arc::default(),
             outbox_wake: Arc::default(),
+            outbox_rev: Arc::default(),
             stamps: Arc::default(),
             db,
         })

@@ -31,6 +31,14 @@ impl OutboxKey {
         self.0.split_once('/').map_or("", |(s, _)| s)
     }
 
+    /// The sequence number (0 for a key not of the outbox's form).
+    pub fn seq(&self) -> u64 {
+        self.0
+            .split_once('/')
+            .and_then(|(_, hex)| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or(0)
+    }
+
     fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -100,7 +108,18 @@ impl Index {
         Arc::clone(&self.outbox_wake)
     }
 
-    pub(super) fn subscriptions_snapshot(&self) -> Arc<Vec<Subscription>> {
+    /// Bumped by every outbox change but new messages and attempts.
+    pub fn outbox_rev(&self) -> u64 {
+        self.outbox_rev.load(Ordering::Acquire)
+    }
+
+    fn outbox_changed(&self) {
+        self.outbox_rev.fetch_add(1, Ordering::AcqRel);
+        self.outbox_wake.notify_one();
+    }
+
+    /// The subscriptions as last written (no read of the index).
+    pub fn subscriptions_snapshot(&self) -> Arc<Vec<Subscription>> {
         Arc::clone(&self.subscriptions.read().expect("subscriptions lock"))
     }
 
@@ -125,6 +144,28 @@ impl Index {
     pub fn pending_messages(&self) -> Result<Vec<(OutboxKey, Message)>> {
         self.outbox
             .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("scan outbox"))?;
+                Ok((OutboxKey::from_raw(&k), decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// A subscription's pending messages queued after sequence `after`
+    /// (all of them for `None`), in order: one range scan.
+    pub fn pending_after(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+    ) -> Result<Vec<(OutboxKey, Message)>> {
+        let from = match after {
+            Some(seq) => OutboxKey::new(subscription, seq.saturating_add(1)).0,
+            None => format!("{subscription}/"),
+        };
+        // '0' follows '/' in ASCII: the end of this subscription's keys.
+        let to = format!("{subscription}0");
+        self.outbox
+            .range(from.into_bytes()..to.into_bytes())
             .map(|kv| {
                 let (k, v) = kv.map_err(db_err("scan outbox"))?;
                 Ok((OutboxKey::from_raw(&k), decode(&k, &v)?))
@@ -202,7 +243,7 @@ impl Index {
             })
             .map_err(tx_error)?;
         self.flush()?;
-        self.outbox_wake.notify_one();
+        self.outbox_changed();
         Ok(Some(message))
     }
 
@@ -219,6 +260,9 @@ impl Index {
                 failed += 1;
             }
         }
+        if failed > 0 {
+            self.outbox_changed();
+        }
         Ok(failed)
     }
 
@@ -231,6 +275,7 @@ impl Index {
                 tree.remove(k).map_err(db_err("remove message"))?;
             }
         }
+        self.outbox_changed();
         Ok(())
     }
 
@@ -304,6 +349,22 @@ mod tests {
         assert_ne!(pending[0].1.event.id, pending[1].1.event.id);
         assert!(pending[0].1.event.id.starts_with("msg_"));
 
+        // What the worker reads between passes: what is new, per subscription.
+        let all = index.pending_after(&ris.id, None).unwrap();
+        assert_eq!(all.len(), 2);
+        let after_first = index.pending_after(&ris.id, Some(all[0].0.seq())).unwrap();
+        assert_eq!(after_first, all[1..].to_vec());
+        assert!(
+            index
+                .pending_after(&ris.id, Some(all[1].0.seq()))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(index.pending_after(&ai.id, None).unwrap().is_empty());
+        let rev = index.outbox_rev();
+        index.redeliver(&ris.id, "msg_none", 0).unwrap();
+        assert_eq!(index.outbox_rev(), rev, "nothing changed");
+
         // A rebuild from the store tells nobody.
         index
             .put_missing(&[instance("1.2.5", "1.2.5.1.1")])
@@ -326,10 +387,15 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, State::Delivered);
 
+        let rev = index.outbox_rev();
         let again = index
             .redeliver(&ris.id, &message.event.id, 5)
             .unwrap()
             .unwrap();
+        assert!(
+            index.outbox_rev() > rev,
+            "a redelivery is seen by cached readers"
+        );
         assert_eq!(again.state, State::Pending);
         assert_eq!(
             index.pending_messages().unwrap()[0].1.event.id,

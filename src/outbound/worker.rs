@@ -13,7 +13,7 @@
 //! earliest retry is due. Messages of a deactivated subscription are
 //! failed (the operator can redeliver them after activating it again).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,18 +44,72 @@ impl Settings {
     }
 }
 
+/// The pending messages the worker knows, kept in memory between passes so
+/// a pass costs a range scan of what is new, not a read of the whole outbox.
+#[derive(Default)]
+struct Queue {
+    messages: BTreeMap<OutboxKey, Message>,
+    /// Per subscription, the highest sequence number read.
+    seen: HashMap<String, u64>,
+    /// The index's outbox revision the queue was read at (`None`: never).
+    rev: Option<u64>,
+}
+
+impl Queue {
+    /// Reads what is new: everything after a redelivery, a failing or a
+    /// removal; otherwise each subscription's messages past those seen.
+    fn refresh(
+        &mut self,
+        index: &Index,
+        subscriptions: &[Subscription],
+    ) -> crate::index::Result<()> {
+        let rev = index.outbox_rev();
+        if self.rev != Some(rev) {
+            self.messages = index.pending_messages()?.into_iter().collect();
+            self.seen.clear();
+            for key in self.messages.keys() {
+                let seen = self.seen.entry(key.subscription().to_owned()).or_default();
+                *seen = (*seen).max(key.seq());
+            }
+            // Past these, a message is new (messages queued after the
+            // revision was read are read again: the map takes them once).
+            self.rev = Some(rev);
+        }
+        for s in subscriptions {
+            let after = self.seen.get(&s.id).copied();
+            for (key, message) in index.pending_after(&s.id, after)? {
+                let seen = self.seen.entry(s.id.clone()).or_default();
+                *seen = (*seen).max(key.seq());
+                self.messages.insert(key, message);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Delivers until `cancel`; deliveries in flight then get `drain` to
 /// finish.
 pub async fn run(index: Index, sender: Sender, settings: Settings, cancel: CancellationToken) {
     let wake = index.outbox_wake();
     let settings = Arc::new(settings);
+    let mut queue = Queue::default();
     let mut in_flight: HashSet<OutboxKey> = HashSet::new();
-    let mut tasks: JoinSet<OutboxKey> = JoinSet::new();
+    let mut tasks: JoinSet<(OutboxKey, Message)> = JoinSet::new();
     loop {
-        let next = match pass(&index, &sender, &settings, &mut in_flight, &mut tasks).await {
+        let next = match pass(
+            &index,
+            &sender,
+            &settings,
+            &mut queue,
+            &mut in_flight,
+            &mut tasks,
+        )
+        .await
+        {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "webhook outbox unreadable; retrying in a minute");
+                queue.rev = None;
                 Some(now_ms().saturating_add(IDLE_PASS.as_millis() as u64))
             }
         };
@@ -67,16 +121,12 @@ pub async fn run(index: Index, sender: Sender, settings: Settings, cancel: Cance
             () = wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(key) = done {
-                    in_flight.remove(&key);
-                }
+                finished(&mut queue, &mut in_flight, done);
             }
         }
         // Take every other finished delivery before the next pass.
         while let Some(done) = tasks.try_join_next() {
-            if let Ok(key) = done {
-                in_flight.remove(&key);
-            }
+            finished(&mut queue, &mut in_flight, done);
         }
     }
     let drained = tokio::time::timeout(settings.drain, async {
@@ -92,24 +142,54 @@ pub async fn run(index: Index, sender: Sender, settings: Settings, cancel: Cance
     }
 }
 
+/// A delivery ended: the queue takes the message as it now stands.
+fn finished(
+    queue: &mut Queue,
+    in_flight: &mut HashSet<OutboxKey>,
+    done: Result<(OutboxKey, Message), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((key, message)) => {
+            in_flight.remove(&key);
+            if message.state == State::Pending {
+                queue.messages.insert(key, message);
+            } else {
+                queue.messages.remove(&key);
+            }
+        }
+        // A delivery task that panicked: read the outbox again.
+        Err(_) => {
+            in_flight.clear();
+            queue.rev = None;
+        }
+    }
+}
+
 /// One pass; the Unix milliseconds of the earliest retry not yet due.
 async fn pass(
     index: &Index,
     sender: &Sender,
     settings: &Arc<Settings>,
+    queue: &mut Queue,
     in_flight: &mut HashSet<OutboxKey>,
-    tasks: &mut JoinSet<OutboxKey>,
+    tasks: &mut JoinSet<(OutboxKey, Message)>,
 ) -> crate::index::Result<Option<u64>> {
-    let read = index.clone();
-    let (pending, subscriptions) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::index::Error>((read.pending_messages()?, read.subscriptions()?))
-    })
-    .await
-    .expect("outbox read does not panic")?;
-    let subscriptions: HashMap<String, Subscription> = subscriptions
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect();
+    let subscriptions = index.subscriptions_snapshot();
+    {
+        let read = index.clone();
+        let subs = Arc::clone(&subscriptions);
+        let mut taken = std::mem::take(queue);
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let result = taken.refresh(&read, &subs);
+            (taken, result)
+        })
+        .await
+        .expect("outbox read does not panic");
+        *queue = back;
+        result?;
+    }
+    let by_id: HashMap<&str, &Subscription> =
+        subscriptions.iter().map(|s| (s.id.as_str(), s)).collect();
     let now = now_ms();
     let mut next: Option<u64> = None;
     let mut blocked: HashSet<(String, String)> = HashSet::new();
@@ -120,44 +200,50 @@ async fn pass(
             .or_default() += 1;
     }
     let mut deactivated = HashSet::new();
-    for (key, message) in pending {
-        let sub_id = key.subscription().to_owned();
-        let Some(subscription) = subscriptions.get(&sub_id) else {
-            continue; // removed; its messages go with it
+    let mut removed = Vec::new();
+    for (key, message) in &queue.messages {
+        let sub_id = key.subscription();
+        let Some(subscription) = by_id.get(sub_id) else {
+            removed.push(key.clone()); // its messages went with it
+            continue;
         };
         if !subscription.active {
-            deactivated.insert(sub_id);
+            deactivated.insert(sub_id.to_owned());
             continue;
         }
         if let Some(study) = &message.event.study {
             // Only the first pending message of a study goes.
-            if !blocked.insert((sub_id.clone(), study.clone())) {
+            if !blocked.insert((sub_id.to_owned(), study.clone())) {
                 continue;
             }
         }
-        if in_flight.contains(&key) {
+        if in_flight.contains(key) {
             continue;
         }
         if message.next_at_ms > now {
             next = Some(next.map_or(message.next_at_ms, |n| n.min(message.next_at_ms)));
             continue;
         }
-        let busy = per_subscription.entry(sub_id).or_default();
+        let busy = per_subscription.entry(sub_id.to_owned()).or_default();
         if in_flight.len() >= settings.concurrency || *busy >= settings.per_subscription() {
             continue; // a finishing delivery starts the next pass
         }
         *busy += 1;
         in_flight.insert(key.clone());
         let (index, sender, settings) = (index.clone(), sender.clone(), Arc::clone(settings));
-        let subscription = subscription.clone();
+        let (subscription, key, message) = ((*subscription).clone(), key.clone(), message.clone());
         tasks.spawn(async move {
             let done = key.clone();
-            let _ = tokio::task::spawn_blocking(move || {
+            let fallback = message.clone();
+            let attempted = tokio::task::spawn_blocking(move || {
                 deliver(&index, &sender, &settings, &subscription, &key, message)
             })
             .await;
-            done
+            (done, attempted.unwrap_or(fallback))
         });
+    }
+    for key in removed {
+        queue.messages.remove(&key);
     }
     for id in deactivated {
         let index = index.clone();
@@ -182,7 +268,7 @@ fn deliver(
     subscription: &Subscription,
     key: &OutboxKey,
     mut message: Message,
-) {
+) -> Message {
     let started = Instant::now();
     let at = now_ms();
     let outcome = sender.send(subscription, &message.event, SystemTime::now());
@@ -226,6 +312,7 @@ fn deliver(
             Err(e) => tracing::error!(error = %e, "cannot record a webhook endpoint's health"),
         }
     }
+    message
 }
 
 pub fn now_ms() -> u64 {
