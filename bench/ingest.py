@@ -834,7 +834,10 @@ def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_
         send(receiver, bench_set.dirs(MODES[mode]), log_dir, result)
         result.peak_rss_bytes = receiver.peak_rss(sampler.stop())
         result.verify_wait_s = verify(receiver, bench_set.count, result.problems)
-        notes, problems = receiver.after_run()
+        try:
+            notes, problems = receiver.after_run()
+        except OSError as error:  # includes urllib's URLError
+            notes, problems = {}, [f"{receiver.name}: checks after the run failed: {error}"]
         result.notes, result.problems = notes, result.problems + problems
         if notes:
             log(f"{tag}: {json.dumps(notes)}")
