@@ -929,7 +929,8 @@ def results_table(summaries: dict) -> str:
 def runs_table(summaries: dict) -> str:
     header = (
         "| set | mode | receiver | wall time per run (s) | spread (max-min)/median "
-        "| receiver CPU ms per instance, per run | other CPU load, max | steal, max |\n|---|---|---|---|--:|---|--:|--:|\n"
+        "| receiver CPU ms per instance, per run | other CPU load, max | steal, max |\n"
+        "|---|---|---|---|--:|---|--:|--:|\n"
     )
     rows = []
     for (set_name, mode), pair in summaries.items():

@@ -470,7 +470,8 @@ def run_once(run: int, args, studies_dir: Path, binary: Path, work: Path) -> dic
         perf = None
         if args.profile_drain:
             perf = subprocess.Popen(
-                ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(gw.process.pid), "-o", f"{args.profile_drain}.{run}"],
+                ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-p", str(gw.process.pid),
+                 "-o", f"{args.profile_drain}.{run}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(0.5)  # let perf attach; untimed (the gate is still closed)
@@ -534,7 +535,8 @@ def report(results: list[dict], args, info: dict, command: str) -> str:
         f"| ingest while the receiver holds (drain phase: no delivery ends, the outbox grows), studies/s "
         f"| {args.studies / med('held_storescu_s'):.0f} | {held} |",
         f"| gateway CPU ms per study during the burst: without subscription / receiver holding "
-        f"| {cpu_ms('nosub_gateway_cpu_s')} / {cpu_ms('held_gateway_cpu_s')} | {per_run('nosub_gateway_cpu_s', 'held_gateway_cpu_s')} |",
+        f"| {cpu_ms('nosub_gateway_cpu_s')} / {cpu_ms('held_gateway_cpu_s')} "
+        f"| {per_run('nosub_gateway_cpu_s', 'held_gateway_cpu_s')} |",
         f"| gateway CPU ms per study, burst to last study.stable told (no subscription) or delivered (live) "
         f"| {cpu_ms('nosub_gateway_cpu_total_s')} / {cpu_ms('gateway_cpu_s')} "
         f"| {per_run('nosub_gateway_cpu_total_s', 'gateway_cpu_s')} |",
@@ -562,7 +564,8 @@ def report(results: list[dict], args, info: dict, command: str) -> str:
     lines += [
         "", "Latency cells: median of the runs (each run's value in parentheses).", "",
         "## CPU during the window (burst start to last arrival)", "",
-        "| run | window s | gateway CPU s (without subscription: the burst alone) | receiver CPU s | other CPU, % of all cores | steal % "
+        "| run | window s | gateway CPU s (without subscription: the burst alone) | receiver CPU s "
+        "| other CPU, % of all cores | steal % "
         "| gateway peak RSS MiB | messages not delivered | max attempts |",
         "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]  # fmt: skip
@@ -585,7 +588,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--studies", type=int, default=500)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--ceiling-threads", type=int, default=4, help="default 4: the gateway's in-flight cap per subscription")
+    ap.add_argument(
+        "--ceiling-threads", type=int, default=4, help="default 4: the gateway's in-flight cap per subscription"
+    )
     ap.add_argument("--ceiling-seconds", type=float, default=5.0)
     ap.add_argument("--profile-drain", metavar="FILE", help="perf record the gateway during each drain into FILE.<run>")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -634,7 +639,8 @@ def main() -> None:
     suffix = "" if args.studies == 500 else f"-{args.studies}studies"
     out = REPO / "bench" / "results" / f"outbound-{datetime.date.today()}{suffix}"
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": info, "runs": results}, indent=2) + "\n")
+    data = {"command": command, "machine": info, "runs": results}
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     print(f"report: {out}.md (+ .json)")
     if any(r["problems"] for r in results):
         sys.exit(1)
