@@ -5,6 +5,7 @@
     python3 bench/ingest.py --sets small9 --quick # one set, one run
     python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (s3s-fs)
     python3 bench/ingest.py --receivers dcmtk,gateway,orthanc --runs 3   # with Orthanc (apt-get install orthanc)
+    python3 bench/ingest.py --receivers gateway,gateway-subs --sets ct512,small9 --runs 3   # outbound webhooks
 
 Must run as root (it creates a private network namespace).  Python 3.11,
 standard library only; the test data generator is run with .venv/bin/python.
@@ -23,6 +24,22 @@ Method
   files) on the same loopback and disk, started fresh for every run; its CPU
   shares the 2 cores with the gateway and the senders.  Peak RSS is the
   gateway's alone.
+* Webhook subscriptions (--receivers gateway,gateway-subs): "gateway-subs"
+  is the same gateway with three active subscriptions to every event type,
+  created through POST /api/webhooks after it listens and before the
+  senders start: two to a local HTTP receiver answering 204 (a
+  ThreadingHTTPServer in this script, two paths), one to a port where
+  nothing listens (its messages stay pending: the outbox grows).  Both
+  gateway receivers then run with --stable-after (default 1 s when
+  gateway-subs is among the receivers), so study.stable is due inside or
+  right after the run.  After the timed window (untimed) the script waits
+  until the up subscriptions were delivered study.received and
+  study.stable, checks via GET /api/webhooks/{id}/messages that the down
+  one has pending messages, and prints the counts.  The down endpoint's
+  "webhook delivery failed" WARN lines are expected and not counted as
+  problems.  Each bench set is one study, so a run queues one
+  study.received per subscription while the senders run, and one
+  study.stable once they stopped.
 * Receivers: DCMTK `/usr/bin/storescp --fork -od OUT PORT` (always --fork, as
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
@@ -59,6 +76,10 @@ Method
   the rest of the machine used (busy time from /proc/stat minus the CPU time
   of receiver, senders and this script) and hypervisor steal time, both as a
   percentage of all cores; the per-run table shows the maximum per cell.
+  It also shows the receiver's own CPU time per instance in each run
+  (utime+stime of the receiver process and its live children over the
+  window): work added to the receiver shows there even when the wall times
+  are noisy.
   Kernel threads working for the benchmark (writeback, softirq) count as
   "other", so a few percent is normal; runs with much more were disturbed by
   other work on the (shared) machine.
@@ -89,6 +110,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,6 +219,11 @@ def system_cpu_seconds() -> tuple[float, float]:
         user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
     tick = os.sysconf("SC_CLK_TCK")
     return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def receiver_cpu_seconds(pid: int) -> float:
+    """CPU time of a receiver and its live children (storescp --fork)."""
+    return sum(process_cpu_seconds(p) for p in [pid, *child_pids(pid)])
 
 
 @dataclass
@@ -451,6 +478,10 @@ class Receiver:
     def log_problems(self) -> list[str]:
         return []
 
+    def after_run(self) -> tuple[dict, list[str]]:
+        """Untimed checks after the stored count matched: (notes, problems)."""
+        return {}, []
+
 
 class DcmtkReceiver(Receiver):
     name = "dcmtk"
@@ -484,8 +515,10 @@ class GatewayReceiver(Receiver):
     port = GATEWAY_DICOM_PORT
     called_ae = GATEWAY_AE
     binary = GATEWAY_BUILD  # replaced by a private copy in main()
+    stable_after: int | None = None  # --stable-after, for every gateway receiver
 
     def command(self) -> list[str]:
+        stable = [] if self.stable_after is None else ["--stable-after", str(self.stable_after)]
         return [
             str(self.binary),
             "serve",
@@ -493,6 +526,7 @@ class GatewayReceiver(Receiver):
             "--dicom-listen", f"127.0.0.1:{GATEWAY_DICOM_PORT}",
             "--http-listen", f"127.0.0.1:{GATEWAY_HTTP_PORT}",
             "--ae-title", GATEWAY_AE,
+            *stable,
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -556,6 +590,121 @@ class GatewayS3Receiver(GatewayReceiver):
         return problems
 
 
+HOOK_PORT = 18098  # the local webhook receiver of gateway-subs
+HOOK_DOWN_PORT = 18099  # nothing listens here
+ALL_EVENTS = [
+    "study.received", "study.stable", "instance.refused", "secondary_capture.stored",
+    "media.stored", "report.stored", "report.failed",
+]  # fmt: skip
+SANITY_TIMEOUT = 15.0  # seconds for study.stable to reach the up subscriptions
+
+
+class HookServer(ThreadingHTTPServer):
+    """Answers every POST with 204 and counts requests per path."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int):
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), HookHandler)
+
+
+class HookHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the gateway's client expects
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            self.server.counts[self.path] = self.server.counts.get(self.path, 0) + 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def api(method: str, path: str, body: dict | None = None):
+    """One operator API call to the gateway under test; its JSON answer."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{GATEWAY_HTTP_PORT}{path}", data=data, method=method,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with opener.open(request, timeout=10) as response:
+        return json.load(response)
+
+
+class GatewaySubsReceiver(GatewayReceiver):
+    """The gateway with three active webhook subscriptions to every event:
+    two to a local receiver answering 204, one to a port nobody listens on."""
+
+    name = "gateway-subs"
+
+    def start(self) -> None:
+        self.hooks = HookServer(HOOK_PORT)
+        threading.Thread(target=self.hooks.serve_forever, daemon=True).start()
+        super().start()
+        targets = {
+            "up-a": f"http://127.0.0.1:{HOOK_PORT}/a",
+            "up-b": f"http://127.0.0.1:{HOOK_PORT}/b",
+            "down": f"http://127.0.0.1:{HOOK_DOWN_PORT}/down",
+        }
+        self.subscriptions = {
+            name: api("POST", "/api/webhooks", {"name": name, "url": url, "events": ALL_EVENTS})["id"]
+            for name, url in targets.items()
+        }
+
+    def messages(self, name: str) -> list[dict]:
+        return api("GET", f"/api/webhooks/{self.subscriptions[name]}/messages?limit=1000")["messages"]
+
+    def after_run(self) -> tuple[dict, list[str]]:
+        """Untimed: wait for study.stable to reach the up subscriptions, then
+        count each subscription's messages by type and state."""
+        def stable_delivered() -> bool:
+            return all(
+                any(m["type"] == "study.stable" and m["state"] == "delivered" for m in self.messages(n))
+                for n in ("up-a", "up-b")
+            )
+
+        problems = []
+        try:
+            wait_for(stable_delivered, SANITY_TIMEOUT, "study.stable delivered to both up subscriptions")
+        except RuntimeError as error:
+            problems.append(str(error))
+        counts = {}
+        for name in self.subscriptions:
+            by = {}
+            for m in self.messages(name):
+                key = f"{m['type']} {m['state']}"
+                by[key] = by.get(key, 0) + 1
+            counts[name] = by
+        counts["receiver requests"] = dict(self.hooks.counts)
+        for name in ("up-a", "up-b"):
+            if not counts[name].get("study.received delivered"):
+                problems.append(f"{name}: study.received not delivered: {counts[name]}")
+        if not any(k.endswith(" pending") for k in counts["down"]):
+            problems.append(f"down: no pending message: {counts['down']}")
+        return counts, problems
+
+    def stop(self) -> list[str]:
+        problems = super().stop()
+        if getattr(self, "hooks", None) is not None:
+            self.hooks.shutdown()
+            self.hooks.server_close()
+        return problems
+
+    def log_problems(self) -> list[str]:
+        """Failed attempts to the down subscription are expected."""
+        down = getattr(self, "subscriptions", {}).get("down")
+        return [
+            line
+            for line in super().log_problems()
+            if not (down and f"subscription={down}" in line and "webhook delivery failed" in line)
+        ]
+
+
 ORTHANC = "/usr/sbin/Orthanc"
 ORTHANC_DICOM_PORT = 14242
 ORTHANC_HTTP_PORT = 18042
@@ -607,6 +756,7 @@ RECEIVER_CLASSES = {
     "dcmtk": DcmtkReceiver,
     "gateway": GatewayReceiver,
     "gateway-s3": GatewayS3Receiver,
+    "gateway-subs": GatewaySubsReceiver,
     "orthanc": OrthancReceiver,
 }
 
@@ -626,8 +776,10 @@ class RunResult:
     peak_rss_bytes: int = 0
     verify_wait_s: float = 0.0
     own_cpu_s: float = 0.0  # receiver + senders + this script during the window
+    receiver_cpu_s: float = 0.0  # the receiver process (and its children) alone
     other_cpu_pct: float = 0.0  # other processes, % of all cores over the window
     steal_pct: float = 0.0  # hypervisor steal, % of all cores over the window
+    notes: dict = field(default_factory=dict)  # receiver-specific, e.g. webhook message counts
     problems: list[str] = field(default_factory=list)
 
 
@@ -637,6 +789,7 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult)
     logs = [open(log_dir / f"storescu{i}.log", "wb") for i in range(len(dirs))]
     try:
         cpu_start = CpuSnapshot.take(receiver.process.pid)
+        receiver_start = receiver_cpu_seconds(receiver.process.pid)
         start = time.perf_counter()
         senders = [
             subprocess.Popen(
@@ -650,6 +803,7 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult)
         codes = [p.wait() for p in senders]
         result.wall_s = time.perf_counter() - start
         cpu_end = CpuSnapshot.take(receiver.process.pid)
+        result.receiver_cpu_s = receiver_cpu_seconds(receiver.process.pid) - receiver_start
     finally:
         for log_file in logs:
             log_file.close()
@@ -680,6 +834,13 @@ def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_
         send(receiver, bench_set.dirs(MODES[mode]), log_dir, result)
         result.peak_rss_bytes = receiver.peak_rss(sampler.stop())
         result.verify_wait_s = verify(receiver, bench_set.count, result.problems)
+        try:
+            notes, problems = receiver.after_run()
+        except OSError as error:  # includes urllib's URLError
+            notes, problems = {}, [f"{receiver.name}: checks after the run failed: {error}"]
+        result.notes, result.problems = notes, result.problems + problems
+        if notes:
+            log(f"{tag}: {json.dumps(notes)}")
     except RuntimeError as error:
         result.problems.append(str(error))
     finally:
@@ -727,6 +888,7 @@ def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver
             "mb_per_s": bench_set.total_bytes / wall / 1e6,
             "peak_rss_mib": mib(statistics.median(r.peak_rss_bytes for r in good)),
             "spread_pct": 100 * (max(r.wall_s for r in good) - min(r.wall_s for r in good)) / wall,
+            "receiver_cpu_ms_per_inst": [round(1000 * r.receiver_cpu_s / bench_set.count, 3) for r in runs],
         }
     return summary
 
@@ -767,7 +929,8 @@ def results_table(summaries: dict) -> str:
 def runs_table(summaries: dict) -> str:
     header = (
         "| set | mode | receiver | wall time per run (s) | spread (max-min)/median "
-        "| other CPU load, max | steal, max |\n|---|---|---|---|--:|--:|--:|\n"
+        "| receiver CPU ms per instance, per run | other CPU load, max | steal, max |\n"
+        "|---|---|---|---|--:|---|--:|--:|\n"
     )
     rows = []
     for (set_name, mode), pair in summaries.items():
@@ -775,8 +938,9 @@ def runs_table(summaries: dict) -> str:
             walls = ", ".join(f"{w:.2f}" for w in s["wall_s"])
             spread = f"{s['spread_pct']:.0f} %" if "spread_pct" in s else "-"
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
+            cpu = ", ".join(f"{c:.3f}" for c in s.get("receiver_cpu_ms_per_inst", []))
             rows.append(
-                f"| {set_name} | {mode} | {receiver} | {walls}{failed} | {spread} "
+                f"| {set_name} | {mode} | {receiver} | {walls}{failed} | {spread} | {cpu} "
                 f"| {s['max_other_cpu_pct']:.0f} % | {s['max_steal_pct']:.0f} % |"
             )
     return header + "\n".join(rows) + "\n"
@@ -829,6 +993,14 @@ def problems_section(results: list[RunResult]) -> str:
     return "\n".join(lines) if lines else "None: every storescu exited 0, every count matched, no gateway WARN/ERROR."
 
 
+def notes_section(results: list[RunResult]) -> str:
+    """Per-run receiver notes (webhook message counts), if any."""
+    lines = [
+        f"- {r.set} / {r.mode} / {r.receiver} run {r.run}: `{json.dumps(r.notes)}`" for r in results if r.notes
+    ]
+    return "\n## Webhook messages after each run\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def write_report(results, summaries, info, command, elapsed, args, results_dir: Path) -> Path:
     date = datetime.date.today().isoformat()
     suffix = "-quick" if args.runs == 1 else ""
@@ -843,7 +1015,8 @@ def write_report(results, summaries, info, command, elapsed, args, results_dir: 
         f"Total run time: {elapsed / 60:.1f} min; {args.runs} run(s) per cell, medians shown.\n\n"
         f"## Results\n\n{results_table(summaries)}\n"
         f"## Per-run wall times\n\n{runs_table(summaries)}\n"
-        f"## Problems\n\n{problems_section(results)}\n\n"
+        f"## Problems\n\n{problems_section(results)}\n"
+        f"{notes_section(results)}\n"
         f"## Machine\n\n{machine}\n\n"
         f"## Method\n\n{method}\n"
     )
@@ -877,6 +1050,11 @@ def parse_args() -> argparse.Namespace:
         default=",".join(RECEIVERS),
         help="comma-separated, from " + ", ".join(RECEIVER_CLASSES) + "; ratios are against the first (default %(default)s)",
     )
+    parser.add_argument(
+        "--stable-after",
+        type=int,
+        help="the gateways' --stable-after in seconds (default: 1 when gateway-subs runs, else the gateway's own)",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results", help="report dir")
     args = parser.parse_args()
@@ -889,6 +1067,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"unknown set(s): {', '.join(sorted(unknown))}")
     if args.quick:
         args.runs = 1
+    if args.stable_after is None and "gateway-subs" in args.receivers:
+        args.stable_after = 1
     args.work_dir = args.work_dir.resolve()
     return args
 
@@ -936,7 +1116,10 @@ def main() -> None:
     check_tools(args.receivers)
     check_disk(args.work_dir, args.sets, args.runs)
     snapshot_gateway(args.work_dir)
+    GatewayReceiver.stable_after = args.stable_after
     info = machine_info()
+    if args.stable_after is not None:
+        info["gateway options"] = f"--stable-after {args.stable_after}"
     load_at_start = load_average()
     shutil.rmtree(args.work_dir / "logs", ignore_errors=True)
     remove_outputs(args.work_dir)  # left behind by an interrupted run
