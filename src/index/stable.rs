@@ -56,7 +56,7 @@ impl Index {
 
     /// Tells `study` stable if it has not changed since `changed_ms`:
     /// `instances` are its instances as the caller read them (for the
-    /// event's counts). Durable when it returns. Blocking.
+    /// event's counts). Durable when it returns if it queued messages. Blocking.
     pub fn fire_stable(
         &self,
         study: &Uid,
@@ -87,7 +87,10 @@ impl Index {
                 Ok(StableOutcome::Fired { version, queued })
             })
             .map_err(tx_error)?;
-        if outcome != StableOutcome::Changed {
+        // Durable before it is delivered; with nobody to tell, the version
+        // rides on the next flush (a crash before it only tells nobody
+        // again).
+        if let StableOutcome::Fired { queued: 1.., .. } = outcome {
             self.flush()?;
         }
         if let StableOutcome::Fired { queued: 1.., .. } = outcome {
