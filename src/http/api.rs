@@ -79,7 +79,7 @@ pub async fn activity(State(app): State<App>) -> Json<crate::activity::Snapshot>
 const DOWNLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `GET /api/download/{key}`: a redirect (303) to a short-lived signed
-/// `/files` URL for an object of the store, so the operator page's links
+/// `/files` URL on this origin for an object of the store, so the operator page's links
 /// carry no signature until they are clicked, and a link copied from the
 /// page is useless without the operator's access.
 pub async fn download(
@@ -90,9 +90,13 @@ pub async fn download(
         what: "object key",
         reason: "not a key of this gateway's store".into(),
     })?;
-    let url = app
+    let signed = app
         .signer
         .file_url(&key, DOWNLOAD_TTL, std::time::SystemTime::now());
+    // On the origin the operator reached, not `public_url` (which may be a
+    // name only Avara's viewers use); the signature covers the path alone.
+    let query = signed.split_once('?').map_or("", |(_, q)| q);
+    let url = format!("/files/{}?{query}", key.as_str());
     let mut response = Redirect::to(&url).into_response();
     response.headers_mut().insert(
         header::REFERRER_POLICY,

@@ -20,7 +20,7 @@ function h(tag, attrs, ...children) {
     else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null) continue;
     el.append(c instanceof Node ? c : String(c));
   }
@@ -175,7 +175,7 @@ async function studiesView(params) {
   const rows = studies.body.map((st) => h('tr', { 'data-study': st.studyInstanceUid },
     h('td', {}, h('a', { href: studyHref(st.studyInstanceUid), class: 'patient' }, personName(st.patientName) || '(no name)')),
     td(st.patientId),
-    td(dicomDate(st.studyDate)),
+    td(dicomDate(st.studyDate), 'nowrap'),
     td(st.studyDescription),
     td(st.accessionNumber),
     td(st.instanceCount, 'num'),
