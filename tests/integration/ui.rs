@@ -385,3 +385,55 @@ fn search_parameters_are_bounded() {
     // Without parameters, the listing is what it always was.
     assert_eq!(gw.studies().len(), 2);
 }
+
+#[test]
+fn a_delivered_report_is_listed_with_its_study_and_downloads() {
+    use crate::webhook::{PDF, PdfServer, report_event};
+    let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let gw = Gateway::start_with(
+        Opts::default()
+            .env("AVARA_WEBHOOK_KEY", key)
+            .env("DICOM_GATEWAY_REPORT_FETCH_ALLOW_PRIVATE", "true"),
+    );
+    let (first, files) = fixture_files("study1/series1");
+    send(&gw, &[&files[0]]);
+    let study = first["study"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pdf = dir.path().join("r.pdf");
+    std::fs::write(&pdf, PDF).unwrap();
+    let server = PdfServer::start(&pdf, &[]);
+    let event = report_event(
+        &server.url,
+        serde_json::json!({ "studyInstanceUid": study }),
+    );
+    let answer = common::avara_send(&gw, key, &event.to_string(), &[]);
+    assert_eq!(answer["status"], 200, "{answer}");
+    gw.wait_for_log("report stored");
+
+    let detail = page(&gw, &format!("/study/{study}"));
+    assert!(detail.contains("rep_0123456789abcdef0123456789abcdef"));
+    assert!(detail.contains("application/pdf"));
+    assert!(detail.contains(" critical"));
+    // One link per instance and one for the report.
+    assert_eq!(detail.matches(r#"href="/api/download/studies/"#).count(), 2);
+    let media = gw.study(study)["media"][0]["objectKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = agent()
+        .get(&gw.url(&format!("/api/download/{media}")))
+        .call()
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let mut file = agent().get(&gw.url(&location)).call().unwrap();
+    assert_eq!(file.body_mut().read_to_vec().unwrap(), PDF);
+
+    let reports = page(&gw, "/reports");
+    assert!(reports.contains("rep_0123456789abcdef0123456789abcdef"));
+    assert!(
+        reports.contains(r#"<td class="ok">stored</td>"#),
+        "{reports}"
+    );
+    // The presigned URL is a credential: never on the page.
+    assert!(!reports.contains("X-Amz-Signature") && !detail.contains("X-Amz-Signature"));
+}

@@ -102,7 +102,7 @@ async function getJson(path) {
 
 /** Per-minute stored (blue) and refused (red) instances, stacked. */
 function chart(perMinute) {
-  const W = 720; const H = 150; const left = 36; const bottom = 18; const top = 8;
+  const W = 1200; const H = 130; const left = 36; const bottom = 18; const top = 8;
   const max = Math.max(1, ...perMinute.map((m) => m.stored + m.refused));
   const bw = (W - left) / Math.max(1, perMinute.length);
   const y = (v) => (H - bottom) - ((H - bottom - top) * v) / max;
@@ -112,6 +112,7 @@ function chart(perMinute) {
   svg.append(s('text', { x: left - 4, y: top + 8, 'text-anchor': 'end' }, max));
   svg.append(s('text', { x: left - 4, y: H - bottom, 'text-anchor': 'end' }, 0));
   svg.append(s('text', { x: left, y: H - 4 }, '60 min ago'));
+  svg.append(s('text', { x: left + (W - left) / 2, y: H - 4, 'text-anchor': 'middle' }, '30 min ago'));
   svg.append(s('text', { x: W, y: H - 4, 'text-anchor': 'end' }, 'now'));
   perMinute.forEach((m, i) => {
     const x = left + i * bw + 1;
@@ -174,7 +175,7 @@ async function studiesView(params) {
   ]);
   const rows = studies.body.map((st) => h('tr', { 'data-study': st.studyInstanceUid },
     h('td', {}, h('a', { href: studyHref(st.studyInstanceUid), class: 'patient' }, personName(st.patientName) || '(no name)')),
-    td(st.patientId),
+    td(st.patientId, 'nowrap'),
     td(dicomDate(st.studyDate), 'nowrap'),
     td(st.studyDescription),
     td(st.accessionNumber),
