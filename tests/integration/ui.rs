@@ -437,3 +437,53 @@ fn a_delivered_report_is_listed_with_its_study_and_downloads() {
     // The presigned URL is a credential: never on the page.
     assert!(!reports.contains("X-Amz-Signature") && !detail.contains("X-Amz-Signature"));
 }
+
+/// What the page showed at one step of `ui/cdp.py`.
+fn step<'a>(answer: &'a serde_json::Value, name: &str, list: &str) -> Vec<&'a str> {
+    answer[name][list]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: {answer}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+/// An operator types into the search box and presses Enter, then clicks
+/// the study: chromium driven over the DevTools protocol (a pipe, the
+/// Python standard library), not just loaded at an address.
+#[test]
+fn typing_a_search_and_clicking_the_study_works_in_the_browser() {
+    let gw = Gateway::start();
+    let (first, study_files) = fixture_files("study1/");
+    let paths: Vec<&Path> = study_files.iter().map(PathBuf::as_path).collect();
+    send(&gw, &paths);
+    let (other, other_files) = fixture_files("multiframe/");
+    send(&gw, &[&other_files[0]]);
+    let study = first["study"].as_str().unwrap();
+    let out = Command::new(common::python())
+        .arg("-c")
+        .arg(include_str!("ui/cdp.py"))
+        .arg(chromium())
+        .arg(gw.url("/ui"))
+        .arg("chest acc0001")
+        .output()
+        .expect("run ui/cdp.py");
+    common::assert_ok(&out, "ui/cdp.py");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let listed = step(&answer, "listed", "studies");
+    assert!(listed.contains(&study) && listed.contains(&other["study"].as_str().unwrap()));
+    assert_eq!(answer["searched"]["hash"], "#/studies?q=chest+acc0001");
+    assert_eq!(step(&answer, "searched", "studies"), [study]);
+    assert_eq!(answer["detail"]["hash"], format!("#/study/{study}"));
+    let mut shown = step(&answer, "detail", "instances");
+    shown.sort_unstable();
+    let fixtures = common::fixtures();
+    let mut sent: Vec<&str> = fixtures
+        .iter()
+        .filter(|f| f["study"] == study)
+        .map(|f| f["sop_instance"].as_str().unwrap())
+        .collect();
+    sent.sort_unstable();
+    assert_eq!(shown, sent);
+}

@@ -306,18 +306,24 @@ function route() {
   return [path, new URLSearchParams(at < 0 ? '' : raw.slice(at + 1))];
 }
 
+/** A malformed %-escape in a typed address is kept as typed. */
+function safeDecode(text) {
+  try { return decodeURIComponent(text); } catch (_) { return text; }
+}
+
 let generation = 0;
 let timer = null;
 
 async function render() {
   const mine = ++generation;
   clearTimeout(timer);
+  const hash = location.hash;
   const [path, params] = route();
   let name = 'studies';
   let work;
   if (path.startsWith('/study/')) {
     name = 'study';
-    work = studyView(decodeURIComponent(path.slice('/study/'.length)));
+    work = studyView(safeDecode(path.slice('/study/'.length)));
   } else if (path === '/activity') {
     name = 'activity';
     work = activityView();
@@ -342,6 +348,8 @@ async function render() {
   }
   if (mine !== generation) return; // a newer navigation won
   view.replaceChildren(...[content].flat().filter(Boolean));
+  // Which address this view was built for (tests wait on it).
+  view.dataset.route = hash;
   view.dataset.state = state;
   // The activity page follows along while it is shown.
   if (name === 'activity' && state === 'ready') {
