@@ -38,8 +38,9 @@ fn browse(url: &str, action: &str) -> String {
             "--window-size=1280,900",
             "--lang=en-US",
             // Virtual time: pending fetches hold the clock, so this is a
-            // bound on the page's timers, not a wait.
-            "--virtual-time-budget=10000",
+            // bound on the page's timers, not a wait; below the activity
+            // view's 10 s refresh.
+            "--virtual-time-budget=5000",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(action)

@@ -314,7 +314,9 @@ function safeDecode(text) {
 let generation = 0;
 let timer = null;
 
-async function render() {
+/** Builds the view the address names; `quiet` (the activity view's own
+ * refresh) keeps the current view until the new one is ready. */
+async function render(quiet) {
   const mine = ++generation;
   clearTimeout(timer);
   const hash = location.hash;
@@ -336,8 +338,10 @@ async function render() {
   for (const a of document.querySelectorAll('nav a')) {
     a.classList.toggle('current', a.dataset.nav === (name === 'study' ? 'studies' : name));
   }
-  view.dataset.view = name;
-  view.dataset.state = 'loading';
+  if (quiet !== true) {
+    view.dataset.view = name;
+    view.dataset.state = 'loading';
+  }
   let content;
   let state = 'ready';
   try {
@@ -348,14 +352,15 @@ async function render() {
   }
   if (mine !== generation) return; // a newer navigation won
   view.replaceChildren(...[content].flat().filter(Boolean));
+  view.dataset.view = name;
   // Which address this view was built for (tests wait on it).
   view.dataset.route = hash;
   view.dataset.state = state;
   // The activity page follows along while it is shown.
-  if (name === 'activity' && state === 'ready') {
-    timer = setTimeout(render, 10000);
+  if (name === 'activity') {
+    timer = setTimeout(() => render(true), 10000);
   }
 }
 
-window.addEventListener('hashchange', render);
+window.addEventListener('hashchange', () => render());
 render();
