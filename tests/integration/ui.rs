@@ -252,7 +252,18 @@ fn a_hostile_patient_name_is_shown_as_text() {
          ds.StudyDescription = '<b>bold</b>'\n\
          ds.StudyInstanceUID = '2.25.777'",
     );
-    send(&gw, &[&hostile]);
+    // Sent under a calling AE title of the peer's choosing: markup too.
+    let out = Command::new(common::require("/usr/bin/storescu"))
+        .args(["-aet", "<img src>", "-aec", "DICOMGW", "-xe"])
+        .arg(gw.dicom.ip().to_string())
+        .arg(gw.dicom.port().to_string())
+        .arg(&hostile)
+        .output()
+        .unwrap();
+    common::assert_ok(&out, "storescu -aet '<img src>'");
+    let activity = page(&gw, "/activity");
+    assert!(activity.contains(">&lt;img src&gt;<"), "{activity}");
+    assert!(!activity.contains("<img"));
     for fragment in ["/", "/studies?q=script", "/study/2.25.777"] {
         let dom = page(&gw, fragment);
         assert!(
