@@ -23,6 +23,14 @@ if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ] || [ ! -x /usr/bin/st
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk strace >/dev/null
 fi
 
+# The operator page's tests drive Debian's chromium headless (no browser
+# download: the package is the browser).
+if [ ! -x /usr/bin/chromium ]; then
+    step "installing chromium"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
     step "creating .venv"
     python3 -m venv .venv

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::activity::Activity;
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::index::Index;
@@ -23,4 +24,6 @@ pub struct App {
     pub discovery: Arc<Discovery>,
     /// Wakes the report worker when a `report.delivered` was recorded.
     pub reports: Arc<tokio::sync::Notify>,
+    /// Recent associations, refusals and ingest counts, for the operator page.
+    pub activity: Activity,
 }

@@ -13,6 +13,7 @@ mod pace;
 mod router;
 mod server;
 mod subscriptions;
+mod ui;
 mod uploads;
 mod webhook;
 

@@ -357,6 +357,16 @@ impl Index {
         decode_all(self.studies.iter(), "list studies")
     }
 
+    /// Every study in Study Instance UID order, one at a time, so a search
+    /// holds only the records it keeps, not the whole index.
+    pub fn for_each_study(&self, mut f: impl FnMut(StudyRecord)) -> Result<()> {
+        for kv in self.studies.iter() {
+            let (k, v) = kv.map_err(db_err("list studies"))?;
+            f(decode(&k, &v)?);
+        }
+        Ok(())
+    }
+
     /// Every instance of a study, ordered by series then SOP Instance UID, in
     /// one range scan.
     pub fn instances_of_study(&self, study: &Uid) -> Result<Vec<InstanceRecord>> {

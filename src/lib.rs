@@ -6,6 +6,7 @@
 //! [`run`] wires the parts together; `main.rs` only parses the command line,
 //! binds the listeners and calls it.
 
+pub mod activity;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -116,6 +117,7 @@ pub async fn run(
         views: Arc::new(StudyViews::new(STUDY_VIEWS)),
         discovery,
         reports: Arc::new(tokio::sync::Notify::new()),
+        activity: activity::Activity::new(),
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
@@ -140,7 +142,11 @@ pub async fn run(
     // Webhook answers and finished report jobs are forgotten while running.
     let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
     let outbound = outbound_tasks(&app, &worker_stop)?;
-    let dicom = Arc::new(DicomServer::new(&cfg, Arc::clone(&app.ingest)));
+    let dicom = Arc::new(DicomServer::new(
+        &cfg,
+        Arc::clone(&app.ingest),
+        app.activity.clone(),
+    ));
     let mut dicom_task = tokio::spawn(dicom.serve(listeners.dicom, cancel.clone()));
     let mut http_task = tokio::spawn(http::serve(
         listeners.http,

@@ -25,6 +25,16 @@ pub enum End {
     Aborted(String),
 }
 
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Released => f.write_str("released"),
+            End::AbortedByPeer => f.write_str("aborted by peer"),
+            End::Aborted(reason) => write!(f, "aborted: {reason}"),
+        }
+    }
+}
+
 /// An accepted presentation context.
 struct Context {
     abstract_syntax: String,
@@ -91,6 +101,8 @@ pub struct Association<'a> {
     pace: Pace,
     /// Instances stored, for the closing log line.
     stored: u64,
+    /// This association's line on the operator page.
+    session: Option<crate::activity::Session>,
 }
 
 impl<'a> Association<'a> {
@@ -123,13 +135,19 @@ impl<'a> Association<'a> {
             pending: None,
             pace,
             stored: 0,
+            session: None,
         }
     }
 
     /// Serves the association until it is released or aborted, or until
     /// `hard_stop` (the end of the shutdown grace period) fires. Returns how
     /// it ended and how many instances it stored.
-    pub async fn run(mut self, hard_stop: CancellationToken) -> (End, u64) {
+    pub async fn run(
+        mut self,
+        hard_stop: CancellationToken,
+        session: crate::activity::Session,
+    ) -> (End, u64) {
+        self.session = Some(session);
         let end = loop {
             let pdu = tokio::select! {
                 pdu = self.assoc.receive() => pdu,
@@ -170,6 +188,9 @@ impl<'a> Association<'a> {
         let stored = self.stored;
         if let End::Aborted(_) = end {
             let _ = self.assoc.abort().await;
+        }
+        if let Some(session) = self.session.take() {
+            session.end(&end.to_string());
         }
         (end, stored)
     }
@@ -332,6 +353,16 @@ impl<'a> Association<'a> {
                 receiving,
             } => self.finish_store(expected, receiving).await,
         };
+        if let (true, Some(session)) = (dimse::is_failure(code), &self.session) {
+            let uid = |v: &Option<String>| v.as_deref().unwrap_or("").to_owned();
+            let (sop, class) = (&command.affected_sop_instance, &command.affected_sop_class);
+            session.refused(
+                code,
+                comment.as_deref().unwrap_or(""),
+                &uid(sop),
+                &uid(class),
+            );
+        }
         if dimse::is_failure(code) {
             self.ingest.tell_refused(&crate::outbound::Refusal {
                 status: code,
@@ -356,6 +387,9 @@ impl<'a> Association<'a> {
         match result {
             Ok(stored) => {
                 self.stored += 1;
+                if let Some(session) = &self.session {
+                    session.stored(stored.record.size);
+                }
                 tracing::debug!(
                     sop_instance_uid = %stored.record.sop_instance_uid,
                     study = %stored.record.study_instance_uid,

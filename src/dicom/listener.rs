@@ -22,6 +22,7 @@ use super::access::AeAccess;
 use super::association::{Association, End, Pace};
 use super::pending::{self, PendingSet};
 use super::sop_classes::STORAGE_SOP_CLASSES;
+use crate::activity::Activity;
 use crate::config::Config;
 use crate::ingest::Ingest;
 
@@ -34,6 +35,7 @@ const STRANGERS: usize = 16;
 pub struct DicomServer {
     options: Options,
     ingest: Arc<Ingest>,
+    activity: Activity,
     slots: Arc<Semaphore>,
     pending: Arc<PendingSet>,
     /// Connections from outside `allowed_peers` waiting for their refusal.
@@ -45,7 +47,7 @@ pub struct DicomServer {
 }
 
 impl DicomServer {
-    pub fn new(cfg: &Config, ingest: Arc<Ingest>) -> DicomServer {
+    pub fn new(cfg: &Config, ingest: Arc<Ingest>, activity: Activity) -> DicomServer {
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(AeAccess::new(&cfg.allowed_calling_aets))
             .ae_title(cfg.ae_title.trim().to_owned())
@@ -66,6 +68,7 @@ impl DicomServer {
         DicomServer {
             options,
             ingest,
+            activity,
             slots: Arc::new(Semaphore::new(cfg.max_associations)),
             pending: PendingSet::new(cfg.max_pending_connections),
             strangers: PendingSet::new(STRANGERS),
@@ -215,8 +218,9 @@ impl DicomServer {
                 contexts = assoc.presentation_contexts().len(),
                 "association established"
             );
+            let session = self.activity.begin(peer, &calling_ae);
             let (end, stored) = Association::new(assoc, calling_ae, &self.ingest, self.pace)
-                .run(hard_stop)
+                .run(hard_stop, session)
                 .await;
             drop(slot);
             match end {

@@ -2,8 +2,10 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -12,17 +14,95 @@ use crate::index::{InstanceRecord, MediaRecord, StudyRecord, in_viewing_order};
 use crate::store::keys::valid_media_name;
 use crate::uid::Uid;
 
+mod search;
+
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-pub async fn list_studies(State(app): State<App>) -> Result<Json<Vec<StudyRecord>>, ApiError> {
+/// `GET /api/studies`: every study in UID order; with any query parameter
+/// (`q`, `patientName`, `patientId`, `accession`, `uid`, `date`, `from`,
+/// `to`, `limit`), the `limit` most recently received matches, newest first,
+/// with the number of matches in `X-Total-Count`.
+pub async fn list_studies(
+    State(app): State<App>,
+    params: Result<Query<search::Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest {
+        what: "query",
+        reason: e.body_text(),
+    })?;
     let index = app.index.clone();
-    let studies = tokio::task::spawn_blocking(move || index.studies())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    Ok(Json(studies))
+    if params.is_empty() {
+        let studies = tokio::task::spawn_blocking(move || index.studies())
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        return Ok(Json(studies).into_response());
+    }
+    let filter = search::Filter::parse(&params).map_err(|e| ApiError::BadRequest {
+        what: e.what,
+        reason: e.reason.into(),
+    })?;
+    let best = tokio::task::spawn_blocking(move || {
+        let mut best = search::Best::new(filter.limit);
+        index
+            .for_each_study(|s| {
+                if filter.matches(&s) {
+                    best.offer(s);
+                }
+            })
+            .map(|()| best)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let matched = best.matched;
+    Ok((
+        [(TOTAL_COUNT, matched.to_string())],
+        Json(best.into_sorted()),
+    )
+        .into_response())
+}
+
+/// How many studies a search matched, of which at most `limit` are answered.
+const TOTAL_COUNT: header::HeaderName = header::HeaderName::from_static("x-total-count");
+
+/// `GET /api/activity`: recent associations, refusals and per-minute ingest
+/// counts (in memory; empty after a restart).
+pub async fn activity(State(app): State<App>) -> Json<crate::activity::Snapshot> {
+    Json(app.activity.snapshot())
+}
+
+/// How long the URL behind a download link on the operator page lives: it
+/// is followed at once.
+const DOWNLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `GET /api/download/{key}`: a redirect (303) to a short-lived signed
+/// `/files` URL on this origin for an object of the store, so the operator page's links
+/// carry no signature until they are clicked, and a link copied from the
+/// page is useless without the operator's access.
+pub async fn download(
+    State(app): State<App>,
+    Path(raw_key): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = crate::store::ObjectKey::parse(&raw_key).ok_or_else(|| ApiError::BadRequest {
+        what: "object key",
+        reason: "not a key of this gateway's store".into(),
+    })?;
+    let signed = app
+        .signer
+        .file_url(&key, DOWNLOAD_TTL, std::time::SystemTime::now());
+    // On the origin the operator reached, not `public_url` (which may be a
+    // name only Avara's viewers use); the signature covers the path alone.
+    let query = signed.split_once('?').map_or("", |(_, q)| q);
+    let url = format!("/files/{}?{query}", key.as_str());
+    let mut response = Redirect::to(&url).into_response();
+    response.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
 }
 
 #[derive(Debug, Serialize)]

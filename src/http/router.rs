@@ -4,19 +4,27 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, messages, subscriptions, uploads, webhook};
+use super::{api, files, messages, subscriptions, ui, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
     let operator = Router::new()
         .route("/api/studies", get(api::list_studies))
         .route("/api/reports", get(api::list_reports))
+        .route("/api/activity", get(api::activity))
+        .route("/api/download/{*key}", get(api::download))
+        // The operator page (src/http/ui.rs).
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/style.css", get(ui::style_css))
         .route("/api/studies/{study}", get(api::get_study))
         .route("/api/studies/{study}/media/{name}", put(api::put_media))
         // Outbound webhook subscriptions.
@@ -39,7 +47,8 @@ pub fn router(app: App) -> Router {
             "/api/webhooks/{id}/messages/{message}/redeliver",
             post(messages::redeliver),
         )
-        .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard));
+        .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard))
+        .route_layer(middleware::from_fn(basic_challenge));
     let files = Router::new()
         .route(
             "/files/{*key}",
@@ -77,6 +86,12 @@ async fn webhook_deadline(request: Request, next: Next) -> Result<Response, ApiE
 /// <token>`; without one, only loopback clients get through, and not
 /// those that came through a proxy on the same host (a request with
 /// `Forwarded`, `X-Forwarded-For` or `X-Real-IP` is from someone else).
+///
+/// A browser cannot add a bearer header to a page it navigates to, so the
+/// operator page's reads may present the token as a Basic password instead
+/// (any user name). Only reads: a browser sends cached Basic credentials
+/// along with cross-site requests too, and a forged form must never be
+/// able to change anything (writes take the bearer header only).
 async fn operator_guard(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -85,13 +100,18 @@ async fn operator_guard(
 ) -> Result<Response, ApiError> {
     match &app.cfg.api_token {
         Some(token) => {
-            let presented = request
+            let header = request
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
+            let read = matches!(*request.method(), Method::GET | Method::HEAD);
+            let presented = match header.strip_prefix("Bearer ") {
+                Some(bearer) => bearer.as_bytes().to_vec(),
+                None if read => basic_password(header).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if !constant_time_eq(&presented, token.expose().as_bytes()) {
                 return Err(ApiError::Unauthorized);
             }
         }
@@ -101,6 +121,36 @@ async fn operator_guard(
         None => {}
     }
     Ok(next.run(request).await)
+}
+
+/// The password of an `Authorization: Basic` header, if well formed.
+fn basic_password(header: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let encoded = header.strip_prefix("Basic ")?.trim();
+    // A user name and a token: far below this.
+    if encoded.len() > 1024 {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
+}
+
+/// Asks a browser for the token (as a Basic password) when a read of the
+/// operator page or API was refused for the lack of it, so the page opens
+/// with the browser's own login prompt.
+async fn basic_challenge(request: Request, next: Next) -> Response {
+    let page = request.uri().path().starts_with("/ui");
+    let mut response = next.run(request).await;
+    if page && response.status() == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"dicom-gateway operator\", charset=\"UTF-8\""),
+        );
+    }
+    response
 }
 
 /// Whether a proxy says it passed the request on for another client.
@@ -122,7 +172,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, is_forwarded};
+    use super::{basic_password, constant_time_eq, is_forwarded};
     use axum::http::{HeaderMap, HeaderValue};
 
     #[test]
@@ -136,6 +186,20 @@ mod tests {
             );
             assert!(is_forwarded(&h), "{name}");
         }
+    }
+
+    #[test]
+    fn basic_passwords() {
+        // "op:tok:en" — the password may hold colons.
+        assert_eq!(
+            basic_password("Basic b3A6dG9rOmVu"),
+            Some(b"tok:en".to_vec())
+        );
+        assert_eq!(basic_password("Basic Og=="), Some(Vec::new()));
+        assert_eq!(basic_password("Basic bm9jb2xvbg=="), None);
+        assert_eq!(basic_password("Basic !!!"), None);
+        assert_eq!(basic_password("Bearer tok"), None);
+        assert_eq!(basic_password(&format!("Basic {}", "A".repeat(2000))), None);
     }
 
     #[test]

@@ -21,5 +21,6 @@ mod panics;
 mod peers;
 mod s3;
 mod subscriptions;
+mod ui;
 mod uids;
 mod webhook;
