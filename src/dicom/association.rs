@@ -301,6 +301,7 @@ impl<'a> Association<'a> {
             return Err("data PDV on another presentation context than its command".into());
         }
         pending.received = pending.received.saturating_add(pdv.data.len() as u64);
+        crate::metrics::get().received("dicom", pdv.data.len());
         if self.pace.too_slow(pending.started, pending.received) {
             return Err(format!(
                 "data set arriving slower than min_data_rate ({} bytes/s)",
@@ -322,6 +323,7 @@ impl<'a> Association<'a> {
         if !pdv.is_last {
             return Ok(());
         }
+        let last_pdv = Instant::now();
         let Pending {
             pc, command, sink, ..
         } = self.pending.take().expect("checked above");
@@ -341,7 +343,11 @@ impl<'a> Association<'a> {
                 sop_class_uid: command.affected_sop_class.as_deref().unwrap_or(""),
             });
         }
-        self.respond(pc, &command, code, comment.as_deref()).await
+        let sent = self.respond(pc, &command, code, comment.as_deref()).await;
+        if command.field == field::C_STORE_RQ {
+            crate::metrics::get().instance_answered(code, &self.calling_ae, last_pdv.elapsed());
+        }
+        sent
     }
 
     async fn finish_store(

@@ -1,16 +1,17 @@
-//! Routes, and the guard in front of the operator API.
+//! Routes, the guards in front of the operator API and `/metrics`, and the
+//! per-route request metrics.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, messages, subscriptions, uploads, webhook};
+use super::{api, files, messages, metrics, subscriptions, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -50,6 +51,9 @@ pub fn router(app: App) -> Router {
             put(uploads::put_upload).options(files::preflight),
         )
         .layer(middleware::from_fn_with_state(app.clone(), files::cors));
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(middleware::from_fn_with_state(app.clone(), metrics_guard));
     Router::new()
         .route("/healthz", get(api::healthz))
         .route(
@@ -57,8 +61,10 @@ pub fn router(app: App) -> Router {
             post(webhook::avara).route_layer(middleware::from_fn(webhook_deadline)),
         )
         .merge(operator)
+        .merge(scrape)
         .merge(files)
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(middleware::from_fn(http_metrics))
         .with_state(app)
 }
 
@@ -73,6 +79,45 @@ async fn webhook_deadline(request: Request, next: Next) -> Result<Response, ApiE
         .map_err(|_| ApiError::RequestTimeout)
 }
 
+/// Counts every answered request by route pattern (never the requested
+/// path: that is the client's to choose) and status, with its latency to
+/// the response head.
+async fn http_metrics(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    crate::metrics::get().http_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// `/metrics`: a scraper presenting `metrics_token` gets through from
+/// anywhere; otherwise the operator API's rules apply.
+async fn metrics_guard(
+    State(app): State<App>,
+    peer: ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &app.cfg.metrics_token {
+        if constant_time_eq(
+            bearer(request.headers()).as_bytes(),
+            token.expose().as_bytes(),
+        ) {
+            return Ok(next.run(request).await);
+        }
+    }
+    operator_guard(State(app), peer, request, next).await
+}
+
+/// The bearer token a request presents ("" without one).
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// With a token configured, requests must carry `Authorization: Bearer
 /// <token>`; without one, only loopback clients get through, and not
 /// those that came through a proxy on the same host (a request with
@@ -85,12 +130,7 @@ async fn operator_guard(
 ) -> Result<Response, ApiError> {
     match &app.cfg.api_token {
         Some(token) => {
-            let presented = request
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
+            let presented = bearer(request.headers());
             if !constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
                 return Err(ApiError::Unauthorized);
             }
