@@ -332,7 +332,58 @@ impl Metrics {
                 commit: GIT_COMMIT,
             }),
         );
+        m.preset();
         Metrics { registry: r, ..m }
+    }
+
+    /// Creates the series of every known label value at zero, so a
+    /// dashboard or an alert on a rate sees 0 rather than no data before
+    /// the first event (Prometheus' advice for labels known in advance).
+    fn preset(&self) {
+        for reason in [
+            "peer_not_allowed",
+            "no_request",
+            "max_associations",
+            "artim_timeout",
+            "calling_ae_not_allowed",
+            "called_ae_unknown",
+            "negotiation_rejected",
+            "negotiation_failed",
+        ] {
+            drop(self.associations_rejected.get_or_create(&Reason { reason }));
+        }
+        for protocol in ["dicom", "http"] {
+            drop(self.received.get_or_create(&Protocol { protocol }));
+        }
+        for operation in [
+            "put",
+            "put_multipart",
+            "get",
+            "head",
+            "delete",
+            "list",
+            "copy",
+        ] {
+            let labels = Operation { operation };
+            drop(self.store_duration.get_or_create(&labels));
+            drop(self.store_errors.get_or_create(&labels));
+        }
+        for outcome in ["stored", "replaced", "forbidden", "refused", "failed"] {
+            drop(self.uploads.get_or_create(&Outcome { outcome }));
+        }
+        for outcome in ["stored", "retry", "failed"] {
+            drop(self.report_attempts.get_or_create(&Outcome { outcome }));
+        }
+        for outcome in ["delivered", "retry", "failed"] {
+            drop(self.deliveries.get_or_create(&Outcome { outcome }));
+        }
+        self.report_jobs(std::iter::empty());
+        for (method, signer) in [("GET", "gateway"), ("PUT", "gateway"), ("GET", "store")] {
+            drop(
+                self.signed_urls
+                    .get_or_create(&SignedUrl { method, signer }),
+            );
+        }
     }
 
     /// The registry in the Prometheus text format 0.0.4.
