@@ -36,11 +36,16 @@ impl std::fmt::Display for Metered {
     }
 }
 
-/// Records `result` of `operation` started at `started`. A missing object
-/// is an answer, not a store error.
+/// Records `result` of `operation` started at `started`. A missing object,
+/// or a conditional request whose condition did not hold, is an answer,
+/// not a store error.
 fn record<T>(operation: &'static str, started: Instant, result: &Result<T>) {
+    use object_store::Error::{AlreadyExists, NotFound, NotModified, Precondition};
     let failed = match result {
-        Ok(_) | Err(object_store::Error::NotFound { .. }) => false,
+        Ok(_)
+        | Err(NotFound { .. } | AlreadyExists { .. } | Precondition { .. } | NotModified { .. }) => {
+            false
+        }
         Err(_) => true,
     };
     super::get().store_request(operation, started.elapsed(), failed);

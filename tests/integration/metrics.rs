@@ -703,3 +703,56 @@ fn json_logs_are_one_object_per_line_without_secrets() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn store_requests_are_timed_per_operation_on_s3() {
+    let s3 = common::s3::S3Server::start();
+    let gw = Gateway::start_with(
+        s3.gateway_opts("metrics")
+            .env("AVARA_WEBHOOK_KEY", KEY)
+            .env("DICOM_GATEWAY_METRICS_TOKEN", METRICS_TOKEN),
+    );
+    let before = scrape(&gw, METRICS_TOKEN);
+    let puts = |m: &Scrape| {
+        m.value(
+            "dicom_gateway_store_request_duration_seconds_count",
+            &[("operation", "put")],
+        )
+    };
+    // The start-up probe wrote to the store.
+    assert!(puts(&before) >= 1.0);
+    let (files, study) = study1();
+    let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    common::assert_ok(&common::storescu(&gw, &["-xe"], &refs), "storescu");
+    let answer = common::avara_send(&gw, KEY, &access(&study), &[]);
+    assert_eq!(answer["status"], 200, "{answer}");
+
+    let m = scrape(&gw, METRICS_TOKEN);
+    let n = files.len() as f64;
+    // One PUT per instance (each is smaller than a part), none failed.
+    assert_eq!(puts(&m) - puts(&before), n);
+    assert_eq!(s3.keys().len() as f64, n);
+    assert_eq!(m.sum("dicom_gateway_store_request_errors_total", &[]), 0.0);
+    assert_eq!(
+        m.value(
+            "dicom_gateway_store_request_duration_seconds_bucket",
+            &[("operation", "put"), ("le", "+Inf")]
+        ),
+        puts(&m)
+    );
+    // The access answer's URLs are presigned by the store.
+    assert_eq!(
+        m.value(
+            "dicom_gateway_signed_urls_total",
+            &[("method", "GET"), ("signer", "store")]
+        ),
+        n
+    );
+    assert_eq!(
+        m.value(
+            "dicom_gateway_signed_urls_total",
+            &[("method", "GET"), ("signer", "gateway")]
+        ),
+        0.0
+    );
+}
