@@ -400,7 +400,7 @@ impl Metrics {
     pub fn association_opened(&self) -> OpenAssociation {
         self.associations.inc();
         self.associations_open.inc();
-        OpenAssociation
+        OpenAssociation(self.associations_open.clone())
     }
 
     /// A connection refused or closed before it associated.
@@ -552,13 +552,13 @@ impl Default for Metrics {
     }
 }
 
-/// Counts an association as open while it lives.
+/// Counts an association as open while it lives (a handle on the gauge).
 #[derive(Debug)]
-pub struct OpenAssociation;
+pub struct OpenAssociation(Gauge);
 
 impl Drop for OpenAssociation {
     fn drop(&mut self) {
-        get().associations_open.dec();
+        self.0.dec();
     }
 }
 

@@ -294,6 +294,7 @@ impl<'a> Association<'a> {
     }
 
     async fn on_data(&mut self, pdv: PDataValue) -> Result<(), String> {
+        let arrived = Instant::now(); // for the ingest latency metric
         let Some(pending) = self.pending.as_mut() else {
             return Err("data PDV without a command".into());
         };
@@ -323,7 +324,6 @@ impl<'a> Association<'a> {
         if !pdv.is_last {
             return Ok(());
         }
-        let last_pdv = Instant::now();
         let Pending {
             pc, command, sink, ..
         } = self.pending.take().expect("checked above");
@@ -345,7 +345,7 @@ impl<'a> Association<'a> {
         }
         let sent = self.respond(pc, &command, code, comment.as_deref()).await;
         if command.field == field::C_STORE_RQ {
-            crate::metrics::get().instance_answered(code, &self.calling_ae, last_pdv.elapsed());
+            crate::metrics::get().instance_answered(code, &self.calling_ae, arrived.elapsed());
         }
         sent
     }

@@ -132,3 +132,23 @@ fn index_size_is_bounded_by_depth() {
     let expected = 100 + 10 * MAX_INDEX_DEPTH as u64;
     assert_eq!(dir_size(dir.path(), 0, &mut 0), expected);
 }
+
+#[test]
+fn an_association_is_open_while_its_guard_lives() {
+    let m = Metrics::new();
+    let open = |m: &Metrics| {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with("dicom_gateway_associations_open "))
+            .unwrap()
+            .to_owned()
+    };
+    let a = m.association_opened();
+    let b = m.association_opened();
+    assert_eq!(open(&m), "dicom_gateway_associations_open 2");
+    drop(a);
+    assert_eq!(open(&m), "dicom_gateway_associations_open 1");
+    drop(b);
+    assert_eq!(open(&m), "dicom_gateway_associations_open 0");
+    assert!(m.render().contains("dicom_gateway_associations_total 2\n"));
+}
