@@ -18,6 +18,8 @@
 //! only from the list Avara sends, HTTP routes are the router's patterns,
 //! never the requested path. A hostile peer cannot grow the registry.
 
+mod disk;
+mod labels;
 pub mod store;
 
 use std::collections::HashSet;
@@ -25,13 +27,18 @@ use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use labels::webhook_event;
+use labels::{
+    Build, Event, HttpLabels, InstanceLabels, Operation, Outcome, Protocol, Reason, Route,
+    SignedUrl, State, WebhookLabels,
+};
 
 /// The `Content-Type` of what [`Metrics::render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -41,17 +48,6 @@ pub const MAX_CALLING_AES: usize = 64;
 
 /// The label of AE titles past [`MAX_CALLING_AES`].
 pub const OTHER_AE: &str = "(other)";
-
-/// The events of Avara's webhook contract; any other type counts as `other`.
-const WEBHOOK_EVENTS: &[&str] = &[
-    "study.access_requested",
-    "secondary_capture.access_requested",
-    "ephemeral.access_requested",
-    "patient_study.enrichment_requested",
-    "clinical_context.enrichment_requested",
-    "modality_worklist.requested",
-    "report.delivered",
-];
 
 /// The git commit the binary was built from, when the build said
 /// (`DICOM_GATEWAY_GIT_COMMIT=$(git rev-parse HEAD) cargo build`).
@@ -66,72 +62,6 @@ pub fn get() -> &'static Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InstanceLabels {
-    outcome: &'static str,
-    status: String,
-    calling_ae: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Protocol {
-    protocol: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Operation {
-    operation: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WebhookLabels {
-    event: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Event {
-    event: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SignedUrl {
-    method: &'static str,
-    signer: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Outcome {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct State {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpLabels {
-    route: String,
-    status: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Route {
-    route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Build {
-    version: &'static str,
-    commit: &'static str,
-}
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -521,7 +451,7 @@ impl Metrics {
         if let Ok(free) = crate::ingest::free_space(data_dir) {
             self.free_space.set(i64::try_from(free).unwrap_or(i64::MAX));
         }
-        let size = dir_size(index_dir, 0, &mut 0);
+        let size = disk::dir_size(index_dir, 0, &mut 0);
         self.index_size.set(i64::try_from(size).unwrap_or(i64::MAX));
     }
 
@@ -560,55 +490,6 @@ impl Drop for OpenAssociation {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// The event-type label of a (verified) webhook body: one of Avara's event
-/// types, `other`, or `unreadable` when the body has no type.
-pub fn webhook_event(body: &[u8]) -> &'static str {
-    #[derive(serde::Deserialize)]
-    struct Kind {
-        #[serde(rename = "type")]
-        kind: String,
-    }
-    match serde_json::from_slice::<Kind>(body) {
-        Ok(Kind { kind }) => WEBHOOK_EVENTS
-            .iter()
-            .find(|e| **e == kind)
-            .copied()
-            .unwrap_or("other"),
-        Err(_) => "unreadable",
-    }
-}
-
-/// Entries looked at below the index directory, at most; sled keeps a few
-/// files (and a `blobs/` directory with large values), so this is a bound
-/// against a directory someone filled, not a real limit.
-const MAX_INDEX_ENTRIES: usize = 100_000;
-/// Directory levels below the index directory looked at.
-const MAX_INDEX_DEPTH: usize = 4;
-
-/// Bytes of the regular files below `dir` (symbolic links not followed),
-/// within [`MAX_INDEX_DEPTH`] levels and [`MAX_INDEX_ENTRIES`] entries.
-fn dir_size(dir: &Path, depth: usize, seen: &mut usize) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    for entry in entries.flatten() {
-        *seen += 1;
-        if *seen > MAX_INDEX_ENTRIES {
-            break;
-        }
-        let Ok(meta) = entry.path().symlink_metadata() else {
-            continue;
-        };
-        if meta.is_file() {
-            total = total.saturating_add(meta.len());
-        } else if meta.is_dir() && depth < MAX_INDEX_DEPTH {
-            total = total.saturating_add(dir_size(&entry.path(), depth + 1, seen));
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+use super::disk::{MAX_INDEX_DEPTH, dir_size};
 use std::time::Duration;
 
 use super::*;
