@@ -19,7 +19,7 @@ mod secrets;
 
 pub use overrides::Overrides;
 pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
-use secrets::{check_api_token, secret};
+use secrets::{check_token, secret};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -90,6 +90,17 @@ pub struct Config {
     /// The operator API bearer token. Never serialised.
     #[serde(skip)]
     pub api_token: Option<Secret>,
+    /// File holding the bearer token of `GET /metrics` (instead of
+    /// `DICOM_GATEWAY_METRICS_TOKEN`).
+    pub metrics_token_file: Option<PathBuf>,
+    /// The bearer token of `GET /metrics`: with one, a scraper presenting
+    /// it gets the metrics from anywhere (and nothing else); without one,
+    /// `/metrics` is guarded like the operator API. Never serialised.
+    #[serde(skip)]
+    pub metrics_token: Option<Secret>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers.
+    pub log_format: LogFormat,
     /// File holding Avara's webhook signing secrets, `whsec_…`, comma- or
     /// newline-separated (instead of `AVARA_WEBHOOK_KEY`).
     pub avara_webhook_key_file: Option<PathBuf>,
@@ -174,6 +185,19 @@ pub enum DuplicatePolicy {
     /// A re-send replaces the stored instance, moving it to the new study
     /// or series (for sites that correct studies by re-sending).
     Replace,
+}
+
+/// The format of the log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines (ANSI colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with
+    /// `message`), `target`, and the current span and span list.
+    Json,
 }
 
 /// The object store. `url` is `file:///path` (default
@@ -275,6 +299,9 @@ impl Default for Config {
             shutdown_grace: 10,
             api_token_file: None,
             api_token: None,
+            metrics_token_file: None,
+            metrics_token: None,
+            log_format: LogFormat::default(),
             avara_webhook_key_file: None,
             webhook_keys: WebhookKeys::default(),
             url_ttl: 3600,
@@ -355,6 +382,7 @@ impl Config {
             webhook_allow_private,
             webhook_timeout,
             webhook_concurrency,
+            log_format,
         );
         let st = &mut cfg.storage;
         if over.storage_url.is_some() {
@@ -397,6 +425,9 @@ impl Config {
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();
         }
+        if over.metrics_token_file.is_some() {
+            cfg.metrics_token_file = over.metrics_token_file.clone();
+        }
         if over.url_signing_keys_file.is_some() {
             cfg.url_signing_keys_file = over.url_signing_keys_file.clone();
         }
@@ -409,7 +440,7 @@ impl Config {
             .is_some_and(|t| t.trim().is_empty())
         {
             // Set but blank: a mistake, never "no token".
-            check_api_token("")?;
+            check_token("api_token", "")?;
         }
         cfg.api_token = secret(
             "api_token",
@@ -419,7 +450,24 @@ impl Config {
         )?
         .map(Secret::new);
         if let Some(token) = &cfg.api_token {
-            check_api_token(token.expose())?;
+            check_token("api_token", token.expose())?;
+        }
+        if env
+            .metrics_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            check_token("metrics_token", "")?;
+        }
+        cfg.metrics_token = secret(
+            "metrics_token",
+            "DICOM_GATEWAY_METRICS_TOKEN",
+            env.metrics_token.clone(),
+            cfg.metrics_token_file.as_deref(),
+        )?
+        .map(Secret::new);
+        if let Some(token) = &cfg.metrics_token {
+            check_token("metrics_token", token.expose())?;
         }
         let keys = secret(
             "avara_webhook_key",
@@ -675,6 +723,10 @@ impl Config {
             None => "# api_token: not set (operator API answers loopback clients only)\n",
         };
         text.push_str(token);
+        text.push_str(match &self.metrics_token {
+            Some(_) => "metrics_token = \"<redacted>\"  # from DICOM_GATEWAY_METRICS_TOKEN or metrics_token_file\n",
+            None => "# metrics_token: not set (/metrics is guarded like the operator API)\n",
+        });
         if let Ok(StorageLocation::S3 { .. }) = self.storage_location() {
             let c = &self.storage.credentials;
             text.push_str(&format!(

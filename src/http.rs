@@ -9,6 +9,7 @@ mod error;
 mod files;
 mod limits;
 mod messages;
+mod metrics;
 mod pace;
 mod router;
 mod server;

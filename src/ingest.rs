@@ -23,6 +23,7 @@ pub use commit::Committer;
 pub use locks::KeyLocks;
 pub use receiving::Receiving;
 use receiving::Reserve;
+pub(crate) use receiving::free_space;
 use spool::{Spool, Spooled};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,6 +16,7 @@ pub mod http;
 pub mod index;
 pub mod ingest;
 pub mod maintenance;
+pub mod metrics;
 pub mod outbound;
 pub mod reports;
 pub mod shutdown;

@@ -34,7 +34,7 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
         print!("{}", cfg.to_redacted_toml());
         return Ok(ExitCode::SUCCESS);
     }
-    telemetry::init();
+    telemetry::init(cfg.log_format);
     tune_allocator();
     // FAILPOINTS from the environment, in builds with the `failpoints`
     // feature (the crash tests); nothing otherwise.
@@ -61,7 +61,7 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
 /// `reindex`: the summary on stdout, the log on stderr.
 fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
-    telemetry::init();
+    telemetry::init(cfg.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let summary = runtime.block_on(maintenance::reindex_data_dir(&cfg, args.wipe))?;
     print!("{summary}");
@@ -71,7 +71,7 @@ fn reindex(args: ReindexArgs) -> anyhow::Result<ExitCode> {
 /// `verify`: each problem and the counts on stdout.
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
-    telemetry::init();
+    telemetry::init(cfg.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let report = runtime.block_on(maintenance::verify_data_dir(&cfg))?;
     print!("{report}");

@@ -93,6 +93,7 @@ pub async fn run(app: App, wake: Arc<Notify>, cancel: CancellationToken) {
                 Vec::new()
             }
         };
+        crate::metrics::get().report_jobs(jobs.iter().map(|j| state_label(j.state)));
         let busy: HashSet<String> = in_flight.values().cloned().collect();
         let mut next = None::<u64>;
         for job in jobs.into_iter().filter(|j| j.state == ReportState::Pending) {
@@ -138,6 +139,15 @@ pub async fn run(app: App, wake: Arc<Notify>, cancel: CancellationToken) {
     while running.join_next().await.is_some() {}
 }
 
+/// A job state's metrics label.
+fn state_label(state: ReportState) -> &'static str {
+    match state {
+        ReportState::Pending => "pending",
+        ReportState::Stored => "stored",
+        ReportState::Failed => "failed",
+    }
+}
+
 /// One try at a job; records how it went.
 async fn attempt(app: &App, fetcher: &Fetcher, mut job: ReportJob, cancel: &CancellationToken) {
     let id = job.report.report_id.clone();
@@ -174,6 +184,11 @@ async fn attempt(app: &App, fetcher: &Fetcher, mut job: ReportJob, cancel: &Canc
             job.last_error = Some(e.to_string());
         }
     }
+    let outcome = match job.state {
+        ReportState::Pending => "retry",
+        state => state_label(state),
+    };
+    crate::metrics::get().report_attempt(outcome);
     if let Err(e) = blocking(app, move |index| index.put_report_job(&job)).await {
         tracing::error!(report_id = %id, error = %e, "cannot record the report job's state");
     }

@@ -161,7 +161,7 @@ impl BlobStore {
         let root = root.canonicalize().map_err(Error::io("resolve", root))?;
         let store = LocalFileSystem::new_with_prefix(&root)?.with_fsync(true);
         Ok(BlobStore {
-            store: Arc::new(store),
+            store: crate::metrics::store::Metered::wrap(Arc::new(store)),
             backend: Arc::new(Backend::Local { root }),
         })
     }
@@ -219,7 +219,7 @@ impl BlobStore {
         let signer = PrefixStore::new(build(public)?, prefix);
         let endpoint = st.endpoint.as_deref().unwrap_or("AWS");
         Ok(BlobStore {
-            store: Arc::new(store),
+            store: crate::metrics::store::Metered::wrap(Arc::new(store)),
             backend: Arc::new(Backend::S3 {
                 signer,
                 part_size: st.part_size as usize,
@@ -396,6 +396,7 @@ impl BlobStore {
         let left = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
             .clamp(Duration::from_secs(1), signer::MAX_TTL);
         let method = if p.head { Method::HEAD } else { Method::GET };
+        crate::metrics::get().signed_url(if p.head { "HEAD" } else { "GET" }, "store");
         let url = signer
             .signed_url_opts(method, &key.to_path(), left, &options)
             .await?;

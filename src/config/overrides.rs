@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::DuplicatePolicy;
+use super::{DuplicatePolicy, LogFormat};
 
 /// Flags of `dicom-gateway serve`; each also read from its environment variable.
 #[derive(Debug, Clone, Default, Args)]
@@ -65,6 +65,12 @@ pub struct Overrides {
     /// File holding the operator API bearer token.
     #[arg(long, env = "DICOM_GATEWAY_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// File holding the bearer token of /metrics (instead of DICOM_GATEWAY_METRICS_TOKEN).
+    #[arg(long, env = "DICOM_GATEWAY_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Log format on stderr: text or json [default: text].
+    #[arg(long, env = "DICOM_GATEWAY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// File holding Avara's webhook secrets (instead of AVARA_WEBHOOK_KEY).
     #[arg(
         long,

@@ -10,6 +10,8 @@ use super::{Error, Result};
 pub struct SecretEnv {
     /// `DICOM_GATEWAY_API_TOKEN`
     pub api_token: Option<String>,
+    /// `DICOM_GATEWAY_METRICS_TOKEN`
+    pub metrics_token: Option<String>,
     /// `AVARA_WEBHOOK_KEY`
     pub avara_webhook_key: Option<String>,
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`
@@ -22,6 +24,7 @@ impl SecretEnv {
     pub fn from_process() -> SecretEnv {
         SecretEnv {
             api_token: std::env::var("DICOM_GATEWAY_API_TOKEN").ok(),
+            metrics_token: std::env::var("DICOM_GATEWAY_METRICS_TOKEN").ok(),
             avara_webhook_key: std::env::var("AVARA_WEBHOOK_KEY").ok(),
             aws_access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
             aws_secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
@@ -30,15 +33,19 @@ impl SecretEnv {
     }
 }
 
-/// Shortest operator API token accepted.
+/// Shortest operator API (and metrics) token accepted.
 pub const MIN_API_TOKEN_LEN: usize = 16;
 
-/// The operator API fails closed: a token that is blank (an empty file, a
-/// stray newline) or short enough to guess stops the start instead of
-/// letting every client through.
-pub(super) fn check_api_token(token: &str) -> Result<()> {
+/// The operator API and `/metrics` fail closed: a token that is blank (an
+/// empty file, a stray newline) or short enough to guess stops the start
+/// instead of letting every client through. `name` is `api_token` or
+/// `metrics_token`.
+pub(super) fn check_token(name: &'static str, token: &str) -> Result<()> {
     let reason = if token.trim().is_empty() {
-        "is empty or only white space (check DICOM_GATEWAY_API_TOKEN / api_token_file)".to_owned()
+        format!(
+            "is empty or only white space (check DICOM_GATEWAY_{} / {name}_file)",
+            name.to_ascii_uppercase()
+        )
     } else if token.chars().count() < MIN_API_TOKEN_LEN {
         format!("is shorter than {MIN_API_TOKEN_LEN} characters")
     } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -46,10 +53,7 @@ pub(super) fn check_api_token(token: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::Invalid {
-        name: "api_token",
-        reason,
-    })
+    Err(Error::Invalid { name, reason })
 }
 
 /// A secret from the environment or from a file, not both.

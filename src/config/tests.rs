@@ -64,6 +64,7 @@ fn a_blank_or_short_api_token_stops_the_start() {
 fn token_is_redacted_everywhere() {
     let env = SecretEnv {
         api_token: Some("hunter2-token-long-enough".into()),
+        metrics_token: Some("hunter2-metrics-scraper".into()),
         avara_webhook_key: Some("whsec_aHVudGVyMi13ZWJob29rLWtleQ==".into()),
         aws_access_key_id: Some("AKIDVISIBLE".into()),
         aws_secret_access_key: Some("hunter2-aws".into()),
@@ -110,4 +111,67 @@ fn storage_urls_are_checked() {
         let err = load(bad).unwrap_err().to_string();
         assert!(err.contains("storage.url"), "{bad}: {err}");
     }
+}
+
+#[test]
+fn metrics_token_is_checked_like_the_api_token() {
+    for token in ["", "  ", "short"] {
+        let env = SecretEnv {
+            metrics_token: Some(token.into()),
+            ..Default::default()
+        };
+        let err = Config::load(&Overrides::default(), &env).unwrap_err();
+        assert!(
+            err.to_string().contains("metrics_token"),
+            "{token:?}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics-token");
+    std::fs::write(&file, "scraper-token-of-24-chars\n").unwrap();
+    let over = Overrides {
+        metrics_token_file: Some(file),
+        ..Default::default()
+    };
+    let env = SecretEnv {
+        metrics_token: Some("scraper-token-from-the-env".into()),
+        ..Default::default()
+    };
+    let err = Config::load(&over, &env).unwrap_err().to_string();
+    assert!(err.contains("not both"), "{err}");
+    let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
+    assert_eq!(
+        cfg.metrics_token.as_ref().unwrap().expose(),
+        "scraper-token-of-24-chars"
+    );
+    assert!(!cfg.to_redacted_toml().contains("scraper-token"));
+}
+
+#[test]
+fn log_format_comes_from_file_env_or_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, "log_format = \"json\"\n").unwrap();
+    let over = Overrides {
+        config: Some(file),
+        ..Default::default()
+    };
+    let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.log_format, LogFormat::Json);
+    assert_eq!(
+        Config::load(&Overrides::default(), &SecretEnv::default())
+            .unwrap()
+            .log_format,
+        LogFormat::Text
+    );
+    let over = Overrides {
+        log_format: Some(LogFormat::Text),
+        ..over
+    };
+    assert_eq!(
+        Config::load(&over, &SecretEnv::default())
+            .unwrap()
+            .log_format,
+        LogFormat::Text
+    );
 }

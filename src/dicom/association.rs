@@ -315,6 +315,7 @@ impl<'a> Association<'a> {
     }
 
     async fn on_data(&mut self, pdv: PDataValue) -> Result<(), String> {
+        let arrived = Instant::now(); // for the ingest latency metric
         let Some(pending) = self.pending.as_mut() else {
             return Err("data PDV without a command".into());
         };
@@ -322,6 +323,7 @@ impl<'a> Association<'a> {
             return Err("data PDV on another presentation context than its command".into());
         }
         pending.received = pending.received.saturating_add(pdv.data.len() as u64);
+        crate::metrics::get().received("dicom", pdv.data.len());
         if self.pace.too_slow(pending.started, pending.received) {
             return Err(format!(
                 "data set arriving slower than min_data_rate ({} bytes/s)",
@@ -372,7 +374,11 @@ impl<'a> Association<'a> {
                 sop_class_uid: command.affected_sop_class.as_deref().unwrap_or(""),
             });
         }
-        self.respond(pc, &command, code, comment.as_deref()).await
+        let sent = self.respond(pc, &command, code, comment.as_deref()).await;
+        if command.field == field::C_STORE_RQ {
+            crate::metrics::get().instance_answered(code, &self.calling_ae, arrived.elapsed());
+        }
+        sent
     }
 
     async fn finish_store(

@@ -163,6 +163,7 @@ impl DicomServer {
         }
         if !self.allowed_peers.is_empty() && !self.allowed_peers.contains(&peer.ip()) {
             tracing::warn!(%peer, "connection from a peer not in allowed_peers; rejected");
+            crate::metrics::get().association_rejected("peer_not_allowed");
             // Read (at most ARTIM) what it sends, so it sees the refusal.
             let reason =
                 AssociationRJSource::ServiceUser(AssociationRJServiceUserReason::NoReasonGiven);
@@ -182,11 +183,13 @@ impl DicomServer {
         };
         if let Err(e) = arrived {
             tracing::info!(%peer, reason = %e, "connection closed before associating");
+            crate::metrics::get().association_rejected("no_request");
             return;
         }
         drop(waiting);
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             tracing::warn!(%peer, "max_associations reached; association rejected (transient)");
+            crate::metrics::get().association_rejected("max_associations");
             let reason = AssociationRJSource::ServiceProviderPresentation(
                 AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
             );
@@ -202,11 +205,13 @@ impl DicomServer {
             Err(_) => {
                 drop(slot);
                 tracing::warn!(%peer, artim = ?self.artim, "association not established within the ARTIM time");
+                crate::metrics::get().association_rejected("artim_timeout");
                 return;
             }
             Ok(Err(e)) => {
                 drop(slot);
                 tracing::warn!(%peer, error = %e, "association not established");
+                crate::metrics::get().association_rejected(rejection_reason(&e));
                 return;
             }
         };
@@ -214,6 +219,7 @@ impl DicomServer {
         let calling_ae = assoc.peer_ae_title().trim().to_owned();
         let span = tracing::info_span!("association", %peer, calling_ae = %calling_ae);
         async move {
+            let _open = crate::metrics::get().association_opened();
             tracing::info!(
                 contexts = assoc.presentation_contexts().len(),
                 "association established"
@@ -231,6 +237,23 @@ impl DicomServer {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// The metrics label of a failed negotiation.
+fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
+    use dicom_ul::association::Error;
+    match e {
+        Error::Rejected { association_rj, .. } => match &association_rj.source {
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+            ) => "calling_ae_not_allowed",
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            ) => "called_ae_unknown",
+            _ => "negotiation_rejected",
+        },
+        _ => "negotiation_failed",
     }
 }
 

@@ -1,9 +1,10 @@
-//! Routes, and the guard in front of the operator API.
+//! Routes, the guards in front of the operator API and `/metrics`, and the
+//! per-route request metrics.
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -11,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, messages, subscriptions, ui, uploads, webhook};
+use super::{api, files, messages, metrics, subscriptions, ui, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -59,6 +60,9 @@ pub fn router(app: App) -> Router {
             put(uploads::put_upload).options(files::preflight),
         )
         .layer(middleware::from_fn_with_state(app.clone(), files::cors));
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .route_layer(middleware::from_fn_with_state(app.clone(), metrics_guard));
     Router::new()
         .route("/healthz", get(api::healthz))
         .route(
@@ -66,8 +70,10 @@ pub fn router(app: App) -> Router {
             post(webhook::avara).route_layer(middleware::from_fn(webhook_deadline)),
         )
         .merge(operator)
+        .merge(scrape)
         .merge(files)
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(middleware::from_fn(http_metrics))
         .with_state(app)
 }
 
@@ -80,6 +86,45 @@ async fn webhook_deadline(request: Request, next: Next) -> Result<Response, ApiE
     tokio::time::timeout(WEBHOOK_DEADLINE, next.run(request))
         .await
         .map_err(|_| ApiError::RequestTimeout)
+}
+
+/// Counts every answered request by route pattern (never the requested
+/// path: that is the client's to choose) and status, with its latency to
+/// the response head.
+async fn http_metrics(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    crate::metrics::get().http_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// `/metrics`: a scraper presenting `metrics_token` gets through from
+/// anywhere; otherwise the operator API's rules apply.
+async fn metrics_guard(
+    State(app): State<App>,
+    peer: ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &app.cfg.metrics_token {
+        if constant_time_eq(
+            bearer(request.headers()).as_bytes(),
+            token.expose().as_bytes(),
+        ) {
+            return Ok(next.run(request).await);
+        }
+    }
+    operator_guard(State(app), peer, request, next).await
+}
+
+/// The bearer token a request presents ("" without one).
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
 }
 
 /// With a token configured, requests must carry `Authorization: Bearer

@@ -19,9 +19,28 @@ use crate::index::PutOutcome;
 use crate::ingest::{Check, Receiving};
 use crate::store::signer::{Signature, UploadBinding};
 
+/// The upload route, counted in the metrics by outcome.
 pub async fn put_upload(
     State(app): State<App>,
     Path(raw): Path<String>,
+    signature: Result<Query<Signature>, QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let result = upload(app, raw, signature, body).await;
+    let outcome = match &result {
+        Ok((_, Json(answer))) if answer["replaced"] == true => "replaced",
+        Ok(_) => "stored",
+        Err(ApiError::Forbidden) => "forbidden",
+        Err(e) if e.status().is_client_error() => "refused",
+        Err(_) => "failed",
+    };
+    crate::metrics::get().upload(outcome);
+    result
+}
+
+async fn upload(
+    app: App,
+    raw: String,
     signature: Result<Query<Signature>, QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -99,7 +118,9 @@ pub(super) async fn spool_body(app: &App, source: &str, body: Body) -> Result<Re
     };
     let mut next = Some(Ok(first));
     while let Some(chunk) = next {
-        if let Err(e) = receiving.append(&chunk.map_err(broken)?).await {
+        let chunk = chunk.map_err(broken)?;
+        crate::metrics::get().received("http", chunk.len());
+        if let Err(e) = receiving.append(&chunk).await {
             drain_stream(stream, DRAIN_LIMIT).await;
             return Err(ApiError::Ingest(e));
         }

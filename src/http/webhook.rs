@@ -21,10 +21,42 @@ use crate::webhook::{handlers, verify};
 /// Largest webhook body accepted. Avara's events are a few KiB.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// The webhook, counted in the metrics by event type and outcome.
 pub async fn avara(
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let mut seen = Seen {
+        event: "unverified",
+        repeated: false,
+    };
+    let result = handle(&app, headers, body, &mut seen).await;
+    let outcome = match &result {
+        Ok(_) if seen.repeated => "repeated",
+        Ok(_) => "answered",
+        Err(ApiError::Signature(_) | ApiError::WebhookNotConfigured) => "unauthenticated",
+        Err(e) if e.status().is_client_error() => "refused",
+        Err(_) => "failed",
+    };
+    crate::metrics::get().webhook(seen.event, outcome, started.elapsed());
+    result
+}
+
+/// What a request turned out to be, for the metrics.
+struct Seen {
+    /// The event type's label, once the signature is verified.
+    event: &'static str,
+    /// Answered as before, for a repeated `webhook-id`.
+    repeated: bool,
+}
+
+async fn handle(
+    app: &App,
+    headers: HeaderMap,
+    body: Body,
+    seen: &mut Seen,
 ) -> Result<Response, ApiError> {
     if app.cfg.webhook_keys.is_empty() {
         return Err(ApiError::WebhookNotConfigured);
@@ -37,12 +69,14 @@ pub async fn avara(
     let verified =
         verify::verify(header, &bytes, &app.cfg.webhook_keys, now).map_err(ApiError::Signature)?;
     let id = verified.id.to_owned();
+    seen.event = crate::metrics::webhook_event(&bytes);
 
     let index = app.index.clone();
     let lookup = id.clone();
     if let Some(answer) = blocking(move || index.webhook_answer(&lookup)).await? {
         tracing::info!(webhook_id = %id, "repeated webhook delivery; answering as before");
-        return replay(&app, answer).await;
+        seen.repeated = true;
+        return replay(app, answer).await;
     }
 
     let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
@@ -57,7 +91,7 @@ pub async fn avara(
     let now = UNIX_EPOCH + Duration::from_secs(at);
     let kind = Keep::for_event(&envelope.kind);
     let event = serde_json::to_value(&envelope).expect("serialisable");
-    let body = dispatch(&app, envelope, now).await?;
+    let body = dispatch(app, envelope, now).await?;
     let answer = match kind {
         Keep::Recompute => StoredAnswer {
             at,
@@ -79,7 +113,8 @@ pub async fn avara(
     if kept == mine {
         return Ok(json_response(StatusCode::OK, body));
     }
-    replay(&app, kept).await // a concurrent delivery of the same id won
+    seen.repeated = true;
+    replay(app, kept).await // a concurrent delivery of the same id won
 }
 
 /// How the answer to an event is kept for repeated deliveries.

@@ -74,6 +74,7 @@ impl Committer {
                 state.leading = true;
                 let take = state.queue.len().min(MAX_BATCH);
                 let batch: Vec<Job> = state.queue.drain(..take).collect();
+                crate::metrics::get().commit_batch(take);
                 drop(state);
                 let ids: Vec<u64> = batch.iter().map(|job| job.id).collect();
                 // A panic fails this batch (0xA700: nothing of it was

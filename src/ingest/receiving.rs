@@ -113,7 +113,7 @@ impl Receiving {
 }
 
 /// Bytes available to us on the filesystem holding `dir`.
-fn free_space(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn free_space(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("path contains NUL"))?;

@@ -113,6 +113,7 @@ pub async fn run(index: Index, sender: Sender, settings: Settings, cancel: Cance
                 Some(now_ms().saturating_add(IDLE_PASS.as_millis() as u64))
             }
         };
+        crate::metrics::get().outbox_depth(queue.messages.len());
         let sleep = next.map_or(IDLE_PASS, |at| {
             Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_PASS)
         });
@@ -273,6 +274,14 @@ fn deliver(
     let at = now_ms();
     let outcome = sender.send(subscription, &message.event, SystemTime::now());
     message.record(at, started.elapsed(), &outcome, &settings.schedule);
+    crate::metrics::get().delivery(
+        match message.state {
+            State::Delivered => "delivered",
+            State::Pending => "retry",
+            State::Failed => "failed",
+        },
+        started.elapsed(),
+    );
     let host = host_of(&subscription.url);
     let id = &message.event.id;
     match (&outcome, message.state) {

@@ -160,6 +160,7 @@ impl UrlSigner {
 
     /// A download URL for an object, valid for `ttl` (at most [`MAX_TTL`]).
     pub fn file_url(&self, key: &ObjectKey, ttl: Duration, now: SystemTime) -> String {
+        crate::metrics::get().signed_url("GET", "gateway");
         self.sign("GET", &format!("files/{}", key.as_str()), ttl, now)
     }
 
@@ -175,6 +176,7 @@ impl UrlSigner {
 
     /// An upload (PUT) URL bound to a study, or to one instance of it.
     pub fn upload_url(&self, binding: &UploadBinding, ttl: Duration, now: SystemTime) -> String {
+        crate::metrics::get().signed_url("PUT", "gateway");
         self.sign("PUT", &binding.path(), ttl, now)
     }
 

@@ -16,6 +16,7 @@ mod hostile_reports;
 mod http_api;
 mod lifecycle;
 mod maintenance;
+mod metrics;
 mod outbound;
 mod panics;
 mod peers;
