@@ -16,10 +16,13 @@ use crate::webhook::WebhookKeys;
 
 mod overrides;
 mod secrets;
+mod storage;
+mod validate;
 
 pub use overrides::Overrides;
 pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
 use secrets::{check_token, secret};
+pub use storage::{S3Credentials, StorageConfig, StorageLocation};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -198,85 +201,6 @@ pub enum LogFormat {
     /// One JSON object per line: `timestamp`, `level`, `fields` (with
     /// `message`), `target`, and the current span and span list.
     Json,
-}
-
-/// The object store. `url` is `file:///path` (default
-/// `<data_dir>/objects`) or `s3://bucket/optional/prefix`; the other settings
-/// apply to S3 only. Credentials come from `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, never from the file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StorageConfig {
-    pub url: Option<String>,
-    /// S3 endpoint the gateway uses, e.g. `http://minio.local:9000`
-    /// (default: AWS for `region`).
-    pub endpoint: Option<String>,
-    /// Endpoint the viewer reaches the store by, used to sign download URLs
-    /// (a signature covers the host). Default: `endpoint`.
-    pub public_endpoint: Option<String>,
-    pub region: String,
-    /// Virtual-hosted addressing instead of path style: requests go to the
-    /// endpoint as given, which must then name the bucket
-    /// (`https://bucket.s3.example.com`), and so must `public_endpoint`.
-    pub virtual_hosted: bool,
-    /// Allow plain-HTTP endpoints (on-site MinIO and the like).
-    pub allow_http: bool,
-    /// Instances larger than this go up in parts of this size (bytes, at
-    /// least 5 MiB, S3's smallest part).
-    pub part_size: u64,
-    /// Uploads to the store at once, over all associations.
-    pub max_uploads: usize,
-    /// Seconds one store request may take, retries included, before the
-    /// instance is refused (0xA700) rather than acknowledged.
-    pub timeout: u64,
-    /// Seconds after which a study this gateway knows is listed again in a
-    /// shared store, to pick up what other gateways stored for it.
-    pub relist_after: u64,
-    #[serde(skip)]
-    pub credentials: S3Credentials,
-}
-
-/// From the standard AWS variables; never serialised or logged.
-#[derive(Clone, Default)]
-pub struct S3Credentials {
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-}
-
-impl std::fmt::Debug for S3Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key)
-            .field("session_token", &self.session_token)
-            .finish()
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            url: None,
-            endpoint: None,
-            public_endpoint: None,
-            region: "us-east-1".into(),
-            virtual_hosted: false,
-            allow_http: false,
-            part_size: 8 << 20,
-            max_uploads: 8,
-            timeout: 30,
-            relist_after: 30,
-            credentials: S3Credentials::default(),
-        }
-    }
-}
-
-/// Where the store is, parsed from `storage.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageLocation {
-    Local(PathBuf),
-    S3 { bucket: String, prefix: String },
 }
 
 impl Default for Config {
@@ -494,42 +418,6 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join(crate::store::signer::KEY_FILE))
     }
 
-    /// Where the objects are.
-    pub fn storage_location(&self) -> Result<StorageLocation> {
-        let invalid = |reason: String| Error::Invalid {
-            name: "storage.url",
-            reason,
-        };
-        let Some(url) = &self.storage.url else {
-            return Ok(StorageLocation::Local(self.objects_dir()));
-        };
-        if let Some(path) = url.strip_prefix("file://") {
-            if !path.starts_with('/') {
-                return Err(invalid(format!(
-                    "{url:?}: a file URL needs an absolute path"
-                )));
-            }
-            return Ok(StorageLocation::Local(PathBuf::from(path)));
-        }
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let valid_bucket = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                });
-            if !valid_bucket {
-                return Err(invalid(format!("{bucket:?} is not an S3 bucket name")));
-            }
-            return Ok(StorageLocation::S3 {
-                bucket: bucket.to_owned(),
-                prefix: prefix.trim_matches('/').to_owned(),
-            });
-        }
-        Err(invalid(format!(
-            "{url:?}: expected file:///path or s3://bucket/prefix"
-        )))
-    }
-
     pub fn url_ttl(&self) -> Duration {
         Duration::from_secs(self.url_ttl)
     }
@@ -543,130 +431,6 @@ impl Config {
             path: path.into(),
             source: Box::new(source),
         })
-    }
-
-    fn validate(&self) -> Result<()> {
-        let invalid = |name, reason: String| Err(Error::Invalid { name, reason });
-        let ae = self.ae_title.trim();
-        if ae.is_empty() || ae.len() > 16 || !ae.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-        {
-            return invalid(
-                "ae_title",
-                format!("{ae:?} is not 1–16 printable ASCII characters"),
-            );
-        }
-        if !(MIN_PDU_LENGTH..=MAX_PDU_LENGTH).contains(&self.max_pdu_length) {
-            return invalid(
-                "max_pdu_length",
-                format!(
-                    "{} is outside {MIN_PDU_LENGTH}–{MAX_PDU_LENGTH}",
-                    self.max_pdu_length
-                ),
-            );
-        }
-        if self.url_ttl == 0 || self.url_ttl > 7 * 24 * 3600 {
-            return invalid("url_ttl", format!("{} is not 1 s – 7 days", self.url_ttl));
-        }
-        if self.max_associations == 0 {
-            return invalid("max_associations", "must be at least 1".into());
-        }
-        for (name, value) in [
-            (
-                "max_pending_connections",
-                self.max_pending_connections as u64,
-            ),
-            ("artim_timeout", self.artim_timeout),
-            ("max_sequence_depth", u64::from(self.max_sequence_depth)),
-            ("http_header_timeout", self.http_header_timeout),
-            ("http_idle_timeout", self.http_idle_timeout),
-            ("http_max_connections", self.http_max_connections as u64),
-            (
-                "report_fetch_concurrency",
-                self.report_fetch_concurrency as u64,
-            ),
-            ("stable_after", self.stable_after),
-            ("webhook_timeout", self.webhook_timeout),
-            ("webhook_concurrency", self.webhook_concurrency as u64),
-        ] {
-            if value == 0 {
-                return invalid(name, "must be at least 1".into());
-            }
-        }
-        if self.webhook_timeout > 300 {
-            return invalid("webhook_timeout", "must be at most 300 seconds".into());
-        }
-        if let Err(reason) = self.retry_schedule() {
-            return invalid("webhook_retry_schedule", reason);
-        }
-        if self.max_header_bytes < 64 * 1024 {
-            return invalid("max_header_bytes", "must be at least 64 KiB".into());
-        }
-        if self.read_timeout == 0 || self.write_timeout == 0 {
-            return invalid(
-                "read_timeout/write_timeout",
-                "must be at least 1 second".into(),
-            );
-        }
-        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
-            return invalid(
-                "public_url",
-                format!("{:?} is not an http(s) URL", self.public_url),
-            );
-        }
-        if let StorageLocation::S3 { .. } = self.storage_location()? {
-            let st = &self.storage;
-            for (name, url) in [
-                ("storage.endpoint", &st.endpoint),
-                ("storage.public_endpoint", &st.public_endpoint),
-            ] {
-                if let Some(url) = url {
-                    if !(url.starts_with("https://")
-                        || (url.starts_with("http://") && st.allow_http))
-                    {
-                        return invalid(
-                            name,
-                            format!(
-                                "{url:?} is not an https URL (set storage.allow_http for http)"
-                            ),
-                        );
-                    }
-                }
-            }
-            if !(5 << 20..=512 << 20).contains(&st.part_size) {
-                return invalid(
-                    "storage.part_size",
-                    "must be 5 MiB (S3's smallest part) to 512 MiB (each upload holds up to three in memory)".into(),
-                );
-            }
-            if self.max_instance_size.div_ceil(st.part_size) > 10_000 {
-                return invalid(
-                    "storage.part_size",
-                    format!(
-                        "max_instance_size ({} bytes) would take more than S3's 10,000 parts",
-                        self.max_instance_size
-                    ),
-                );
-            }
-            if st.max_uploads == 0 || st.timeout == 0 {
-                return invalid(
-                    "storage.max_uploads/storage.timeout",
-                    "must be at least 1".into(),
-                );
-            }
-            let c = &st.credentials;
-            if c.access_key_id.is_some() != c.secret_access_key.is_some() {
-                return invalid(
-                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
-                    "set both or neither".into(),
-                );
-            }
-        }
-        for uid in &self.extra_sop_classes {
-            if let Err(e) = crate::uid::Uid::parse(uid) {
-                return invalid("extra_sop_classes", format!("{uid:?}: {e}"));
-            }
-        }
-        Ok(())
     }
 
     pub fn objects_dir(&self) -> PathBuf {
@@ -687,24 +451,6 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
     }
-    /// `webhook_retry_schedule` parsed: 1 to 32 waits of at most a week.
-    pub fn retry_schedule(&self) -> std::result::Result<Vec<Duration>, String> {
-        let raw = &self.webhook_retry_schedule;
-        if raw.is_empty() || raw.len() > 32 {
-            return Err(format!("has {} entries; give 1 to 32", raw.len()));
-        }
-        raw.iter()
-            .map(|text| {
-                let wait = humantime::parse_duration(text.trim())
-                    .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
-                if wait > Duration::from_secs(7 * 24 * 3600) {
-                    return Err(format!("{text:?} is longer than a week"));
-                }
-                Ok(wait)
-            })
-            .collect()
-    }
-
     pub fn stable_after(&self) -> Duration {
         Duration::from_secs(self.stable_after)
     }
