@@ -30,8 +30,9 @@ until garage status >/dev/null 2>&1; do
     sleep 1
 done
 
-# 1. Layout: a node without a role stores nothing.
-if garage status | grep -q "NO ROLE ASSIGNED"; then
+# 1. Layout: a node without a role stores nothing. "pending..." is a role
+#    staged by an earlier run that stopped before applying it.
+if garage status | grep -q -e "NO ROLE ASSIGNED" -e "pending\.\.\."; then
     node=$(garage node id -q | cut -d@ -f1)
     [ -n "$node" ] || fail "no node id from 'garage node id'"
     version=$(garage layout show | sed -n 's/.*[Cc]urrent cluster layout version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
@@ -53,10 +54,19 @@ else
     log "creating key $KEY_NAME"
     info=$(garage key create "$KEY_NAME")
 fi
-key_id=$(printf '%s\n' "$info" | sed -n 's/^ *Key ID: *\([^ ]*\) *$/\1/p' | head -n 1)
-secret=$(printf '%s\n' "$info" | sed -n 's/^ *Secret key: *\([^ ]*\) *$/\1/p' | head -n 1)
-case "$key_id" in GK*) ;; *) fail "cannot read the key id of $KEY_NAME" ;; esac
-[ -n "$secret" ] || fail "cannot read the secret of $KEY_NAME"
+# "Key ID:<tab or spaces>GK..." and "Secret key:<...>hex" lines.
+field() {
+    printf '%s\n' "$info" | sed -n "s/^[[:space:]]*$1:[[:space:]]*\([^[:space:]]*\)[[:space:]]*\$/\1/p" | head -n 1
+}
+key_id=$(field "Key ID")
+secret=$(field "Secret key")
+case "$key_id" in
+    GK*) ;;
+    *) fail "cannot read the key id of $KEY_NAME" ;;
+esac
+case "$secret" in
+    '' | *[!0-9a-f]*) fail "cannot read the secret of $KEY_NAME (shown as redacted?)" ;;
+esac
 
 # 3. The bucket, and the key's rights on it (allow is idempotent).
 if garage bucket info "$BUCKET" >/dev/null 2>&1; then

@@ -23,6 +23,29 @@ if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ] || [ ! -x /usr/bin/st
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk strace >/dev/null
 fi
 
+# Containers, for tests/integration/docker.rs: buildah builds and runs
+# docker/Dockerfile with no daemon and no registry (`podman run` is refused
+# by this sandbox; buildah's chroot isolation works). The image's
+# `FROM debian:bookworm-slim` resolves to a local import of a debootstrapped
+# bookworm, made once (about a minute, 200 MB).
+if [ ! -x /usr/bin/buildah ] || [ ! -x /usr/bin/podman ] || [ ! -x /usr/sbin/debootstrap ]; then
+    step "installing buildah, podman and debootstrap"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq buildah podman debootstrap >/dev/null
+fi
+BASE_IMAGE=docker.io/library/debian:bookworm-slim
+if ! $sudo podman image exists "$BASE_IMAGE"; then
+    step "making $BASE_IMAGE (debootstrap --variant=minbase bookworm)"
+    rootfs=$(mktemp -d)
+    if ! $sudo debootstrap --variant=minbase bookworm "$rootfs" >/dev/null \
+        || ! $sudo tar -C "$rootfs" -c . | $sudo podman import - "$BASE_IMAGE" >/dev/null; then
+        $sudo rm -rf "$rootfs"
+        echo "could not make $BASE_IMAGE" >&2
+        exit 1
+    fi
+    $sudo rm -rf "$rootfs"
+fi
+
 if [ ! -x .venv/bin/python ]; then
     step "creating .venv"
     python3 -m venv .venv
