@@ -827,3 +827,105 @@ fn healthcheck_subcommand_asks_the_running_gateway() {
         "{out:?}"
     );
 }
+
+/// The entrypoint: a TOML file mounted at the image's config path is read
+/// (by the server and by the health check), its absence is no error, and a
+/// secret given both as a variable and as a file is refused.
+#[test]
+fn entrypoint_reads_a_mounted_toml_and_refuses_a_secret_given_twice() {
+    let mut image = Image::build();
+    let ctr = image.container();
+    let user = image.user();
+    let entrypoint = strings(&image.config["Entrypoint"]);
+    let argv = |args: &[&str]| -> Vec<String> {
+        let mut argv = entrypoint.clone();
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        argv
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("gateway.toml");
+    let unused = free_port();
+    std::fs::write(
+        &toml,
+        format!(
+            "ae_title = \"TOMLGW\"\nallowed_calling_aets = [\"CT1\"]\nhttp_listen = \"0.0.0.0:{unused}\"\n"
+        ),
+    )
+    .unwrap();
+    let mounted = vec![format!(
+        "{}:/etc/dicom-gateway/gateway.toml:ro",
+        toml.display()
+    )];
+
+    // No file: the defaults and the image's variables.
+    let printed = stdout_of(
+        &mut run_in(&ctr, &user, &[], &[], &argv(&["--print-config"])),
+        "--print-config without a file",
+    );
+    assert!(printed.contains("ae_title = \"DICOMGW\""), "{printed}");
+    // The mounted file; a variable still wins over it.
+    let printed = stdout_of(
+        &mut run_in(&ctr, &user, &[], &mounted, &argv(&["--print-config"])),
+        "--print-config with the mounted file",
+    );
+    assert!(printed.contains("ae_title = \"TOMLGW\""), "{printed}");
+    assert!(printed.contains("\"CT1\""), "{printed}");
+    let over = [("DICOM_GATEWAY_AE_TITLE".to_owned(), "ENVGW".to_owned())];
+    let printed = stdout_of(
+        &mut run_in(&ctr, &user, &over, &mounted, &argv(&["--print-config"])),
+        "--print-config with the file and a variable",
+    );
+    assert!(printed.contains("ae_title = \"ENVGW\""), "{printed}");
+    // The health check asks where the file says the server listens.
+    let out = output(&mut run_in(
+        &ctr,
+        &user,
+        &[],
+        &mounted,
+        &argv(&["healthcheck", "--timeout", "2"]),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{unused}/healthz")),
+        "{out:?}"
+    );
+
+    // A secret twice, or from a file that is not there: refused, not guessed.
+    let key_file = secret_file(tmp.path(), "access_key_id", "GK0123456789abcdef01234567");
+    let file_volume = vec![format!("{}:/run/s3/access_key_id:ro", key_file.display())];
+    let twice = [
+        ("AWS_ACCESS_KEY_ID".to_owned(), "GKother".to_owned()),
+        (
+            "AWS_ACCESS_KEY_ID_FILE".to_owned(),
+            "/run/s3/access_key_id".to_owned(),
+        ),
+    ];
+    let out = output(&mut run_in(
+        &ctr,
+        &user,
+        &twice,
+        &file_volume,
+        &argv(&["--print-config"]),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not both"),
+        "{out:?}"
+    );
+    let missing = [(
+        "AWS_SECRET_ACCESS_KEY_FILE".to_owned(),
+        "/run/s3/nothing".to_owned(),
+    )];
+    let out = output(&mut run_in(
+        &ctr,
+        &user,
+        &missing,
+        &[],
+        &argv(&["--print-config"]),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read /run/s3/nothing"),
+        "{out:?}"
+    );
+}
