@@ -7,9 +7,12 @@
 # that is secret.
 #
 # Uses the garage CLI, as Garage's own guides do: it reads the node's config
-# (/etc/garage.toml), its id from metadata_dir (mounted read-only) and the
-# RPC secret from GARAGE_RPC_SECRET.
+# (GARAGE_CONFIG, default /etc/garage.toml), its id from metadata_dir
+# (mounted read-only) and the RPC secret from GARAGE_RPC_SECRET.
 set -eu
+
+CONFIG=${GARAGE_CONFIG:-/etc/garage.toml}
+garage() { command garage -c "$CONFIG" "$@"; }
 
 BUCKET=${GARAGE_BUCKET:-dicom}
 KEY_NAME=${GARAGE_KEY_NAME:-dicom-gateway}
