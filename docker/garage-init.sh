@@ -80,10 +80,12 @@ else
 fi
 garage bucket allow --read --write --owner "$BUCKET" --key "$KEY_NAME" >/dev/null
 
-# 4. Hand the key over: written whole (temp file, rename), readable only by
-#    the gateway's uid.
+# 4. Hand the key over: written whole (temp file, rename), the directory and
+#    the files readable only by the gateway's uid.
 umask 077
 mkdir -p "$OUT"
+chown "$OWNER" "$OUT"
+chmod 0700 "$OUT"
 for name in access_key_id secret_access_key; do
     case "$name" in
         access_key_id) value=$key_id ;;

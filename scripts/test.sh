@@ -45,6 +45,15 @@ if ! $sudo podman image exists "$BASE_IMAGE"; then
     fi
     $sudo rm -rf "$rootfs"
 fi
+# Garage, the S3 store of docker/compose.yaml (the same release as its
+# image): tests/integration/docker/compose.rs runs docker/garage-init.sh
+# against it. The official crate; about 13 minutes to build the first time.
+GARAGE_VERSION=2.5.0
+if [ "$("${CARGO_HOME:-$HOME/.cargo}/bin/garage" --version 2>/dev/null | awk '{print $2}')" != "cargo:$GARAGE_VERSION" ]; then
+    step "installing garage $GARAGE_VERSION (about 13 minutes)"
+    cargo install garage --version "$GARAGE_VERSION" --locked \
+        --no-default-features --features bundled-libs,sqlite
+fi
 
 if [ ! -x .venv/bin/python ]; then
     step "creating .venv"
