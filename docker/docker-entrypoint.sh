@@ -5,6 +5,7 @@
 #
 #   docker run IMAGE                 # serve
 #   docker run IMAGE healthcheck     # any subcommand or flag of dicom-gateway
+#   docker run IMAGE --print-config
 #
 # - The TOML file: DICOM_GATEWAY_CONFIG if set, else /etc/dicom-gateway/gateway.toml
 #   when it exists (mounted), else none (defaults plus DICOM_GATEWAY_* variables).
@@ -50,9 +51,6 @@ for var in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN; do
 done
 unset var file_var value file
 
-# `docker run IMAGE --print-config` and the like: flags of `serve`.
-case "${1:-serve}" in
-    -*) set -- serve "$@" ;;
-esac
-
+# Flags alone (`docker run IMAGE --print-config`, `--version`) go to the
+# bare command, which serves with them.
 exec dicom-gateway "$@"

@@ -310,6 +310,12 @@ fn entrypoint_reads_a_mounted_toml_and_refuses_a_secret_given_twice() {
         toml.display()
     )];
 
+    // Flags alone reach the binary.
+    let version = stdout_of(
+        &mut run_in(&ctr, &user, &[], &[], &argv(&["--version"])),
+        "--version",
+    );
+    assert!(version.starts_with("dicom-gateway "), "{version}");
     // No file: the defaults and the image's variables.
     let printed = stdout_of(
         &mut run_in(&ctr, &user, &[], &[], &argv(&["--print-config"])),
