@@ -259,6 +259,31 @@ impl Log {
 /// The process below `ancestor` whose command name is `comm` (the gateway
 /// under `buildah run`, several levels down).
 fn descendant_named(ancestor: u32, comm: &str) -> u32 {
+    let found = descendants_named(ancestor, comm);
+    assert_eq!(found.len(), 1, "{comm} below {ancestor}: {found:?}");
+    found[0]
+}
+
+/// A `buildah run` that is ended, with the gateway under it, if the test
+/// fails while it runs (killing `buildah` alone would leave the gateway).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            for pid in descendants_named(self.0.id(), "dicom-gateway") {
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn descendants_named(ancestor: u32, comm: &str) -> Vec<u32> {
     let parent_of = |pid: u32| -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // "pid (comm) state ppid ...": comm may hold spaces, so after ')'.
@@ -294,8 +319,7 @@ fn descendant_named(ancestor: u32, comm: &str) -> u32 {
             }
         }
     }
-    assert_eq!(found.len(), 1, "{comm} below {ancestor}: {found:?}");
-    found[0]
+    found
 }
 
 /// Every path under `root` (not following symbolic links) with what

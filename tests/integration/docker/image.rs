@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
@@ -102,13 +102,14 @@ fn image_runs_as_its_user_serves_dicom_and_avara_keeps_data_under_data_and_stops
     // adds for them are there already.
     let rootfs_before = snapshot(&mount);
 
-    let mut gateway: Child = run_in(&ctr, &user, &env, &volumes, &image.default_argv())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("buildah run");
-    let log = Log::drain(gateway.stderr.take().unwrap());
-    let _reaper = KillOnDrop(gateway.id());
+    let mut gateway = Running(
+        run_in(&ctr, &user, &env, &volumes, &image.default_argv())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("buildah run"),
+    );
+    let log = Log::drain(gateway.0.stderr.take().unwrap());
     log.wait_for(&format!("service=\"dicom\" addr=0.0.0.0:{dicom_port}"));
     log.wait_for(&format!("service=\"http\" addr=0.0.0.0:{http_port}"));
 
@@ -193,14 +194,14 @@ fn image_runs_as_its_user_serves_dicom_and_avara_keeps_data_under_data_and_stops
 
     // The stop signal, to the gateway process itself (as `docker stop` sends
     // it to the container's first process): a clean exit.
-    let pid = descendant_named(gateway.id(), "dicom-gateway");
+    let pid = descendant_named(gateway.0.id(), "dicom-gateway");
     let signal = cfg["StopSignal"]
         .as_str()
         .unwrap()
         .trim_start_matches("SIG");
     let sent = output(Command::new("kill").args(["-s", signal, &pid.to_string()]));
     common::assert_ok(&sent, "kill");
-    let status = gateway.wait().unwrap();
+    let status = gateway.0.wait().unwrap();
     log.wait_for("stopped");
     assert!(status.success(), "{status}:\n{}", log.text());
 
@@ -236,18 +237,6 @@ fn image_runs_as_its_user_serves_dicom_and_avara_keeps_data_under_data_and_stops
             .map(|p| (p, rootfs_before.get(*p), rootfs_after.get(*p)))
             .collect::<Vec<_>>()
     );
-}
-
-/// Kills a `buildah run` left behind by a failed test.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", &self.0.to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// `dicom-gateway healthcheck` against a real gateway: healthy while it
