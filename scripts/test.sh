@@ -30,6 +30,37 @@ if [ ! -x /usr/bin/chromium ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
+# Containers, for tests/integration/docker.rs: buildah builds and runs
+# docker/Dockerfile with no daemon and no registry (`podman run` is refused
+# by this sandbox; buildah's chroot isolation works). The image's
+# `FROM debian:bookworm-slim` resolves to a local import of a debootstrapped
+# bookworm, made once (about a minute, 200 MB).
+if [ ! -x /usr/bin/buildah ] || [ ! -x /usr/bin/podman ] || [ ! -x /usr/sbin/debootstrap ]; then
+    step "installing buildah, podman and debootstrap"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq buildah podman debootstrap >/dev/null
+fi
+BASE_IMAGE=docker.io/library/debian:bookworm-slim
+if ! $sudo podman image exists "$BASE_IMAGE"; then
+    step "making $BASE_IMAGE (debootstrap --variant=minbase bookworm)"
+    rootfs=$(mktemp -d)
+    if ! $sudo debootstrap --variant=minbase bookworm "$rootfs" >/dev/null \
+        || ! $sudo tar -C "$rootfs" -c . | $sudo podman import - "$BASE_IMAGE" >/dev/null; then
+        $sudo rm -rf "$rootfs"
+        echo "could not make $BASE_IMAGE" >&2
+        exit 1
+    fi
+    $sudo rm -rf "$rootfs"
+fi
+# Garage, the S3 store of docker/compose.yaml (the same release as its
+# image): tests/integration/docker/compose.rs runs docker/garage-init.sh
+# against it. The official crate; about 13 minutes to build the first time.
+GARAGE_VERSION=2.5.0
+if [ "$("${CARGO_HOME:-$HOME/.cargo}/bin/garage" --version 2>/dev/null | awk '{print $2}')" != "cargo:$GARAGE_VERSION" ]; then
+    step "installing garage $GARAGE_VERSION (about 13 minutes)"
+    cargo install garage --version "$GARAGE_VERSION" --locked \
+        --no-default-features --features bundled-libs,sqlite
+fi
 
 if [ ! -x .venv/bin/python ]; then
     step "creating .venv"

@@ -43,6 +43,23 @@ pub enum Command {
     /// Exit status: 0 when they agree, 1 when they do not, 2 when the
     /// command could not run.
     Verify(VerifyArgs),
+    /// Ask the running gateway whether it is healthy (GET /healthz on its
+    /// http_listen address; a wildcard address is asked on loopback). The
+    /// container image's HEALTHCHECK: no curl needed.
+    ///
+    /// Takes the same configuration (file, DICOM_GATEWAY_* variables, flags)
+    /// as the server it checks. Exit status: 0 healthy, 1 not (or the check
+    /// could not run), with the reason on stderr.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Seconds the whole check may take, connection included (1–60).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -96,7 +113,7 @@ impl Command {
     pub fn failure_status(&self) -> u8 {
         match self {
             Command::Reindex(_) | Command::Verify(_) => 2,
-            Command::Serve(_) | Command::SignUrl(_) => 1,
+            Command::Serve(_) | Command::SignUrl(_) | Command::Healthcheck(_) => 1,
         }
     }
 }
@@ -137,5 +154,24 @@ mod tests {
             panic!("not verify");
         };
         assert_eq!(args.overrides.storage_url.as_deref(), Some("s3://b/p"));
+    }
+
+    #[test]
+    fn healthcheck_takes_the_listen_address_and_a_bounded_timeout() {
+        let argv = ["dicom-gateway", "healthcheck", "--http-listen", "0.0.0.0:9"];
+        let command = Cli::parse_from(argv).into_command();
+        assert_eq!(command.failure_status(), 1);
+        let Command::Healthcheck(args) = command else {
+            panic!("not healthcheck");
+        };
+        assert_eq!(args.timeout, 5);
+        assert_eq!(
+            args.overrides.http_listen,
+            Some("0.0.0.0:9".parse().unwrap())
+        );
+        for bad in ["0", "61"] {
+            let argv = ["dicom-gateway", "healthcheck", "--timeout", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "--timeout {bad}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dicom;
 pub mod discovery;
+pub mod healthcheck;
 pub mod http;
 pub mod index;
 pub mod ingest;

@@ -2,11 +2,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use dicom_gateway::cli::{Cli, Command, ReindexArgs, SignUrlArgs, VerifyArgs};
+use dicom_gateway::cli::{Cli, Command, HealthcheckArgs, ReindexArgs, SignUrlArgs, VerifyArgs};
 use dicom_gateway::config::{Config, SecretEnv};
 use dicom_gateway::store::ObjectKey;
 use dicom_gateway::store::signer::UrlSigner;
-use dicom_gateway::{Listeners, maintenance, shutdown, telemetry};
+use dicom_gateway::{Listeners, healthcheck, maintenance, shutdown, telemetry};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
         Command::SignUrl(args) => return sign_url(args).map(|()| ExitCode::SUCCESS),
         Command::Reindex(args) => return reindex(args),
         Command::Verify(args) => return verify(args),
+        Command::Healthcheck(args) => return healthcheck(args),
     };
     let cfg = Config::load(&args.overrides, &SecretEnv::from_process())?;
     if args.print_config {
@@ -76,6 +77,19 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = runtime.block_on(maintenance::verify_data_dir(&cfg))?;
     print!("{report}");
     Ok(ExitCode::from(u8::from(!report.is_consistent())))
+}
+
+/// `healthcheck`: one GET of /healthz where the configured server listens;
+/// the URL on stdout when healthy, the reason on stderr (exit 1) when not.
+/// Secrets are not needed for it, so the environment's are not read.
+fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&args.overrides, &SecretEnv::default())?;
+    let url = healthcheck::check(
+        healthcheck::probe_addr(cfg.http_listen),
+        Duration::from_secs(args.timeout),
+    )?;
+    println!("healthy: {url}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn sign_url(args: SignUrlArgs) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod dimse;
 mod disk_full;
+mod docker;
 mod duplicates;
 mod durability;
 mod files;
