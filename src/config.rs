@@ -265,6 +265,7 @@ macro_rules! overlay {
 impl Config {
     /// Builds the effective configuration.
     pub fn load(over: &Overrides, env: &SecretEnv) -> Result<Config> {
+        let over = &over.without_empty_lists();
         let mut cfg = match &over.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),

@@ -171,3 +171,30 @@ pub struct Overrides {
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
     pub storage_relist_after: Option<u64>,
 }
+
+impl Overrides {
+    /// An empty list variable (`DICOM_GATEWAY_ALLOWED_CALLING_AETS=`, as a
+    /// compose file or an env file leaves it) means "not set", not a list
+    /// of one empty name; empty items of a list are dropped.
+    pub(super) fn without_empty_lists(&self) -> Overrides {
+        let clean = |list: &Option<Vec<String>>| {
+            list.as_ref()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|i| i.trim())
+                        .filter(|i| !i.is_empty())
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|items| !items.is_empty())
+        };
+        Overrides {
+            allowed_calling_aets: clean(&self.allowed_calling_aets),
+            extra_sop_classes: clean(&self.extra_sop_classes),
+            cors_origins: clean(&self.cors_origins),
+            webhook_retry_schedule: clean(&self.webhook_retry_schedule),
+            ..self.clone()
+        }
+    }
+}

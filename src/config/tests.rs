@@ -175,3 +175,23 @@ fn log_format_comes_from_file_env_or_flag() {
         LogFormat::Text
     );
 }
+
+#[test]
+fn an_empty_list_variable_means_not_set() {
+    let over = Overrides {
+        allowed_calling_aets: Some(vec![String::new()]),
+        cors_origins: Some(vec![" ".into(), "https://a.example".into(), String::new()]),
+        webhook_retry_schedule: Some(vec![String::new()]),
+        ..Overrides::default()
+    };
+    let cfg = Config::load(&over, &SecretEnv::default()).unwrap();
+    assert!(
+        cfg.allowed_calling_aets.is_empty(),
+        "any AE, not one empty AE"
+    );
+    assert_eq!(cfg.cors_origins, vec!["https://a.example".to_owned()]);
+    assert_eq!(
+        cfg.webhook_retry_schedule,
+        Config::default().webhook_retry_schedule
+    );
+}
