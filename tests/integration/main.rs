@@ -20,6 +20,7 @@ mod outbound;
 mod panics;
 mod peers;
 mod s3;
+mod s3_cluster;
 mod subscriptions;
 mod uids;
 mod webhook;

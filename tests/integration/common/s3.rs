@@ -353,17 +353,25 @@ impl S3Client {
 
     /// Whether the bucket answers a signed listing (SeaweedFS creates the
     /// `-bucket` one asynchronously after it starts).
-    fn bucket_ready(&self) -> bool {
+    pub fn bucket_ready(&self) -> bool {
         matches!(self.curl(&format!("/{}", self.bucket)), Some((200, _)))
+    }
+
+    /// Creates the bucket (CreateBucket); whether the store said 200.
+    pub fn create_bucket(&self) -> bool {
+        matches!(
+            self.curl_method("PUT", &format!("/{}", self.bucket), None),
+            Some((200, _))
+        )
     }
 
     /// Whether an object can be written (and is deleted again): a PUT
     /// needs a writable volume, which a restarted store has only once its
     /// volume server reported to the master.
-    fn write_probe(&self) -> bool {
+    pub fn write_probe(&self) -> bool {
         let path = format!("/{}/write-probe", self.bucket);
-        matches!(self.curl_method("PUT", &path), Some((200, _)))
-            && matches!(self.curl_method("DELETE", &path), Some((204, _)))
+        matches!(self.curl_method("PUT", &path, Some("x")), Some((200, _)))
+            && matches!(self.curl_method("DELETE", &path, None), Some((204, _)))
     }
 
     /// `(key, upload id)` of every open multipart upload
@@ -397,14 +405,19 @@ impl S3Client {
     /// A GET signed with SigV4 by curl: status and body, or `None` when the
     /// store does not answer.
     fn curl(&self, path_and_query: &str) -> Option<(u16, String)> {
-        self.curl_method("GET", path_and_query)
+        self.curl_method("GET", path_and_query, None)
     }
 
-    /// [`S3Client::curl`] with another method (a PUT sends one byte).
-    fn curl_method(&self, method: &str, path_and_query: &str) -> Option<(u16, String)> {
+    /// [`S3Client::curl`] with another method, and a body if given.
+    fn curl_method(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
         let mut cmd = Command::new("curl");
-        if method == "PUT" {
-            cmd.args(["--data-binary", "x"]);
+        if let Some(body) = body {
+            cmd.args(["--data-binary", body]);
         }
         let out = cmd
             .args([
