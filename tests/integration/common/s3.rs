@@ -52,6 +52,22 @@ struct Ports {
     admin: u16,
 }
 
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            s3: free_port(),
+            s3_grpc: free_port(),
+            master: free_port(),
+            master_grpc: free_port(),
+            volume: free_port(),
+            volume_grpc: free_port(),
+            filer: free_port(),
+            filer_grpc: free_port(),
+            admin: free_port_pair(10_000),
+        }
+    }
+}
+
 pub struct S3Server {
     _tmp: tempfile::TempDir,
     /// The data directory of the store.
@@ -73,17 +89,7 @@ impl S3Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("s3");
         std::fs::create_dir_all(&root).unwrap();
-        let ports = Ports {
-            s3: free_port(),
-            s3_grpc: free_port(),
-            master: free_port(),
-            master_grpc: free_port(),
-            volume: free_port(),
-            volume_grpc: free_port(),
-            filer: free_port(),
-            filer_grpc: free_port(),
-            admin: free_port_pair(10_000),
-        };
+        let ports = Ports::free();
         let access_key = format!("AK{}", random_hex(8).to_uppercase());
         let secret_key = random_hex(20);
         write_identities(&root.join("identities.json"), &access_key, &secret_key);
@@ -98,8 +104,20 @@ impl S3Server {
             child: None,
             log: Arc::new(Log::default()),
         };
-        server.spawn();
-        server
+        // The ports were free when picked, but another process may take one
+        // before SeaweedFS binds it: then it exits at once, and it gets new
+        // ones (a few times).
+        for _ in 0..3 {
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Port allocation failed") => {
+                    server.ports = Ports::free();
+                    server.addr = SocketAddr::from(([127, 0, 0, 1], server.ports.s3));
+                }
+                Err(log) => panic!("SeaweedFS exited:\n{log}"),
+            }
+        }
+        panic!("SeaweedFS found a port taken three times in a row")
     }
 
     /// `http://127.0.0.1:PORT`
@@ -107,7 +125,9 @@ impl S3Server {
         format!("http://{}", self.addr)
     }
 
-    fn spawn(&mut self) {
+    /// Starts `weed mini` and waits until it takes writes; its log if it
+    /// exited first.
+    fn spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "SeaweedFS is already running");
         let p = self.ports;
         let dir = self.root.display().to_string();
@@ -156,14 +176,19 @@ impl S3Server {
         // Writable once the bucket answers and the volume server is back in
         // the master's topology (after a restart its first heartbeat can
         // come seconds after S3 answers, and writes fail until then).
+        let mut exited = false;
         wait_until(&format!("SeaweedFS bucket on {}", self.addr), || {
-            assert!(
-                !log.text().ends_with(super::CLOSED),
-                "SeaweedFS exited:\n{}",
-                log.text()
-            );
-            client.bucket_ready() && !data_nodes(p.master).is_empty() && client.write_probe()
+            exited = log.text().ends_with(super::CLOSED);
+            exited
+                || client.bucket_ready() && !data_nodes(p.master).is_empty() && client.write_probe()
         });
+        if exited {
+            let mut child = self.child.take().unwrap();
+            let _ = child.wait();
+            self.remove_sockets();
+            return Err(log.text());
+        }
+        Ok(())
     }
 
     /// Kills the store (the data stays): the store is down.
@@ -190,7 +215,9 @@ impl S3Server {
 
     /// Starts the store again on the same ports and data.
     pub fn start_again(&mut self) {
-        self.spawn();
+        if let Err(log) = self.spawn() {
+            panic!("SeaweedFS exited:\n{log}");
+        }
     }
 
     /// An S3 client with the store's own credentials.
