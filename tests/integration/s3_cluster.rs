@@ -67,7 +67,24 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A ready cluster on free ports. The ports were free when picked, but
+    /// another process may take one first: then a process of the cluster
+    /// exits at once, and the whole cluster starts again on new ones (a few
+    /// times).
     fn start() -> Cluster {
+        for _ in 0..3 {
+            match Cluster::try_start() {
+                Ok(cluster) => return cluster,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        panic!("the SeaweedFS cluster found a port taken three times in a row")
+    }
+
+    /// Starts the cluster and waits until it is ready; the log of a
+    /// process that exited first.
+    fn try_start() -> Result<Cluster, String> {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
@@ -165,40 +182,48 @@ impl Cluster {
             secret_key,
             grpc,
         };
-        cluster.wait_ready();
-        cluster
+        cluster.wait_ready()?;
+        Ok(cluster)
     }
 
     /// Blocks until the master knows all three volume servers, the bucket
     /// exists and a write goes through.
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let client = self.client();
         let master_port = self.master_port;
         let mut created = false;
+        let mut exited = None;
         s3::wait_until("a ready SeaweedFS cluster", || {
-            self.assert_running();
-            if s3::data_nodes(master_port).len() < 3 {
-                return false;
+            exited = self.exited();
+            if exited.is_some() || s3::data_nodes(master_port).len() < 3 {
+                return exited.is_some();
             }
             created = created || client.create_bucket();
             created && client.bucket_ready() && client.write_probe()
         });
+        exited.map_or(Ok(()), Err)
     }
 
-    /// Fails the test, with the logs, if a process of the cluster that
-    /// should run has exited.
-    fn assert_running(&mut self) {
+    /// The name and log of a process of the cluster that should run but
+    /// has exited.
+    fn exited(&mut self) -> Option<String> {
         let all = std::iter::once(&mut self.master)
             .chain(self.volumes.iter_mut())
             .chain([&mut self.filer, &mut self.s3]);
         for p in all {
             if p.child.is_some() && !p.running() {
-                panic!(
-                    "SeaweedFS {} exited:\n{}",
-                    p.name,
-                    std::fs::read_to_string(&p.log).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                return Some(format!("SeaweedFS {} exited:\n{log}", p.name));
             }
+        }
+        None
+    }
+
+    /// Fails the test, with its log, if a process of the cluster that
+    /// should run has exited.
+    fn assert_running(&mut self) {
+        if let Some(log) = self.exited() {
+            panic!("{log}");
         }
     }
 
