@@ -270,7 +270,8 @@ impl Drop for Cluster {
 /// How many volumes the master says the volume server `addr` holds.
 fn volumes_on(master_port: u16, addr: &str) -> u64 {
     let url = format!("http://127.0.0.1:{master_port}/dir/status");
-    let status: Value = ureq::get(&url)
+    let status: Value = s3::short_agent()
+        .get(&url)
         .call()
         .unwrap()
         .body_mut()

@@ -476,7 +476,7 @@ impl S3Client {
 /// topology (`/dir/status`): their addresses.
 pub fn data_nodes(master_port: u16) -> Vec<String> {
     let url = format!("http://127.0.0.1:{master_port}/dir/status");
-    let Ok(mut resp) = ureq::get(&url).call() else {
+    let Ok(mut resp) = short_agent().get(&url).call() else {
         return Vec::new();
     };
     let Ok(status) = resp.body_mut().read_json::<Value>() else {
@@ -495,6 +495,16 @@ pub fn data_nodes(master_port: u16) -> Vec<String> {
         }
     }
     nodes
+}
+
+/// An HTTP client that gives up after 10 s: what is asked of the store's
+/// own HTTP side must not hang a test on a process that accepted the
+/// connection and then never answers.
+pub fn short_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 /// The text of every `<name>…</name>` element in `xml` (no nesting of the
