@@ -398,6 +398,13 @@ fn a_store_node_lost_during_ingest_loses_no_acknowledged_instance() {
             "256",
         ],
     );
+    // Its stderr is read aside (a full pipe would stall it).
+    let mut stderr = sender.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     // Follow the sender's answers; kill the third volume server (not the
     // master's or the filer's process) once KILL_AFTER are acknowledged.
     let mut acked = 0;
@@ -417,7 +424,8 @@ fn a_store_node_lost_during_ingest_loses_no_acknowledged_instance() {
         }
     }
     let status = sender.wait().unwrap();
-    assert!(status.success(), "ack_sender.py: {status}");
+    let stderr = stderr.join().unwrap();
+    assert!(status.success(), "ack_sender.py: {status}\n{stderr}");
     assert!(
         cluster.volumes[2].child.is_none(),
         "the volume server was not killed"
