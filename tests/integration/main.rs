@@ -22,6 +22,7 @@ mod outbound;
 mod panics;
 mod peers;
 mod s3;
+mod s3_cluster;
 mod subscriptions;
 mod ui;
 mod uids;

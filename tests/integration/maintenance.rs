@@ -1,5 +1,5 @@
 //! `dicom-gateway reindex` and `verify` against a store the real gateway
-//! wrote: the local backend, and S3 (s3s-fs).
+//! wrote: the local backend, and S3 (SeaweedFS).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::common::s3::S3Server;
+use crate::common::s3::{self, S3Server};
 use crate::common::{self, Gateway, Opts};
 
 /// The gateway binary run as a maintenance command on `data_dir`.
@@ -54,14 +54,24 @@ fn fixture_path(f: &Value) -> PathBuf {
 /// Sends each fixture whose file starts with one of `prefixes`, with the
 /// storescu flags its transfer syntax needs; returns their study UIDs.
 fn send(gw: &Gateway, prefixes: &[&str]) -> Vec<String> {
+    send_from(gw, common::fixtures(), fixture_path, prefixes)
+}
+
+/// [`send`] from another set of fixtures (`path` gives the file of one).
+fn send_from(
+    gw: &Gateway,
+    fixtures: Vec<Value>,
+    path: fn(&Value) -> PathBuf,
+    prefixes: &[&str],
+) -> Vec<String> {
     let mut studies = Vec::new();
-    for f in common::fixtures() {
+    for f in fixtures {
         let file = f["file"].as_str().unwrap();
         if !prefixes.iter().any(|p| file.starts_with(p)) {
             continue;
         }
         let flags = common::storescu_flags(&f);
-        let out = common::storescu(gw, &flags, &[&fixture_path(&f)]);
+        let out = common::storescu(gw, &flags, &[&path(&f)]);
         common::assert_ok(&out, &format!("storescu {file}"));
         let study = f["study"].as_str().unwrap().to_owned();
         if !studies.contains(&study) {
@@ -94,6 +104,11 @@ fn study1_with_a_report(gw: &Gateway) -> String {
         .as_str()
         .unwrap()
         .to_owned();
+    with_a_report(gw, study1)
+}
+
+/// `study` after a PDF was stored with it through the operator API.
+fn with_a_report(gw: &Gateway, study1: String) -> String {
     let status = put_media(
         gw,
         &study1,
@@ -371,8 +386,17 @@ fn reindex_and_verify_work_on_an_s3_store() {
     let s3 = S3Server::start();
     let opts = s3.gateway_opts("site-a");
     let mut gw = Gateway::start_with(opts.clone());
-    let studies = send(&gw, &["study1/", "ts/explicit_be"]);
-    study1_with_a_report(&gw);
+    // 64-character UIDs, as real modalities send: keys over 200 bytes.
+    let studies = send_from(
+        &gw,
+        s3::fixtures(),
+        s3::fixture_path,
+        &["study1/", "ts/explicit_be"],
+    );
+    with_a_report(
+        &gw,
+        s3::fixture("study1/")["study"].as_str().unwrap().to_owned(),
+    );
     let before = snapshot(&gw, &studies);
     assert!(gw.stop().success());
     // Nothing of the gateway's is on local disk but the index (and spool).
@@ -403,7 +427,8 @@ fn reindex_and_verify_work_on_an_s3_store() {
         .as_str()
         .unwrap()
         .to_owned();
-    std::fs::remove_file(s3.object(&format!("site-a/{lost}"))).unwrap();
+    assert!(lost.len() > 190, "{lost}");
+    s3.delete(&format!("site-a/{lost}"));
     let out = maintenance_with("verify", &gw.data_dir, &[], &opts);
     assert_status(&out, 1, "verify with an object gone from the bucket");
     assert!(

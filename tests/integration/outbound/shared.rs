@@ -1,13 +1,14 @@
-//! Several gateways on one S3 store (s3s-fs): a study split between them is
-//! told stable once, by the gateway that received its last instance.
+//! Several gateways on one S3 store (SeaweedFS): a study split between them
+//! is told stable once, by the gateway that received its last instance.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::support::*;
-use crate::common::Gateway;
-use crate::common::s3::S3Server;
+use crate::common::s3::{self, S3Server};
+use crate::common::{self, Gateway};
 
 const PREFIX: &str = "site-a/archive";
 
@@ -18,6 +19,19 @@ fn gateway(s3: &S3Server, stable_after: &str) -> Gateway {
     let gw = Gateway::start_with(opts);
     gw.wait_for_log("object store reachable and writable");
     gw
+}
+
+/// Sends the fixtures named by `parts` in their 64-character-UID version
+/// (keys of a real modality's length) in one association; their study.
+fn send_long(gw: &Gateway, parts: &[&str]) -> String {
+    let fixtures: Vec<Value> = parts.iter().map(|p| s3::fixture(p)).collect();
+    let files: Vec<PathBuf> = fixtures.iter().map(s3::fixture_path).collect();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    common::assert_ok(
+        &common::storescu(gw, &common::storescu_flags(&fixtures[0]), &paths),
+        &format!("storescu {parts:?}"),
+    );
+    fixtures[0]["study"].as_str().unwrap().to_owned()
 }
 
 /// A sends the first series, B the second one more than the gateways'
@@ -37,7 +51,7 @@ fn a_study_split_between_gateways_is_told_stable_once_by_the_last() {
     // Index 0 verifies what A sends, 1 what B sends.
     let rx = Receiver::start(&[&secret_a, &secret_b], port, 204);
 
-    let study = send(
+    let study = send_long(
         &a,
         &[
             "study1/series1/ct1",
@@ -46,10 +60,10 @@ fn a_study_split_between_gateways_is_told_stable_once_by_the_last() {
         ],
     );
     for clock in ["ts/implicit_le", "ts/rle_lossless"] {
-        let other = send(&b, &[clock]);
+        let other = send_long(&b, &[clock]);
         wait_for_event(&rx, "study.stable", &other, 1);
     }
-    send(
+    send_long(
         &b,
         &[
             "study1/series2/ct1",
