@@ -186,6 +186,17 @@ fn study1() -> (Vec<PathBuf>, String) {
     (files, fixtures[0]["study"].as_str().unwrap().to_owned())
 }
 
+/// study1 with 64-character UIDs (keys over 200 bytes), for the S3 store.
+fn long_study1() -> (Vec<PathBuf>, String) {
+    use common::s3 as long_uids;
+    let fixtures: Vec<Value> = long_uids::fixtures()
+        .into_iter()
+        .filter(|f| f["file"].as_str().unwrap().starts_with("study1/"))
+        .collect();
+    let files = fixtures.iter().map(long_uids::fixture_path).collect();
+    (files, fixtures[0]["study"].as_str().unwrap().to_owned())
+}
+
 fn access(study: &str) -> String {
     json!({
         "id": "whe_0123456789abcdef0123456789abcdef",
@@ -490,7 +501,8 @@ fn store_requests_are_timed_per_operation_on_s3() {
     };
     // The start-up probe wrote to the store.
     assert!(puts(&before) >= 1.0);
-    let (files, study) = study1();
+    // Real-length UIDs, as every S3 test sends.
+    let (files, study) = long_study1();
     let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
     common::assert_ok(&common::storescu(&gw, &["-xe"], &refs), "storescu");
     let answer = common::avara_send(&gw, KEY, &access(&study), &[]);

@@ -701,11 +701,9 @@ pub fn send_big(gw: &Gateway, size_mib: u32) -> (tempfile::TempDir, PathBuf) {
 }
 
 /// One multi-frame instance with `size_mib` MiB of pixel data, written by
-/// `generate.py big` under a short UID root (`2.25.`): s3s-fs keeps an open multipart upload's metadata in a file named
-/// after the base64 of bucket and key, which passes the 255-byte file name
-/// limit (ENAMETOOLONG, a 500 for the gateway) once the key is longer than
-/// about 125 bytes; the generator's own UIDs make it 143. (Real S3 takes keys
-/// up to 1024 bytes; the gateway's longest is about 210.)
+/// `generate.py big` under a short UID root (`2.25.`), for the local-disk
+/// tests (the S3 tests use `common::s3::generate_big`, with
+/// 64-character UIDs).
 pub fn generate_big(path: &Path, size_mib: u32) {
     let out = Command::new(python())
         .arg("-c")
