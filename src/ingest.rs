@@ -5,6 +5,7 @@
 mod commit;
 pub mod duplicates;
 pub mod header;
+pub mod journal;
 pub mod locks;
 mod receiving;
 pub mod spool;
