@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhook::WebhookKeys;
 
+mod journal;
 mod overrides;
 mod secrets;
 
+pub use journal::JournalConfig;
 pub use overrides::Overrides;
 pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
 use secrets::{check_token, secret};
@@ -166,6 +168,8 @@ pub struct Config {
     pub webhook_concurrency: usize,
     /// Where objects live: `[storage]` in the file, `--storage-*` flags.
     pub storage: StorageConfig,
+    /// The ingest journal: `[journal]` in the file, `--journal`.
+    pub journal: JournalConfig,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -328,6 +332,7 @@ impl Default for Config {
             webhook_timeout: 15,
             webhook_concurrency: 8,
             storage: StorageConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -409,6 +414,10 @@ impl Config {
         if let Some(v) = over.storage_relist_after {
             st.relist_after = v;
         }
+        if let Some(v) = over.journal {
+            cfg.journal.enabled = v;
+        }
+        let st = &mut cfg.storage;
         st.credentials = S3Credentials {
             access_key_id: env.aws_access_key_id.clone().filter(|v| !v.is_empty()),
             secret_access_key: env
@@ -677,6 +686,9 @@ impl Config {
     }
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
+    }
+    pub fn journal_dir(&self) -> PathBuf {
+        self.data_dir.join("journal")
     }
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.read_timeout)

@@ -14,6 +14,17 @@ impl Index {
     /// Writes a batch of instances in one transaction and flushes it to disk.
     /// Blocking: call from a blocking thread.
     pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
+        self.put_batch_with(batch, true)
+    }
+
+    /// Like [`Index::put_batch`] without the flush: for the ingest journal,
+    /// whose record is already durable (and replayed after a crash); its
+    /// checkpoint flushes. Blocking.
+    pub fn put_batch_unflushed(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
+        self.put_batch_with(batch, false)
+    }
+
+    fn put_batch_with(&self, batch: &[NewEntry], flush: bool) -> Result<Vec<PutOutcome>> {
         let subscriptions = self.subscriptions_snapshot();
         let now = outbox::now_ms();
         let mut queued = false;
@@ -74,7 +85,9 @@ impl Index {
         });
         self.stamps
             .bump(batch.iter().map(entry_study).chain(moved_from));
-        self.flush()?;
+        if flush {
+            self.flush()?;
+        }
         if queued {
             self.outbox_wake.notify_one();
         }

@@ -3,13 +3,20 @@
 //! commit, so an acknowledgement waits for one sync shared by every instance
 //! ready at that moment.
 //!
-//! Phase 1 (this branch so far): the record, segment and control formats,
-//! the segment scan that finds the end of the log, and the group-commit
-//! writer. Not yet wired into ingest; apply, checkpoint and recovery follow.
+//! Selected by `journal.enabled` (off by default while issue 11 is under
+//! way) for a local store; runtime.rs lists what this first version
+//! simplifies against the design.
 
+pub mod control;
+pub mod entry;
 pub mod format;
+pub mod recover;
+pub mod runtime;
 pub mod segment;
 pub mod writer;
+
+pub use recover::{Recovered, open};
+pub use runtime::Journal;
 
 #[cfg(test)]
 mod tests;

@@ -52,9 +52,14 @@ struct State {
     end: u64,
     /// Every record below this is on disk (synced).
     durable: u64,
-    /// Every record below this was applied or aborted; written into each
-    /// new record's header.
-    settled: u64,
+    /// Instance and abort records reserved and not yet applied (or
+    /// aborted): `settled` is the lowest of them, or `durable`. Kept under
+    /// the writer's lock so a checkpoint can never see a record as settled
+    /// between its sync and its application.
+    unapplied: BTreeSet<u64>,
+    /// Journal id and number of segments to keep, for recycling.
+    journal_id: [u8; 16],
+    keep: u64,
     /// Start LSNs of reservations not yet written.
     in_flight: BTreeSet<u64>,
     syncing: bool,
@@ -135,7 +140,9 @@ impl Writer {
             state: Mutex::new(State {
                 end: start,
                 durable: start,
-                settled: start,
+                unapplied: BTreeSet::new(),
+                journal_id,
+                keep: count.max(2),
                 in_flight: BTreeSet::new(),
                 syncing: false,
                 failed: false,
@@ -161,10 +168,74 @@ impl Writer {
         self.lock().durable
     }
 
-    /// Records below `lsn` were applied or aborted: later records say so.
-    pub fn settle(&self, lsn: u64) {
-        let mut st = self.lock();
-        st.settled = st.settled.max(lsn.min(st.durable));
+    /// The record at `lsn` was applied (or aborted): once every record
+    /// below it is too, the checkpoint may pass it.
+    pub fn applied(&self, lsn: u64) {
+        self.lock().unapplied.remove(&lsn);
+    }
+
+    /// Every record below this LSN was applied or aborted (and is durable).
+    pub fn settled(&self) -> u64 {
+        settled(&self.lock())
+    }
+
+    /// Renames segments wholly below `checkpoint` to the next free numbers
+    /// (new header, `fdatasync`, directory `fsync` before first use), so
+    /// the journal keeps `segments` files and never grows; segments beyond
+    /// that are removed. Stale segment files left below the writer's first
+    /// one by an earlier run are recycled the same way.
+    pub fn recycle_below(&self, checkpoint: u64) -> Result<usize, Error> {
+        let size = self.segment_size;
+        let limit = checkpoint / size; // segments < limit end at or below it
+        let mut stale: Vec<u64> = {
+            let st = self.lock();
+            st.segments.range(..limit).map(|(n, _)| *n).collect()
+        };
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                if n < limit && !stale.contains(&n) {
+                    stale.push(n);
+                }
+            }
+        }
+        stale.sort_unstable();
+        let mut recycled = 0;
+        for n in stale {
+            let (next, ahead, id) = {
+                let mut st = self.lock();
+                st.segments.remove(&n);
+                let last = st.segments.keys().next_back().copied().unwrap_or(n);
+                (last + 1, st.segments.len() as u64, st.journal_id)
+            };
+            let old = segment::path(&self.dir, n);
+            if ahead >= self.lock().keep {
+                std::fs::remove_file(&old)?;
+                continue;
+            }
+            let new = segment::path(&self.dir, next);
+            std::fs::rename(&old, &new)?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&new)?;
+            let header = format::SegmentHeader {
+                segment_size: size,
+                number: next,
+                journal_id: id,
+            };
+            file.write_all_at(&header.encode(), 0)?;
+            file.sync_data()?;
+            segment::sync_dir(&self.dir)?;
+            self.lock().segments.insert(next, Arc::new(file));
+            self.changed.notify_all();
+            recycled += 1;
+        }
+        Ok(recycled)
     }
 
     /// Appends one record and returns once it is durable. Blocking.
@@ -223,17 +294,19 @@ impl Writer {
         let n = st.end / size;
         let file = st.segments.get(&n).cloned().ok_or(Error::Full(n))?;
         let lsn = st.end;
+        let settled = settled(st);
         st.end += footprint;
         if st.end % size == 0 {
             // Exactly full: the next record starts after the next header.
             st.end += SEGMENT_HEADER;
         }
         st.in_flight.insert(lsn);
+        st.unapplied.insert(lsn);
         Ok(Reservation {
             tail_pad,
             file,
             lsn,
-            settled: st.settled,
+            settled,
         })
     }
 
@@ -258,7 +331,7 @@ impl Writer {
         buf.extend_from_slice(&header.encode(payload));
         buf.extend_from_slice(payload);
         res.file.write_all_at(&buf, res.lsn % self.segment_size)?;
-        fail::fail_point!("journal::written");
+        fail::fail_point!("journal::written", |_| std::process::abort());
         Ok(())
     }
 
@@ -304,7 +377,7 @@ impl Writer {
             pad = Some((open_end, group_end - open_end));
         }
         st.end = group_end;
-        let settled = st.settled;
+        let settled = settled(&st);
         let pad_file = st.segments.get(&n).cloned();
         while st.in_flight.range(..open_end).next().is_some() {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -325,11 +398,11 @@ impl Writer {
             if let (Some((at, room)), Some(file)) = (pad, pad_file) {
                 write_pad(&file, at, room, size, settled)?;
             }
-            fail::fail_point!("journal::before_sync");
+            fail::fail_point!("journal::before_sync", |_| std::process::abort());
             for file in &files {
                 file.sync_data()?;
             }
-            fail::fail_point!("journal::synced");
+            fail::fail_point!("journal::synced", |_| std::process::abort());
             Ok(())
         })();
         let mut st = self.lock();
@@ -344,6 +417,14 @@ impl Writer {
         self.changed.notify_all();
         Ok(st)
     }
+}
+
+fn settled(st: &State) -> u64 {
+    st.unapplied
+        .first()
+        .copied()
+        .unwrap_or(st.durable)
+        .min(st.durable)
 }
 
 /// Writes a pad header at `at` covering `room` bytes (header included).
