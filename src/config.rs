@@ -417,6 +417,12 @@ impl Config {
         if let Some(v) = over.journal {
             cfg.journal.enabled = v;
         }
+        if let Some(v) = over.journal_segment_size_mib {
+            cfg.journal.segment_size_mib = v;
+        }
+        if let Some(v) = over.journal_segments {
+            cfg.journal.segments = v;
+        }
         let st = &mut cfg.storage;
         st.credentials = S3Credentials {
             access_key_id: env.aws_access_key_id.clone().filter(|v| !v.is_empty()),

@@ -173,4 +173,14 @@ pub struct Overrides {
     /// Acknowledge local-store instances from the ingest journal [default: false].
     #[arg(long, env = "DICOM_GATEWAY_JOURNAL")]
     pub journal: Option<bool>,
+    /// Size of one journal segment in MiB [default: 64].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_JOURNAL_SEGMENT_SIZE_MIB",
+        value_name = "MIB"
+    )]
+    pub journal_segment_size_mib: Option<u64>,
+    /// Journal segments kept [default: 8].
+    #[arg(long, env = "DICOM_GATEWAY_JOURNAL_SEGMENTS", value_name = "N")]
+    pub journal_segments: Option<u64>,
 }

@@ -158,6 +158,19 @@ impl Journal {
     }
 }
 
+/// The last checkpoint, when the gateway stops (every association and
+/// request is done by then): a clean restart replays nothing.
+impl Drop for Journal {
+    fn drop(&mut self) {
+        match self.inner.checkpoint() {
+            Ok(c) => tracing::info!(checkpoint = c, "ingest journal checkpointed"),
+            Err(e) => {
+                tracing::error!(error = %e, "final journal checkpoint failed; the next start replays")
+            }
+        }
+    }
+}
+
 impl Inner {
     fn apply(&self, new: &NewEntry, spool: &Path, lsn: u64) -> Result<PutOutcome, Error> {
         let dir = place(&self.root, new, spool, lsn)?;
