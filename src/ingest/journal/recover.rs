@@ -42,9 +42,11 @@ pub fn open(
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
+    let mut fresh = false;
     let control = match Control::open(dir)? {
         Some(control) => control,
         None => {
+            fresh = true;
             let mut id = [0u8; 16];
             getrandom::getrandom(&mut id)
                 .map_err(|e| Error::Damaged(format!("no randomness for a journal id: {e}")))?;
@@ -143,7 +145,10 @@ pub fn open(
     fail::fail_point!("recover::replayed", |_| std::process::abort());
     sync_dirs(&dirs_to_sync(root, dirs.iter().map(|d| d.as_path())))?;
     index.flush()?;
-    let writer = Writer::open(dir, size, cfg.segments.max(2), slot.journal_id, end)?;
+    // A new journal starts at the beginning of segment 0; any other start
+    // closes the log at its end (see Writer::open).
+    let start = if fresh { 0 } else { end };
+    let writer = Writer::open(dir, size, cfg.segments.max(2), slot.journal_id, start)?;
     let mut control = control;
     control.write(writer.durable())?;
     fail::fail_point!("recover::checkpointed", |_| std::process::abort());
