@@ -97,10 +97,15 @@ pub fn open(
         let spool = spool_dir.join(&payload.spool);
         let new = payload.entry.clone().into_new();
         let dest = root.join(new.object_key().as_str());
+        // Synced below whether placed now or by the process that crashed:
+        // once the new checkpoint is written, nothing replays this record.
+        if let Some(parent) = dest.parent() {
+            dirs.push(parent.to_path_buf());
+        }
         if !same_file(&spool, &dest) {
             match std::fs::metadata(&spool) {
                 Ok(m) if m.len() == payload.len => {
-                    dirs.push(place(root, &new, &spool, lsn)?);
+                    place(root, &new, &spool, lsn)?;
                 }
                 _ => match std::fs::metadata(&dest) {
                     // The spool name went (a checkpoint that did not get to
