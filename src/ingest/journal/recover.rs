@@ -127,10 +127,7 @@ pub fn open(
             done.already += 1;
             continue;
         }
-        let outcome = index
-            .put_batch_unflushed(std::slice::from_ref(&new))?
-            .pop()
-            .expect("one outcome per entry");
+        let outcome = index.put_journaled(&new, &super::writer::record_id(slot.journal_id, lsn))?;
         if let PutOutcome::Replaced {
             previous_key: Some(old),
         } = outcome

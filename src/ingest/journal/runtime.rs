@@ -175,11 +175,7 @@ impl Inner {
     fn apply(&self, new: &NewEntry, spool: &Path, lsn: u64) -> Result<PutOutcome, Error> {
         let dir = place(&self.root, new, spool, lsn)?;
         fail::fail_point!("journal::placed", |_| std::process::abort());
-        let outcome = self
-            .index
-            .put_batch_unflushed(std::slice::from_ref(new))?
-            .pop()
-            .expect("one outcome per entry");
+        let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
         self.remember(lsn, spool.to_path_buf(), Some(dir));
         Ok(outcome)

@@ -70,6 +70,7 @@ struct State {
 
 pub struct Writer {
     dir: PathBuf,
+    journal_id: [u8; 16],
     segment_size: u64,
     state: Mutex<State>,
     changed: Condvar,
@@ -136,6 +137,7 @@ impl Writer {
         };
         Ok(Writer {
             dir: dir.to_path_buf(),
+            journal_id,
             segment_size,
             state: Mutex::new(State {
                 end: start,
@@ -154,6 +156,12 @@ impl Writer {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A record's identity across journals: the journal's id and its LSN
+    /// (event ids derive from it).
+    pub fn record_id(&self, lsn: u64) -> String {
+        record_id(self.journal_id, lsn)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -417,6 +425,12 @@ impl Writer {
         self.changed.notify_all();
         Ok(st)
     }
+}
+
+/// See [`Writer::record_id`].
+pub fn record_id(journal_id: [u8; 16], lsn: u64) -> String {
+    let id: String = journal_id[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{id}{lsn:016x}")
 }
 
 fn settled(st: &State) -> u64 {
