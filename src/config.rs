@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhook::WebhookKeys;
 
+mod journal;
 mod overrides;
 mod secrets;
 mod storage;
 mod validate;
 
+pub use journal::JournalConfig;
 pub use overrides::Overrides;
 pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
 use secrets::{check_token, secret};
@@ -169,6 +171,8 @@ pub struct Config {
     pub webhook_concurrency: usize,
     /// Where objects live: `[storage]` in the file, `--storage-*` flags.
     pub storage: StorageConfig,
+    /// The ingest journal: `[journal]` in the file, `--journal`.
+    pub journal: JournalConfig,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -252,6 +256,7 @@ impl Default for Config {
             webhook_timeout: 15,
             webhook_concurrency: 8,
             storage: StorageConfig::default(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -334,6 +339,16 @@ impl Config {
         if let Some(v) = over.storage_relist_after {
             st.relist_after = v;
         }
+        if let Some(v) = over.journal {
+            cfg.journal.enabled = v;
+        }
+        if let Some(v) = over.journal_segment_size_mib {
+            cfg.journal.segment_size_mib = v;
+        }
+        if let Some(v) = over.journal_segments {
+            cfg.journal.segments = v;
+        }
+        let st = &mut cfg.storage;
         st.credentials = S3Credentials {
             access_key_id: env.aws_access_key_id.clone().filter(|v| !v.is_empty()),
             secret_access_key: env
@@ -442,6 +457,9 @@ impl Config {
     }
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
+    }
+    pub fn journal_dir(&self) -> PathBuf {
+        self.data_dir.join("journal")
     }
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.read_timeout)

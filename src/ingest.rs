@@ -5,6 +5,7 @@
 mod commit;
 pub mod duplicates;
 pub mod header;
+pub mod journal;
 pub mod locks;
 mod receiving;
 pub mod spool;
@@ -50,6 +51,8 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("index commit failed: {0}")]
     IndexCommit(String),
+    #[error("journal: {0}")]
+    Journal(#[from] journal::runtime::Error),
     #[error("index: {0}")]
     Index(#[source] crate::index::Error),
     /// An upload whose Patient ID or issuer is not its study's.
@@ -138,6 +141,9 @@ pub struct Ingest {
     /// One ingest at a time per SOP Instance UID or media file.
     locks: Arc<KeyLocks>,
     committer: Committer,
+    /// The ingest journal, when enabled (local store): it commits instead
+    /// of `committer`.
+    journal: Option<Arc<journal::Journal>>,
     max_instance_size: u64,
     reserve: Reserve,
     index: Index,
@@ -159,6 +165,31 @@ impl std::fmt::Debug for Ingest {
 impl Ingest {
     /// Opens the spool, sweeping what an earlier process left in it.
     pub fn start(cfg: &Config, store: BlobStore, index: Index) -> std::io::Result<Ingest> {
+        // The journal replays first: it needs the spool files its records
+        // refer to, which opening the spool sweeps.
+        let journal = match store.local_root() {
+            Some(root) if cfg.journal.enabled => {
+                let (journal, done) = journal::open(
+                    &cfg.journal_dir(),
+                    &cfg.journal,
+                    root,
+                    &cfg.spool_dir(),
+                    &index,
+                )
+                .map_err(|e| std::io::Error::other(format!("ingest journal: {e}")))?;
+                tracing::info!(
+                    replayed = done.replayed,
+                    already = done.already,
+                    aborted = done.aborted,
+                    "ingest journal open"
+                );
+                journal.spawn_checkpointer(std::time::Duration::from_millis(
+                    cfg.journal.checkpoint_interval_ms.max(1),
+                ));
+                Some(Arc::new(journal))
+            }
+            _ => None,
+        };
         let (spool, swept) = Spool::open(&cfg.spool_dir())?;
         if let Some(root) = store.local_root() {
             // Received instances are renamed into the store: prove it works
@@ -189,6 +220,7 @@ impl Ingest {
         }
         Ok(Ingest {
             committer: Committer::new(store.clone(), index.clone()),
+            journal,
             index,
             duplicates: cfg.duplicates,
             scan_limits: header::ScanLimits {
@@ -297,6 +329,7 @@ impl Ingest {
                 Arc::clone(&self.locks),
                 self.store.clone(),
             );
+            let journal = self.journal.clone();
             let (index, policy) = (self.index.clone(), self.duplicates);
             let limits = self.scan_limits.clone();
             return writer
@@ -314,7 +347,11 @@ impl Ingest {
                             &expected,
                         )?;
                         note_replacing(&index, admission, &record)?;
-                        let outcome = committer.commit(spooled, new).inspect_err(|_| {
+                        let committed = match &journal {
+                            Some(journal) => journal.commit(spooled, new).map_err(Error::from),
+                            None => committer.commit(spooled, new),
+                        };
+                        let outcome = committed.inspect_err(|_| {
                             // On the blocking thread that committed.
                             tokio::runtime::Handle::current()
                                 .block_on(repair_failed(&store, &index, admission, &record))
@@ -444,9 +481,13 @@ impl Ingest {
             .upload(spooled.path(), spooled.len, new.object_key())
             .await?;
         let committer = self.committer.clone();
-        tokio::task::spawn_blocking(move || committer.commit(spooled, new))
-            .await
-            .map_err(|e| Error::Spool(std::io::Error::other(e)))?
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || match journal {
+            Some(journal) => journal.commit(spooled, new).map_err(Error::from),
+            None => committer.commit(spooled, new),
+        })
+        .await
+        .map_err(|e| Error::Spool(std::io::Error::other(e)))?
     }
 
     fn check_free_space(&self) -> Result<()> {

@@ -170,6 +170,19 @@ pub struct Overrides {
     /// Seconds before a known study is listed again in a shared store [default: 30].
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
     pub storage_relist_after: Option<u64>,
+    /// Acknowledge local-store instances from the ingest journal [default: false].
+    #[arg(long, env = "DICOM_GATEWAY_JOURNAL")]
+    pub journal: Option<bool>,
+    /// Size of one journal segment in MiB [default: 64].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_JOURNAL_SEGMENT_SIZE_MIB",
+        value_name = "MIB"
+    )]
+    pub journal_segment_size_mib: Option<u64>,
+    /// Journal segments kept [default: 8].
+    #[arg(long, env = "DICOM_GATEWAY_JOURNAL_SEGMENTS", value_name = "N")]
+    pub journal_segments: Option<u64>,
 }
 
 impl Overrides {

@@ -83,7 +83,22 @@ pub(super) fn emit(
     outbox: &TransactionalTree,
     node: &str,
     subscriptions: &[Subscription],
+    event: Event,
+) -> TxResult<usize> {
+    emit_as(outbox, node, subscriptions, event, None)
+}
+
+/// Like [`emit`], with the message id given (`webhook-id`), e.g. derived
+/// from an ingest journal record, so an event queued again when the record
+/// is replayed after a crash carries the id it was delivered with and
+/// receivers deduplicate it. Its place in the outbox is still the next
+/// sequence number.
+pub(super) fn emit_as(
+    outbox: &TransactionalTree,
+    node: &str,
+    subscriptions: &[Subscription],
     mut event: Event,
+    id: Option<String>,
 ) -> TxResult<usize> {
     let wanted: Vec<&Subscription> = subscriptions
         .iter()
@@ -93,7 +108,7 @@ pub(super) fn emit(
         return Ok(0);
     }
     let seq = outbox.generate_id()?;
-    event.id = format!("msg_{node}{seq:016x}");
+    event.id = id.unwrap_or_else(|| format!("msg_{node}{seq:016x}"));
     let message = Message::new(event);
     let value = encode(&message);
     for s in &wanted {

@@ -14,14 +14,37 @@ impl Index {
     /// Writes a batch of instances in one transaction and flushes it to disk.
     /// Blocking: call from a blocking thread.
     pub fn put_batch(&self, batch: &[NewEntry]) -> Result<Vec<PutOutcome>> {
+        self.put_batch_with(batch, None)
+    }
+
+    /// Like [`Index::put_batch`] for one entry of the ingest journal, whose
+    /// record (at `lsn`) is already durable and replayed after a crash: no
+    /// flush (the checkpoint flushes), and its events' ids derive from
+    /// `record_id` (hex: the journal's id and the record's LSN), so replay
+    /// queues them with the ids they were delivered with. Such ids are
+    /// longer than the sequence-based ones (`msg_` + node + 16 hex), so the
+    /// two never collide; both stay `msg_` + hex. Blocking.
+    pub fn put_journaled(&self, entry: &NewEntry, record_id: &str) -> Result<PutOutcome> {
+        let outcomes = self.put_batch_with(std::slice::from_ref(entry), Some(record_id))?;
+        Ok(outcomes.into_iter().next().expect("one outcome per entry"))
+    }
+
+    fn put_batch_with(
+        &self,
+        batch: &[NewEntry],
+        record_id: Option<&str>,
+    ) -> Result<Vec<PutOutcome>> {
         let subscriptions = self.subscriptions_snapshot();
         let now = outbox::now_ms();
         let mut queued = false;
         let outcomes = self
             .transact(|tx| {
                 let mut emitted = 0;
+                let mut nth = 0u8;
                 let mut emit = |event| -> TxResult<()> {
-                    emitted += outbox::emit(tx.outbox, &self.node, &subscriptions, event)?;
+                    let id = record_id.map(|r| format!("msg_{}{r}{nth:02x}", self.node));
+                    nth = nth.wrapping_add(1);
+                    emitted += outbox::emit_as(tx.outbox, &self.node, &subscriptions, event, id)?;
                     Ok(())
                 };
                 let outcomes = batch
@@ -74,7 +97,9 @@ impl Index {
         });
         self.stamps
             .bump(batch.iter().map(entry_study).chain(moved_from));
-        self.flush()?;
+        if record_id.is_none() {
+            self.flush()?;
+        }
         if queued {
             self.outbox_wake.notify_one();
         }

@@ -44,17 +44,39 @@ impl Pool {
         Ok((path, file))
     }
 
+    /// Creates a batch of files and syncs the spool directory once before
+    /// handing any out: the ingest journal refers to a spool file by name,
+    /// so the name must be durable before the record is (a power cut could
+    /// otherwise lose it, and with it an acknowledged instance's bytes).
     fn refill(&self) {
-        while self.ready.lock().expect("pool lock").len() < POOL_TARGET {
+        let want = POOL_TARGET.saturating_sub(self.ready.lock().expect("pool lock").len());
+        let mut fresh = Vec::with_capacity(want);
+        for _ in 0..want {
             match self.create_file() {
-                Ok(fresh) => self.ready.lock().expect("pool lock").push(fresh),
+                Ok(file) => fresh.push(file),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot pre-create spool files");
                     break;
                 }
             }
         }
+        match crate::store::sync_dir(&self.dir) {
+            Ok(()) => self.ready.lock().expect("pool lock").extend(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sync the spool directory");
+                for (path, _) in fresh {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         self.refilling.store(false, Ordering::Release);
+    }
+
+    /// One file on the spot (the pool ran dry), its name synced.
+    fn create_synced(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
+        let created = self.create_file()?;
+        crate::store::sync_dir(&self.dir)?;
+        Ok(created)
     }
 }
 
@@ -105,7 +127,7 @@ impl Spool {
             Some(fresh) => fresh,
             None => {
                 let pool = Arc::clone(&self.pool);
-                tokio::task::spawn_blocking(move || pool.create_file())
+                tokio::task::spawn_blocking(move || pool.create_synced())
                     .await
                     .map_err(std::io::Error::other)??
             }

@@ -15,6 +15,7 @@ mod hostile_http;
 mod hostile_network;
 mod hostile_reports;
 mod http_api;
+mod journal;
 mod lifecycle;
 mod maintenance;
 mod metrics;

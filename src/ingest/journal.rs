@@ -1,0 +1,22 @@
+//! The ingest journal (issue 11, docs/ingest-journal.md): a write-ahead log
+//! of checksummed records in preallocated segments, appended with group
+//! commit, so an acknowledgement waits for one sync shared by every instance
+//! ready at that moment.
+//!
+//! Selected by `journal.enabled` (off by default while issue 11 is under
+//! way) for a local store; runtime.rs lists what this first version
+//! simplifies against the design.
+
+pub mod control;
+pub mod entry;
+pub mod format;
+pub mod recover;
+pub mod runtime;
+pub mod segment;
+pub mod writer;
+
+pub use recover::{Recovered, open};
+pub use runtime::Journal;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Opening the journal at start: read the checkpoint, replay what it does
+//! not cover, close the log, checkpoint — before the spool is swept and
+//! before any listener is bound (docs/ingest-journal.md, "Recovery").
+//!
+//! Every replay step checks whether it already happened: an object under
+//! its key that is the spool file's inode is left alone; an index entry
+//! equal to the record's is not written again. A crash during recovery
+//! leaves the control file at the old checkpoint, so the next start does
+//! the same work again.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::control::Control;
+use super::entry::{self, Entry, Payload};
+use super::format::{ControlSlot, Kind};
+use super::runtime::{self, Error, Journal, dirs_to_sync, place, sync_dirs};
+use super::segment::{self, Stop};
+use super::writer::Writer;
+use crate::config::JournalConfig;
+use crate::index::{Index, PutOutcome};
+
+/// What recovery did, for the log.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub replayed: usize,
+    pub already: usize,
+    pub aborted: usize,
+}
+
+/// Opens (or creates) the journal in `dir`, replaying into the local store
+/// at `root` and into `index`; spool files are found in `spool_dir`.
+pub fn open(
+    dir: &Path,
+    cfg: &JournalConfig,
+    root: &Path,
+    spool_dir: &Path,
+    index: &Index,
+) -> Result<(Journal, Recovered), Error> {
+    let io = |source| Error::Place {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut fresh = false;
+    let control = match Control::open(dir)? {
+        Some(control) => control,
+        None => {
+            fresh = true;
+            let mut id = [0u8; 16];
+            getrandom::getrandom(&mut id)
+                .map_err(|e| Error::Damaged(format!("no randomness for a journal id: {e}")))?;
+            let size = cfg.segment_size_mib.saturating_mul(1 << 20);
+            super::format::check_segment_size(size)
+                .map_err(|e| Error::Damaged(format!("journal.segment_size_mib: {e}")))?;
+            Control::create(
+                dir,
+                ControlSlot {
+                    generation: 1,
+                    checkpoint: 0,
+                    journal_id: id,
+                    segment_size: size,
+                },
+            )?
+        }
+    };
+    let slot = control.last();
+    let size = slot.segment_size;
+    let mut records = Vec::new();
+    let mut aborted = std::collections::BTreeSet::new();
+    let (end, stop) = segment::scan(dir, size, slot.journal_id, slot.checkpoint, |r| {
+        match r.header.kind {
+            Kind::Pad => {}
+            Kind::Abort => match entry::decode_abort(&r.payload) {
+                Ok(lsn) => {
+                    aborted.insert(lsn);
+                }
+                Err(e) => tracing::error!(lsn = r.header.lsn, error = %e, "bad abort record"),
+            },
+            Kind::Instance | Kind::Media => records.push((r.header.lsn, r.payload)),
+        }
+    })
+    .map_err(|e| Error::Damaged(e.to_string()))?;
+    tracing::info!(checkpoint = slot.checkpoint, end, stop = ?stop, records = records.len(), "journal scanned");
+    if let Stop::Invalid(why) = &stop {
+        tracing::debug!(end, why, "end of the journal");
+    }
+
+    let mut done = Recovered::default();
+    let mut dirs = Vec::new();
+    for (lsn, payload) in records {
+        if aborted.contains(&lsn) {
+            done.aborted += 1;
+            continue;
+        }
+        let payload = Payload::decode(&payload)?;
+        let spool = spool_dir.join(&payload.spool);
+        let new = payload.entry.clone().into_new();
+        let dest = root.join(new.object_key().as_str());
+        // Synced below whether placed now or by the process that crashed:
+        // once the new checkpoint is written, nothing replays this record.
+        if let Some(parent) = dest.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+        if !same_file(&spool, &dest) {
+            match std::fs::metadata(&spool) {
+                Ok(m) if m.len() == payload.len => {
+                    place(root, &new, &spool, lsn)?;
+                }
+                _ => match std::fs::metadata(&dest) {
+                    // The spool name went (a checkpoint that did not get to
+                    // write its control slot): the object holds the inode.
+                    Ok(m) if m.len() == payload.len => {}
+                    _ => {
+                        return Err(Error::Damaged(format!(
+                            "journal record {lsn}: neither its spool file {} nor its object {} \
+                             holds its {} bytes",
+                            spool.display(),
+                            dest.display(),
+                            payload.len
+                        )));
+                    }
+                },
+            }
+        }
+        if indexed(index, &payload.entry)? {
+            done.already += 1;
+            continue;
+        }
+        let outcome = index.put_journaled(&new, &super::writer::record_id(slot.journal_id, lsn))?;
+        if let PutOutcome::Replaced {
+            previous_key: Some(old),
+        } = outcome
+        {
+            let old = root.join(old.as_str());
+            if let Err(e) = std::fs::remove_file(&old) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %old.display(), error = %e, "could not remove a moved instance's old object");
+                }
+            }
+            if let Some(parent) = old.parent() {
+                dirs.push(parent.to_path_buf());
+            }
+        }
+        done.replayed += 1;
+    }
+    fail::fail_point!("recover::replayed", |_| std::process::abort());
+    sync_dirs(&dirs_to_sync(root, dirs.iter().map(|d| d.as_path())))?;
+    index.flush()?;
+    // A new journal starts at the beginning of segment 0; any other start
+    // closes the log at its end (see Writer::open).
+    let start = if fresh { 0 } else { end };
+    let writer = Writer::open(dir, size, cfg.segments.max(2), slot.journal_id, start)?;
+    let mut control = control;
+    control.write(writer.durable())?;
+    fail::fail_point!("recover::checkpointed", |_| std::process::abort());
+    writer.recycle_below(writer.durable())?;
+    Ok((
+        Journal::new(writer, index.clone(), root.to_path_buf(), control),
+        done,
+    ))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether the index already holds exactly this record's entry.
+fn indexed(index: &Index, entry: &Entry) -> Result<bool, runtime::Error> {
+    Ok(match entry {
+        Entry::Instance(i) => {
+            index.instance(&i.record.sop_instance_uid)?.as_ref() == Some(&i.record)
+        }
+        Entry::Media(m) => index.media(&m.study_instance_uid, &m.file_name)?.as_ref() == Some(m),
+    })
+}

@@ -1,0 +1,289 @@
+//! The journal at work: the commit an ingest calls instead of the old
+//! flush-per-batch committer (local store), and the checkpoint.
+//!
+//! Commit, per instance, on the blocking thread that synced its spool file:
+//! append a reference record (shared `fdatasync` with whoever is ready,
+//! see writer.rs), then apply — link the spool file under its key (no
+//! sync), write the index entry and its events in one sled transaction (no
+//! flush) — and only then answer. The index therefore shows an
+//! acknowledged instance at once; the journal makes it durable, the
+//! checkpoint makes the placement and the index durable in the background
+//! and lets the journal go.
+//!
+//! Phase 1 simplifications (docs/ingest-journal.md describes the full
+//! design): every record is a reference (no inline instances); the spool
+//! file is synced before its record, not at the same time; each instance
+//! is applied in its own sled transaction (records of one key are still
+//! applied in LSN order: the instance lock is held from admission to the
+//! answer); replay decides "already indexed" by comparing the entry with
+//! the record's instead of an applied marker.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::control::{self, Control};
+use super::entry::{self, Entry, Payload};
+use super::format::Kind;
+use super::writer::{self, Writer};
+use crate::index::{Index, NewEntry, PutOutcome};
+use crate::ingest::spool::Spooled;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Writer(#[from] writer::Error),
+    #[error(transparent)]
+    Control(#[from] control::Error),
+    #[error(transparent)]
+    Entry(#[from] entry::Error),
+    #[error("placing {path}: {source}")]
+    Place {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("syncing directory {path}: {source}")]
+    SyncDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("index: {0}")]
+    Index(#[from] crate::index::Error),
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// A placed object the checkpoint still has to make durable.
+struct Placed {
+    lsn: u64,
+    /// The spool name, unlinked once the checkpoint covers the record.
+    spool: PathBuf,
+    /// The key's directory.
+    dir: PathBuf,
+}
+
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) writer: Writer,
+    pub(super) index: Index,
+    /// The local store's root: directories up to it are synced.
+    pub(super) root: PathBuf,
+    placed: Mutex<Vec<Placed>>,
+    control: Mutex<Control>,
+}
+
+impl Journal {
+    pub(super) fn new(writer: Writer, index: Index, root: PathBuf, control: Control) -> Journal {
+        Journal {
+            inner: Arc::new(Inner {
+                writer,
+                index,
+                root,
+                placed: Mutex::new(Vec::new()),
+                control: Mutex::new(control),
+            }),
+        }
+    }
+
+    /// Starts the checkpointer, a named thread that checkpoints every
+    /// `interval` while the journal lives.
+    pub fn spawn_checkpointer(&self, interval: Duration) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(inner) = weak.upgrade() else { break };
+                    if let Err(e) = inner.checkpoint() {
+                        tracing::error!(error = %e, "journal checkpoint failed; retried");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the journal checkpointer");
+        }
+    }
+
+    /// Checkpoints now (tests, shutdown).
+    pub fn checkpoint(&self) -> Result<u64, Error> {
+        self.inner.checkpoint()
+    }
+
+    /// Makes `spooled` (synced) the object of `new` and indexes it; returns
+    /// once its record is durable and it is applied. Blocking.
+    pub fn commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome, Error> {
+        let inner = &*self.inner;
+        let name = spooled
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let payload = Payload {
+            entry: Entry::from_new(&new),
+            spool: name,
+            len: spooled.len,
+        };
+        let kind = match new {
+            NewEntry::Instance(_) => Kind::Instance,
+            NewEntry::Media(_) => Kind::Media,
+        };
+        let appended = inner.writer.append(kind, 0, &payload.encode())?;
+        // From here on the record is durable: a restart replays it, so the
+        // spool name stays until a checkpoint covers it.
+        let spool = spooled.path().to_path_buf();
+        spooled.guard.disarm();
+        fail::fail_point!("journal::durable", |_| std::process::abort());
+        let applied = inner.apply(&new, &spool, appended.lsn);
+        if let Err(e) = &applied {
+            // Not to be replayed: the abort must be durable before the
+            // sender hears 0xA700.
+            tracing::error!(lsn = appended.lsn, error = %e, "applying a journal record failed; aborting it");
+            let abort = inner
+                .writer
+                .append(Kind::Abort, 0, &entry::encode_abort(appended.lsn));
+            if let Ok(a) = abort {
+                inner.writer.applied(a.lsn);
+            }
+            inner.remember(appended.lsn, spool, None);
+        }
+        inner.writer.applied(appended.lsn);
+        applied
+    }
+}
+
+/// The last checkpoint, when the gateway stops (every association and
+/// request is done by then): a clean restart replays nothing.
+impl Drop for Journal {
+    fn drop(&mut self) {
+        match self.inner.checkpoint() {
+            Ok(c) => tracing::info!(checkpoint = c, "ingest journal checkpointed"),
+            Err(e) => {
+                tracing::error!(error = %e, "final journal checkpoint failed; the next start replays")
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn apply(&self, new: &NewEntry, spool: &Path, lsn: u64) -> Result<PutOutcome, Error> {
+        let dir = place(&self.root, new, spool, lsn)?;
+        fail::fail_point!("journal::placed", |_| std::process::abort());
+        let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
+        fail::fail_point!("journal::indexed", |_| std::process::abort());
+        self.remember(lsn, spool.to_path_buf(), Some(dir));
+        Ok(outcome)
+    }
+
+    fn remember(&self, lsn: u64, spool: PathBuf, dir: Option<PathBuf>) {
+        let dir = dir.unwrap_or_default();
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        placed.push(Placed { lsn, spool, dir });
+    }
+
+    /// One checkpoint: everything applied below `settled` made durable,
+    /// the control file moved past it, then the journal's hold released.
+    pub(super) fn checkpoint(&self) -> Result<u64, Error> {
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.writer.settled();
+        if c <= control.last().checkpoint {
+            return Ok(c);
+        }
+        let taken: Vec<Placed> = {
+            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            let (below, rest) = std::mem::take(&mut *placed)
+                .into_iter()
+                .partition(|p| p.lsn < c);
+            *placed = rest;
+            below
+        };
+        let result = (|| {
+            fail::fail_point!("checkpoint::start", |_| std::process::abort());
+            let dirs = dirs_to_sync(&self.root, taken.iter().map(|p| p.dir.as_path()));
+            sync_dirs(&dirs)?;
+            fail::fail_point!("checkpoint::dirs_synced", |_| std::process::abort());
+            self.index.flush()?;
+            fail::fail_point!("checkpoint::index_flushed", |_| std::process::abort());
+            control.write(c)?;
+            fail::fail_point!("checkpoint::control_written", |_| std::process::abort());
+            Ok::<_, Error>(())
+        })();
+        if let Err(e) = result {
+            self.placed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(taken);
+            return Err(e);
+        }
+        for p in &taken {
+            if let Err(e) = std::fs::remove_file(&p.spool) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %p.spool.display(), error = %e, "could not remove a checkpointed spool file");
+                }
+            }
+        }
+        fail::fail_point!("checkpoint::released", |_| std::process::abort());
+        self.writer.recycle_below(c)?;
+        Ok(c)
+    }
+}
+
+/// Links the spool file under the entry's key (a temporary name in the
+/// key's directory, then `rename` onto the key; no sync). Returns the
+/// key's directory.
+pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path, lsn: u64) -> Result<PathBuf, Error> {
+    let dest = root.join(new.object_key().as_str());
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Place { path, source }
+    };
+    let dir = dest.parent().expect("keys have a parent").to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+    let tmp = dir.join(format!(".journal-{lsn}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(&tmp)(e)),
+    }
+    std::fs::hard_link(spool, &tmp).map_err(err(&tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(err(&dest))?;
+    Ok(dir)
+}
+
+/// Each directory that gained an entry, and its ancestors up to and
+/// including the store root (any of them may have been created for it).
+pub(super) fn dirs_to_sync<'a>(
+    root: &Path,
+    dirs: impl Iterator<Item = &'a Path>,
+) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for dir in dirs {
+        if dir.as_os_str().is_empty() {
+            continue;
+        }
+        let mut d = Some(dir);
+        while let Some(cur) = d {
+            if !cur.starts_with(root) || !out.insert(cur.to_path_buf()) {
+                break;
+            }
+            d = cur.parent();
+        }
+    }
+    out
+}
+
+pub(super) fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> Result<(), Error> {
+    for dir in dirs {
+        crate::store::sync_dir(dir).map_err(|source| Error::SyncDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
