@@ -3,7 +3,9 @@
 //! indexed; the caller acknowledges only what [`Ingest::finish`] returned.
 
 mod commit;
+mod describe;
 pub mod duplicates;
+mod error;
 pub mod header;
 pub mod journal;
 pub mod locks;
@@ -11,95 +13,23 @@ mod receiving;
 pub mod spool;
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::config::{Config, DuplicatePolicy};
-use crate::index::{
-    Index, InstanceRecord, MediaRecord, NewEntry, NewInstance, PutOutcome, ReportInfo,
-};
+use crate::index::{Index, InstanceRecord, MediaRecord, NewEntry, PutOutcome, ReportInfo};
 use crate::store::{BlobStore, ObjectKey};
 use crate::uid::Uid;
 
 pub use commit::Committer;
+use describe::{describe, now_rfc3339, record_from};
 pub use locks::KeyLocks;
 pub use receiving::Receiving;
 use receiving::Reserve;
 pub(crate) use receiving::free_space;
 use spool::{Spool, Spooled};
 
+pub use error::{Error, ErrorKind};
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Header(#[from] header::Error),
-    #[error("data set {name} {found} does not match the command's {expected}")]
-    Mismatch {
-        name: &'static str,
-        found: Uid,
-        expected: Uid,
-    },
-    #[error("instance larger than max_instance_size ({limit} bytes)")]
-    TooLarge { limit: u64 },
-    #[error(
-        "less than min_free_space ({min} bytes) free for the data directory, with room for {transfers} instances being received"
-    )]
-    DiskFull { min: u64, transfers: u64 },
-    #[error("spool: {0}")]
-    Spool(#[source] std::io::Error),
-    #[error("store: {0}")]
-    Store(#[from] crate::store::Error),
-    #[error("index commit failed: {0}")]
-    IndexCommit(String),
-    #[error("journal: {0}")]
-    Journal(#[from] journal::runtime::Error),
-    #[error("index: {0}")]
-    Index(#[source] crate::index::Error),
-    /// An upload whose Patient ID or issuer is not its study's.
-    #[error("Patient ID or issuer differs from the study's")]
-    PatientMismatch,
-    /// Refused by the duplicate policy; the stored instance stays.
-    #[error("{}", if *.same_study {
-        "SOP Instance UID already stored (duplicates = reject)"
-    } else {
-        "SOP Instance UID already stored under another Study UID"
-    })]
-    Duplicate { stored_study: Uid, same_study: bool },
-    /// A bug met this instance (a panic, caught): it is refused, nothing
-    /// else is affected.
-    #[error("internal error while {0}; instance not stored")]
-    Panicked(&'static str),
-    #[error("gateway is shutting down")]
-    ShuttingDown,
-}
-
-impl Error {
-    /// Whether the data itself is at fault (as opposed to the gateway).
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::Header(_) | Error::Panicked(_) => ErrorKind::Unparseable,
-            Error::Mismatch { .. } | Error::PatientMismatch => ErrorKind::Mismatch,
-            Error::Duplicate { .. } => ErrorKind::Duplicate,
-            Error::TooLarge { .. } => ErrorKind::TooLarge,
-            _ => ErrorKind::OutOfResources,
-        }
-    }
-}
-
-/// How a failed ingest is reported to the sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The data set cannot be parsed or lacks what an instance needs.
-    Unparseable,
-    /// The data set's identity disagrees with what was announced.
-    Mismatch,
-    /// Larger than `max_instance_size`.
-    TooLarge,
-    /// A SOP Instance UID already stored, which the duplicate policy keeps.
-    Duplicate,
-    /// The gateway could not store it (disk, I/O, limits, shutdown).
-    OutOfResources,
-}
 
 /// What the sender announced before the data set arrived.
 #[derive(Debug, Clone)]
@@ -559,75 +489,4 @@ fn study_tags(new: &NewEntry) -> Option<&crate::index::StudyTags> {
         NewEntry::Instance(instance) => Some(&instance.study),
         NewEntry::Media(_) => None,
     }
-}
-
-/// Reads a spooled instance's header, checks it against what was expected,
-/// and builds its index entry. Blocking. A panic in the parser fails this
-/// instance (0xC000) instead of the thread.
-fn describe(
-    spooled: &Spooled,
-    expected: &Check,
-    source: String,
-    limits: &header::ScanLimits,
-) -> Result<(InstanceRecord, NewEntry)> {
-    let header = std::panic::catch_unwind(|| {
-        fail::fail_point!("ingest::describe");
-        header::read_header_with(spooled.path(), limits)
-    })
-    .map_err(|_| Error::Panicked("reading its header"))??;
-    check(&header.study, &expected.study, "Study Instance UID")?;
-    check(&header.series, &expected.series, "Series Instance UID")?;
-    check(
-        &header.sop_instance,
-        &expected.sop_instance,
-        "SOP Instance UID",
-    )?;
-    check(&header.sop_class, &expected.sop_class, "SOP Class UID")?;
-    for (name, uid) in [
-        ("Study Instance UID", &header.study),
-        ("Series Instance UID", &header.series),
-        ("SOP Instance UID", &header.sop_instance),
-        ("SOP Class UID", &header.sop_class),
-    ] {
-        if let Some(problem) = uid.nonconformance() {
-            tracing::warn!(%uid, %problem, "non-conformant {name} stored as received");
-        }
-    }
-    Ok(record_from(header, spooled.len, source))
-}
-
-/// The index entry of an instance with `header`, `size` bytes long.
-fn record_from(header: header::Header, size: u64, source: String) -> (InstanceRecord, NewEntry) {
-    let record = InstanceRecord {
-        object_key: ObjectKey::instance(&header.study, &header.series, &header.sop_instance),
-        study_instance_uid: header.study,
-        series_instance_uid: header.series,
-        sop_instance_uid: header.sop_instance,
-        sop_class_uid: header.sop_class,
-        size,
-        transfer_syntax_uid: header.transfer_syntax,
-        received_at: now_rfc3339(),
-        source,
-        tags: header.instance,
-    };
-    let new = NewInstance {
-        record: record.clone(),
-        study: header.study_tags,
-    };
-    (record, NewEntry::Instance(Box::new(new)))
-}
-
-fn check(found: &Uid, expected: &Option<Uid>, name: &'static str) -> Result<()> {
-    match expected {
-        Some(expected) if found != expected => Err(Error::Mismatch {
-            name,
-            found: found.clone(),
-            expected: expected.clone(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
