@@ -170,19 +170,7 @@ fn instance_refused_is_told() {
 /// acknowledged before `study.stable` is first tried.
 #[test]
 fn a_receiver_that_is_down_then_failing_then_up_gets_everything_in_order() {
-    let gw = Gateway::start_with(
-        Opts::default()
-            .arg("--stable-after")
-            .arg("2")
-            .env(RETRY_SCHEDULE, &fast_retries()),
-    );
-    let port = free_port();
-    let (id, secret) = subscribe(
-        &gw,
-        &hook_url(port),
-        &["study.received", "study.stable"],
-        false,
-    );
+    let (gw, port, id, secret) = stable_subscription();
     let studies = [
         send(
             &gw,

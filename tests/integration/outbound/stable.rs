@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::support::*;
-use crate::common::{self, Gateway, Opts};
+use crate::common;
 
 /// Writes copies of `fixture` with new SOP Instance UIDs (same study and
 /// series) into `dir`: instances the gateway has not seen.
@@ -35,19 +35,7 @@ fn new_instances(dir: &Path, fixture: &str, n: usize) -> Vec<PathBuf> {
 /// with a restart inside its window.
 #[test]
 fn two_bursts_fire_stable_twice_with_increasing_versions() {
-    let mut gw = Gateway::start_with(
-        Opts::default()
-            .arg("--stable-after")
-            .arg("2")
-            .env(RETRY_SCHEDULE, &fast_retries()),
-    );
-    let port = free_port();
-    let (id, secret) = subscribe(
-        &gw,
-        &hook_url(port),
-        &["study.received", "study.stable"],
-        false,
-    );
+    let (mut gw, port, id, secret) = stable_subscription();
     let rx = Receiver::start(&[&secret], port, 204);
 
     let study = send(
@@ -121,19 +109,7 @@ fn two_bursts_fire_stable_twice_with_increasing_versions() {
 /// nothing and doubles nothing.
 #[test]
 fn a_stable_timer_survives_kill_9() {
-    let mut gw = Gateway::start_with(
-        Opts::default()
-            .arg("--stable-after")
-            .arg("2")
-            .env(RETRY_SCHEDULE, &fast_retries()),
-    );
-    let port = free_port();
-    let (id, secret) = subscribe(
-        &gw,
-        &hook_url(port),
-        &["study.received", "study.stable"],
-        false,
-    );
+    let (mut gw, port, id, secret) = stable_subscription();
     let rx = Receiver::start(&[&secret], port, 204);
     let study = send(&gw, &["study1/series1/ct1", "study1/series1/ct2"]);
     gw.kill9();

@@ -199,6 +199,27 @@ pub fn subscribe(
     (answer["id"].as_str().unwrap().to_owned(), secret)
 }
 
+/// What the stable-study tests start from: a gateway with `stable_after`
+/// 2 s and fast retries, and one subscription to `study.received` and
+/// `study.stable` at a free port where nothing listens yet. The gateway,
+/// that port, the subscription's id and its secret.
+pub fn stable_subscription() -> (Gateway, u16, String, String) {
+    let gw = Gateway::start_with(
+        common::Opts::default()
+            .arg("--stable-after")
+            .arg("2")
+            .env(RETRY_SCHEDULE, &fast_retries()),
+    );
+    let port = free_port();
+    let (id, secret) = subscribe(
+        &gw,
+        &hook_url(port),
+        &["study.received", "study.stable"],
+        false,
+    );
+    (gw, port, id, secret)
+}
+
 /// The messages API's list for subscription `id`, newest first.
 pub fn messages(gw: &Gateway, id: &str) -> Vec<Value> {
     let (status, answer) = call(
