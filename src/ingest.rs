@@ -236,8 +236,7 @@ impl Ingest {
     /// Tells the subscriptions that want `instance.refused` (not flushed on
     /// its own: a refusal changes nothing that must survive a crash).
     pub fn tell_refused(&self, refusal: &crate::outbound::Refusal<'_>) {
-        let event =
-            crate::outbound::Event::instance_refused(crate::outbound::worker::now_ms(), refusal);
+        let event = crate::outbound::Event::instance_refused(crate::outbound::now_ms(), refusal);
         if let Err(e) = self.index.emit(event) {
             tracing::error!(error = %e, "cannot queue instance.refused");
         }

@@ -21,7 +21,7 @@ pub mod stable;
 pub mod subscription;
 pub mod worker;
 
-pub use event::{Event, Refusal};
+pub use event::{Event, Refusal, now_ms};
 pub use message::{DEFAULT_SCHEDULE, Message, MessageView, Outcome, State};
 pub use secret::SigningSecret;
 pub use subscription::{

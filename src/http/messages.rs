@@ -65,7 +65,7 @@ pub async fn redeliver(
     let (lookup, wanted) = (id.clone(), message.clone());
     let (found, queued) = blocking(&app, move |index| {
         let found = index.subscription(&lookup)?.is_some();
-        let now = crate::outbound::worker::now_ms();
+        let now = crate::outbound::now_ms();
         Ok((found, index.redeliver(&lookup, &wanted, now)?))
     })
     .await?;

@@ -11,11 +11,10 @@
 //! without a flush of its own: it rides on the next flush. A crash can then
 //! only repeat a delivery (at-least-once, same `webhook-id`), never lose one.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use sled::Transactional;
 
 use super::*;
+pub(super) use crate::outbound::now_ms;
 use crate::outbound::{Event, Message, State};
 
 /// A message's place in the outbox: `<subscription id>/<sequence>`.
@@ -52,12 +51,6 @@ impl std::fmt::Display for OutboxKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// This index's node id, made at its first open.
@@ -317,7 +310,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::outbound::{NewSubscription, Outcome};

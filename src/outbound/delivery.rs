@@ -20,7 +20,7 @@ use super::event::Event;
 use super::message::Outcome;
 use super::subscription::Subscription;
 use crate::reports::address;
-use crate::reports::fetch::{Check, Guarded, Refusal};
+use crate::reports::fetch::{Check, Failure, Guarded, explain};
 
 /// Bytes of an answer read (and dropped) so the connection can be reused.
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
@@ -128,30 +128,12 @@ pub fn host_of(url: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// ureq's error as our own text, naming the host only (ureq's own text can
-/// carry the URL).
+/// ureq's error as our own text, naming the host only (the report
+/// fetcher's wording).
 fn describe(e: ureq::Error, host: &str) -> String {
-    match e {
-        ureq::Error::Other(inner) => match inner.downcast::<Refusal>() {
-            Ok(refusal) => format!("refused: {}", refusal.0),
-            Err(_) => format!("{host}: connection failed"),
-        },
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) => "not a valid URL".into(),
-        ureq::Error::Timeout(t) => format!("{host}: timed out ({t})"),
-        ureq::Error::HostNotFound => format!("{host}: host not found"),
-        ureq::Error::Io(io) => format!("{host}: {}", io.kind()),
-        ureq::Error::Tls(what) => format!("{host}: TLS: {what}"),
-        ureq::Error::Rustls(tls) => format!("{host}: TLS: {tls}"),
-        ureq::Error::Protocol(_) => format!("{host}: HTTP protocol error"),
-        other => format!("{host}: {}", kind_of(&other)),
-    }
-}
-
-fn kind_of(e: &ureq::Error) -> &'static str {
-    match e {
-        ureq::Error::ConnectionFailed => "connection failed",
-        ureq::Error::LargeResponseHeader(..) => "answer header too large",
-        _ => "delivery failed",
+    match explain(e, host) {
+        Failure::Refused(why) => format!("refused: {why}"),
+        Failure::Failed(what) => what,
     }
 }
 

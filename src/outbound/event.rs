@@ -278,6 +278,13 @@ fn patient(tags: &StudyTags) -> Option<Value> {
     (!p.is_empty()).then_some(Value::Object(p))
 }
 
+/// The Unix milliseconds events and messages are timed in.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// RFC 3339 in UTC with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()

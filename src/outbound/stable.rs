@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
 
-use super::worker::now_ms;
+use super::event::now_ms;
 use crate::app::App;
 use crate::index::StableOutcome;
 use crate::uid::Uid;

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{Sender, host_of};
+use super::event::now_ms;
 use super::message::{Message, State};
 use super::subscription::Subscription;
 use crate::index::{Index, OutboxKey};
@@ -322,10 +323,4 @@ fn deliver(
         }
     }
     message
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

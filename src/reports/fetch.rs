@@ -203,24 +203,40 @@ pub fn redact_str(url: &str) -> String {
 /// ureq's error as our own text, without the URL (ureq's `BadUri` and some
 /// I/O errors echo it).
 fn describe(e: ureq::Error, url: &Url) -> Error {
-    let at = redact(url);
+    match explain(e, &redact(url)) {
+        Failure::Refused(why) => Error::Refused(why),
+        Failure::Failed(what) => Error::Fetch(what),
+    }
+}
+
+/// A ureq failure in the gateway's words: refused before any connection
+/// (an address the guard refuses, a URL that cannot be used), or failed.
+pub(crate) enum Failure {
+    Refused(String),
+    Failed(String),
+}
+
+/// Explains a ureq error naming `at` (the scheme and host, or the host)
+/// and never the URL: ureq's own text can carry it, and a URL can be a
+/// bearer credential. Shared with the outbound webhook sender.
+pub(crate) fn explain(e: ureq::Error, at: &str) -> Failure {
+    let failed = Failure::Failed;
     match e {
         ureq::Error::Other(inner) => match inner.downcast::<Refusal>() {
-            Ok(refusal) => Error::Refused(refusal.0),
-            Err(_) => Error::Fetch(format!("{at}: connection failed")),
+            Ok(refusal) => Failure::Refused(refusal.0),
+            Err(_) => failed(format!("{at}: connection failed")),
         },
-        ureq::Error::BadUri(_) | ureq::Error::Http(_) => Error::Refused("not a valid URL".into()),
-        ureq::Error::Timeout(t) => Error::Fetch(format!("{at}: timed out ({t})")),
-        ureq::Error::HostNotFound => Error::Fetch(format!("{at}: host not found")),
-        ureq::Error::Io(io) => Error::Fetch(format!("{at}: {}", io.kind())),
-        ureq::Error::StatusCode(code) => Error::Fetch(format!("HTTP {code} from {at}")),
-        ureq::Error::Tls(what) => Error::Fetch(format!("{at}: TLS: {what}")),
-        ureq::Error::Rustls(tls) => Error::Fetch(format!("{at}: TLS: {tls}")),
-        ureq::Error::Protocol(_) => Error::Fetch(format!("{at}: HTTP protocol error")),
-        ureq::Error::LargeResponseHeader(..) => {
-            Error::Fetch(format!("{at}: response header too large"))
-        }
-        _ => Error::Fetch(format!("{at}: request failed")),
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => Failure::Refused("not a valid URL".into()),
+        ureq::Error::Timeout(t) => failed(format!("{at}: timed out ({t})")),
+        ureq::Error::HostNotFound => failed(format!("{at}: host not found")),
+        ureq::Error::Io(io) => failed(format!("{at}: {}", io.kind())),
+        ureq::Error::ConnectionFailed => failed(format!("{at}: connection failed")),
+        ureq::Error::StatusCode(code) => failed(format!("HTTP {code} from {at}")),
+        ureq::Error::Tls(what) => failed(format!("{at}: TLS: {what}")),
+        ureq::Error::Rustls(tls) => failed(format!("{at}: TLS: {tls}")),
+        ureq::Error::Protocol(_) => failed(format!("{at}: HTTP protocol error")),
+        ureq::Error::LargeResponseHeader(..) => failed(format!("{at}: response header too large")),
+        _ => failed(format!("{at}: request failed")),
     }
 }
 
