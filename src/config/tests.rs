@@ -195,3 +195,56 @@ fn an_empty_list_variable_means_not_set() {
         Config::default().webhook_retry_schedule
     );
 }
+
+#[test]
+fn hostile_webhook_settings_are_refused_naming_the_setting() {
+    let refused = |over: Overrides| match Config::load(&over, &SecretEnv::default()) {
+        Err(Error::Invalid { name, reason }) => (name, reason),
+        other => panic!("accepted: {other:?}"),
+    };
+    let schedule = |items: Vec<&str>| Overrides {
+        webhook_retry_schedule: Some(items.into_iter().map(str::to_owned).collect()),
+        ..Overrides::default()
+    };
+    let (name, reason) = refused(schedule(vec!["1s"; 33]));
+    assert_eq!(name, "webhook_retry_schedule");
+    assert!(reason.contains("33 entries"), "{reason}");
+    let (_, reason) = refused(schedule(vec!["0s", "8days"]));
+    assert!(reason.contains("longer than a week"), "{reason}");
+    let (_, reason) = refused(schedule(vec!["soon"]));
+    assert!(reason.contains("not a duration"), "{reason}");
+    let (_, reason) = refused(schedule(vec!["99999999999999999999999h"]));
+    assert!(reason.contains("not a duration"), "{reason}");
+    for (over, setting) in [
+        (
+            Overrides {
+                webhook_timeout: Some(301),
+                ..Overrides::default()
+            },
+            "webhook_timeout",
+        ),
+        (
+            Overrides {
+                webhook_timeout: Some(0),
+                ..Overrides::default()
+            },
+            "webhook_timeout",
+        ),
+        (
+            Overrides {
+                stable_after: Some(0),
+                ..Overrides::default()
+            },
+            "stable_after",
+        ),
+        (
+            Overrides {
+                webhook_concurrency: Some(0),
+                ..Overrides::default()
+            },
+            "webhook_concurrency",
+        ),
+    ] {
+        assert_eq!(refused(over).0, setting);
+    }
+}

@@ -3,6 +3,7 @@
 //! Behind the operator guard, like the subscriptions.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -33,9 +34,13 @@ pub struct Messages {
 pub async fn list(
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(listing): Query<Listing>,
+    listing: Result<Query<Listing>, QueryRejection>,
 ) -> Result<Json<Messages>, ApiError> {
     let id = known_form(id)?;
+    let Query(listing) = listing.map_err(|e| ApiError::BadRequest {
+        what: "query",
+        reason: e.body_text(),
+    })?;
     let limit = listing.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     let lookup = id.clone();
     let (found, messages) = blocking(&app, move |index| {

@@ -275,3 +275,49 @@ fn turning_include_patient_off_holds_back_queued_patient_data() {
         assert!(!body.contains(identifying), "{body}");
     }
 }
+
+/// The messages routes under hostile requests: an absurd or malformed
+/// limit, unknown query fields, ids of the wrong form or unknown, all
+/// refused with the API's JSON errors; a huge limit is clamped.
+#[test]
+fn the_messages_routes_refuse_hostile_requests() {
+    let gw = Gateway::start();
+    let (id, _) = subscribe(&gw, &hook_url(free_port()), &["study.received"], false);
+    let get = |path: &str| call(&gw, "GET", path, None, None);
+    for query in [
+        "limit=18446744073709551616",
+        "limit=-1",
+        "limit=ten",
+        "limit=1&other=2",
+    ] {
+        let (status, answer) = get(&format!("/api/webhooks/{id}/messages?{query}"));
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert!(answer["error"].is_string(), "{query}: {answer}");
+    }
+    let (status, answer) = get(&format!("/api/webhooks/{id}/messages?limit=4000000000"));
+    assert_eq!((status, &answer["messages"]), (200, &json!([])), "{answer}");
+    let unknown = "wh_0123456789abcdef0123456789abcdef";
+    for path in [
+        format!("/api/webhooks/{unknown}/messages"),
+        format!("/api/webhooks/{}/messages", "w".repeat(10_000)),
+    ] {
+        assert_eq!(get(&path).0, 404, "{}", &path[..40]);
+    }
+    let redeliver = |msg: &str| {
+        call(
+            &gw,
+            "POST",
+            &format!("/api/webhooks/{id}/messages/{msg}/redeliver"),
+            None,
+            None,
+        )
+    };
+    for msg in [
+        "msg_".to_owned() + &"0".repeat(65),
+        "msg_../../etc".to_owned(),
+        "msg_00".to_owned(),
+    ] {
+        let (status, answer) = redeliver(&msg);
+        assert_eq!(status, 404, "{msg}: {answer}");
+    }
+}
