@@ -348,6 +348,9 @@ impl Config {
         if let Some(v) = over.journal_segments {
             cfg.journal.segments = v;
         }
+        if let Some(v) = over.journal_inline_max_kib {
+            cfg.journal.inline_max_kib = v;
+        }
         let st = &mut cfg.storage;
         st.credentials = S3Credentials {
             access_key_id: env.aws_access_key_id.clone().filter(|v| !v.is_empty()),

@@ -25,7 +25,7 @@ pub use locks::KeyLocks;
 pub use receiving::Receiving;
 use receiving::Reserve;
 pub(crate) use receiving::free_space;
-use spool::{Spool, Spooled};
+use spool::{Finish, Spool, Spooled};
 
 pub use error::{Error, ErrorKind};
 
@@ -74,6 +74,9 @@ pub struct Ingest {
     /// The ingest journal, when enabled (local store): it commits instead
     /// of `committer`.
     journal: Option<Arc<journal::Journal>>,
+    /// How a finished spool file is made durable in a local store: synced,
+    /// or (journal) small ones carried in the record instead.
+    finish_local: Finish,
     max_instance_size: u64,
     reserve: Reserve,
     index: Index,
@@ -148,9 +151,16 @@ impl Ingest {
                 "removed unfinished spool files from an earlier run"
             );
         }
+        let finish_local = match &journal {
+            Some(journal) => Finish::Inline {
+                max: journal.inline_max(cfg.journal.inline_max_kib.saturating_mul(1024)),
+            },
+            None => Finish::Durable,
+        };
         Ok(Ingest {
             committer: Committer::new(store.clone(), index.clone()),
             journal,
+            finish_local,
             index,
             duplicates: cfg.duplicates,
             scan_limits: header::ScanLimits {
@@ -262,7 +272,7 @@ impl Ingest {
             let (index, policy) = (self.index.clone(), self.duplicates);
             let limits = self.scan_limits.clone();
             return writer
-                .finish(true, move |spooled| {
+                .finish(self.finish_local, move |spooled| {
                     // A panic on this thread fails this instance, like one
                     // on the runtime (below), instead of becoming 0xA700.
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -301,7 +311,7 @@ impl Ingest {
         }
         let limits = self.scan_limits.clone();
         let (spooled, described) = writer
-            .finish(false, move |spooled| {
+            .finish(Finish::Buffered, move |spooled| {
                 let described = describe(&spooled, &expected, source, &limits);
                 (spooled, described, expected)
             })
@@ -364,9 +374,13 @@ impl Ingest {
             report,
             study_instance_uid: study.clone(),
         };
-        let local = self.store.is_local();
+        let how = if self.store.is_local() {
+            self.finish_local
+        } else {
+            Finish::Buffered
+        };
         let (spooled, new) = writer
-            .finish(local, {
+            .finish(how, {
                 let record = record.clone();
                 move |spooled| (spooled, NewEntry::Media(record))
             })

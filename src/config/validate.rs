@@ -51,6 +51,9 @@ impl Config {
                 return invalid(name, "must be at least 1".into());
             }
         }
+        if let Err((name, reason)) = self.journal.validate() {
+            return invalid(name, reason);
+        }
         if self.webhook_timeout > 300 {
             return invalid("webhook_timeout", "must be at most 300 seconds".into());
         }

@@ -252,33 +252,69 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Writes what is left, fsyncs when `durable` (the spool file becomes the
-    /// object in a local store; for a remote one the upload is what counts),
-    /// and hands the file to `then`, all on one blocking thread (one hop off
-    /// the runtime per instance).
-    pub async fn finish<T, F>(mut self, durable: bool, then: F) -> std::io::Result<T>
+    /// Writes what is left, makes it durable as `how` says, and hands the
+    /// file to `then`, all on one blocking thread (one hop off the runtime
+    /// per instance).
+    pub async fn finish<T, F>(mut self, how: Finish, then: F) -> std::io::Result<T>
     where
         F: FnOnce(Spooled) -> T + Send + 'static,
         T: Send + 'static,
     {
         let mut file = self.settle().await?;
         let rest = std::mem::take(&mut self.buf);
-        let spooled = Spooled {
-            guard: self.guard,
-            len: self.len,
-        };
+        let (len, written) = (self.len, self.written);
+        let guard = self.guard;
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             file.write_all(&rest)?;
-            if durable {
-                file.sync_data()?;
-            }
+            let bytes = match how {
+                Finish::Buffered => None,
+                Finish::Durable => {
+                    file.sync_data()?;
+                    None
+                }
+                Finish::Inline { max } if len <= max => {
+                    // Not synced: the journal record carries the bytes.
+                    if written == 0 {
+                        Some(rest)
+                    } else {
+                        // The start was written behind: read it back (from
+                        // the page cache). `len` is at most `max`.
+                        let mut bytes = Vec::with_capacity(len as usize);
+                        use std::io::Read;
+                        std::fs::File::open(guard.path())?.read_to_end(&mut bytes)?;
+                        if bytes.len() as u64 != len {
+                            return Err(std::io::Error::other(format!(
+                                "spool file holds {} bytes, {len} were written",
+                                bytes.len()
+                            )));
+                        }
+                        Some(bytes)
+                    }
+                }
+                Finish::Inline { .. } => {
+                    file.sync_data()?;
+                    None
+                }
+            };
             drop(file);
-            Ok(then(spooled))
+            Ok(then(Spooled { guard, len, bytes }))
         })
         .await
         .map_err(std::io::Error::other)?
     }
+}
+
+/// How a finished spool file is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Not at all: a remote store's upload is what counts.
+    Buffered,
+    /// `fdatasync`: the spool file becomes the object itself.
+    Durable,
+    /// Up to `max` bytes, not synced but handed over in memory (the ingest
+    /// journal's record carries them); a larger one is synced.
+    Inline { max: u64 },
 }
 
 /// Asks the kernel to start writing a range back to disk, without waiting.
@@ -297,11 +333,15 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 }
 
 /// A complete spool file waiting to be placed in the store (fsynced when it
-/// is to become the object itself, in a local store).
+/// is to become the object itself, in a local store, unless its bytes are
+/// carried along for the journal).
 #[derive(Debug)]
 pub struct Spooled {
     pub guard: SpoolGuard,
     pub len: u64,
+    /// The whole file, when it was finished [`Finish::Inline`] and not
+    /// synced: whoever makes it durable must write these bytes durably.
+    pub bytes: Option<Vec<u8>>,
 }
 
 impl Spooled {
@@ -321,7 +361,7 @@ mod tests {
         assert_eq!(swept, 0);
         let mut w = spool.create().await.unwrap();
         w.write(b"abc").await.unwrap();
-        let done = w.finish(true, |s| s).await.unwrap();
+        let done = w.finish(Finish::Durable, |s| s).await.unwrap();
         assert_eq!(std::fs::read(done.path()).unwrap(), b"abc");
         let path = done.path().to_owned();
         drop(done);

@@ -22,11 +22,6 @@ enum Call {
         to: String,
     },
     Mkdir(String),
-    /// A hard link made (the journal places objects by linking spool files).
-    Link {
-        from: String,
-        to: String,
-    },
     /// A write to a file at this path, with the bytes strace shows.
     Write(String, Vec<u8>),
     /// Bytes sent on a TCP socket (as many as strace shows).
@@ -122,13 +117,6 @@ fn parse_trace(text: &str) -> Vec<Call> {
                 _ => None,
             },
             "mkdir" | "mkdirat" if ok => quoted(args).first().map(|p| Call::Mkdir((*p).to_owned())),
-            "link" | "linkat" if ok => match quoted(args).as_slice() {
-                [.., from, to] => Some(Call::Link {
-                    from: (*from).to_owned(),
-                    to: (*to).to_owned(),
-                }),
-                _ => None,
-            },
             "write" | "pwrite64" | "writev" | "sendto" | "sendmsg" => match fd_path(args) {
                 Some(p) if p.starts_with("TCP") => {
                     quoted(args).first().map(|data| Call::Send(unescape(data)))
@@ -210,16 +198,32 @@ fn traced_run(extra: &[&str]) -> (Vec<String>, Vec<Call>, Gateway, tempfile::Tem
 /// With the ingest journal (`--journal true`) an acknowledgement waits for
 /// one durable write, and this pins it: before each C-STORE response, the
 /// record naming the instance was written to a journal segment and that
-/// segment `fdatasync`ed after the write; the spool file linked under the
-/// instance's key was written, then `fdatasync`ed, before the record; and
-/// the spool directory was synced before the record (the record names the
-/// spool file). What the old protocol synced before the answer — the key's
-/// directory, the directories made for it, the index — is the checkpoint's
-/// job now, so it is deliberately not required here; the crash tests
-/// (journal.rs) show replay covers it.
+/// segment `fdatasync`ed after the write, and the object under the
+/// instance's key is its spool file, renamed. A small instance travels
+/// inside its record, so its spool file is **not** synced before the
+/// answer (that would be a second sync round trip); with
+/// `--journal-inline-max-kib 0` every record refers to its spool file
+/// instead, and then the spool file was written, then `fdatasync`ed, and
+/// the spool directory synced, all before the record. What the old
+/// protocol synced before the answer — the key's directory, the
+/// directories made for it, the index — is the checkpoint's job now, so it
+/// is deliberately not required here; the crash tests (journal.rs) show
+/// replay covers it.
 #[test]
 fn with_the_journal_every_acknowledgement_follows_its_record_sync() {
-    let (acked, calls, gw, _work) = traced_run(&["--journal", "true"]);
+    check_journal_order(&["--journal", "true"], true);
+}
+
+#[test]
+fn with_the_journal_by_reference_the_spool_file_is_synced_before_its_record() {
+    check_journal_order(
+        &["--journal", "true", "--journal-inline-max-kib", "0"],
+        false,
+    );
+}
+
+fn check_journal_order(args: &[&str], inline: bool) {
+    let (acked, calls, gw, _work) = traced_run(args);
     let journal = format!("{}/", gw.data_dir.join("journal").display());
     let spool_dir = gw.data_dir.join("spool").display().to_string();
     let objects = format!("{}/", gw.objects().display());
@@ -242,29 +246,32 @@ fn with_the_journal_every_acknowledgement_follows_its_record_sync() {
                 .any(|c| matches!(c, Call::Sync(p) if p == segment)),
             "{sop}: its record in {segment} was not synced before the acknowledgement"
         );
-        // The object under its key is a link to the spool file.
+        // The object under its key is its spool file, renamed.
         let r = before
             .iter()
             .rposition(|c| matches!(c, Call::Rename { to, .. } if to.starts_with(&objects) && to.ends_with(&format!("/{sop}.dcm"))))
             .unwrap_or_else(|| panic!("{sop}: not placed before its acknowledgement"));
-        let Call::Rename { from: tmp, .. } = &calls[r] else {
+        let Call::Rename { from: spool, .. } = &calls[r] else {
             unreachable!()
         };
-        let spool = before[..r]
-            .iter()
-            .rev()
-            .find_map(|c| match c {
-                Call::Link { from, to } if to == tmp => Some(from.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{sop}: {tmp} is not a link to a spool file"));
+        assert!(
+            spool.starts_with(&spool_dir),
+            "{sop}: placed from {spool}, not from a spool file"
+        );
         let sync = before[..w]
             .iter()
-            .rposition(|c| matches!(c, Call::Sync(p) if *p == spool))
-            .unwrap_or_else(|| panic!("{sop}: {spool} not synced before its record"));
+            .rposition(|c| matches!(c, Call::Sync(p) if p == spool));
+        if inline {
+            assert!(
+                sync.is_none(),
+                "{sop}: its spool file {spool} was synced before the answer: two sync round trips"
+            );
+            continue;
+        }
+        let sync = sync.unwrap_or_else(|| panic!("{sop}: {spool} not synced before its record"));
         let last_write = before[..w]
             .iter()
-            .rposition(|c| matches!(c, Call::Write(p, _) if *p == spool));
+            .rposition(|c| matches!(c, Call::Write(p, _) if p == spool));
         assert!(
             last_write.is_some_and(|lw| lw < sync),
             "{sop}: {spool} written after its fsync"

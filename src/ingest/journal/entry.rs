@@ -21,6 +21,8 @@ pub enum Error {
     SpoolName(String),
     #[error("abort record of {0} bytes, expected 8")]
     AbortLen(usize),
+    #[error("inline record: {0}")]
+    Inline(&'static str),
 }
 
 /// An instance or media record's payload.
@@ -82,6 +84,39 @@ impl Payload {
     }
 }
 
+impl Payload {
+    /// An inline record's payload: the length of the encoded payload
+    /// (u32, little-endian), the payload, then the object's bytes.
+    pub fn encode_inline(&self, bytes: &[u8]) -> Vec<u8> {
+        let meta = self.encode();
+        let mut out = Vec::with_capacity(4 + meta.len() + bytes.len());
+        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// Splits an inline record's payload; the object's bytes must be
+    /// exactly the length the payload names.
+    pub fn decode_inline(b: &[u8]) -> Result<(Payload, &[u8]), Error> {
+        let (len, rest) = b
+            .split_first_chunk::<4>()
+            .ok_or(Error::Inline("shorter than its length field"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(Error::Inline("length field past the end"));
+        }
+        let (meta, bytes) = rest.split_at(len);
+        let payload = Payload::decode(meta)?;
+        if payload.len != bytes.len() as u64 {
+            return Err(Error::Inline(
+                "object length differs from the bytes carried",
+            ));
+        }
+        Ok((payload, bytes))
+    }
+}
+
 /// A spool file's name: one plain file name, never a path.
 pub fn check_spool_name(name: &str) -> Result<(), Error> {
     let plain = !name.is_empty()
@@ -117,6 +152,9 @@ mod tests {
             assert!(check_spool_name(bad).is_err(), "{bad:?}");
         }
         assert!(decode_abort(&[1, 2, 3]).is_err());
+        for bad in [&[][..], &[1, 0], &[255, 255, 255, 255, b'{']] {
+            assert!(Payload::decode_inline(bad).is_err());
+        }
         assert_eq!(decode_abort(&encode_abort(77)).unwrap(), 77);
     }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use super::control::Control;
 use super::entry::{self, Entry, Payload};
-use super::format::{ControlSlot, Kind};
+use super::format::{ControlSlot, FLAG_INLINE, Kind};
 use super::runtime::{self, Error, Journal, dirs_to_sync, place, sync_dirs};
 use super::segment::{self, Stop};
 use super::writer::Writer;
@@ -77,7 +77,7 @@ pub fn open(
                 }
                 Err(e) => tracing::error!(lsn = r.header.lsn, error = %e, "bad abort record"),
             },
-            Kind::Instance | Kind::Media => records.push((r.header.lsn, r.payload)),
+            Kind::Instance | Kind::Media => records.push((r.header.lsn, r.header.flags, r.payload)),
         }
     })
     .map_err(|e| Error::Damaged(e.to_string()))?;
@@ -88,12 +88,18 @@ pub fn open(
 
     let mut done = Recovered::default();
     let mut dirs = Vec::new();
-    for (lsn, payload) in records {
+    let mut inline_written = false;
+    for (lsn, flags, record) in records {
         if aborted.contains(&lsn) {
             done.aborted += 1;
             continue;
         }
-        let payload = Payload::decode(&payload)?;
+        let (payload, bytes) = if flags & FLAG_INLINE != 0 {
+            let (payload, bytes) = Payload::decode_inline(&record)?;
+            (payload, Some(bytes))
+        } else {
+            (Payload::decode(&record)?, None)
+        };
         let spool = spool_dir.join(&payload.spool);
         let new = payload.entry.clone().into_new();
         let dest = root.join(new.object_key().as_str());
@@ -102,10 +108,18 @@ pub fn open(
         if let Some(parent) = dest.parent() {
             dirs.push(parent.to_path_buf());
         }
-        if !same_file(&spool, &dest) {
+        if let Some(bytes) = bytes {
+            // Its bytes were never synced anywhere but here: whatever the
+            // object holds (torn, stale, missing), it is made these bytes,
+            // and synced with the filesystem below.
+            if !holds(&dest, bytes) {
+                write_object(root, &new, bytes, lsn)?;
+            }
+            inline_written = true;
+        } else if !same_file(&spool, &dest) {
             match std::fs::metadata(&spool) {
                 Ok(m) if m.len() == payload.len => {
-                    place(root, &new, &spool, lsn)?;
+                    place(root, &new, &spool)?;
                 }
                 _ => match std::fs::metadata(&dest) {
                     // The spool name went (a checkpoint that did not get to
@@ -145,7 +159,11 @@ pub fn open(
         done.replayed += 1;
     }
     fail::fail_point!("recover::replayed", |_| std::process::abort());
-    sync_dirs(&dirs_to_sync(root, dirs.iter().map(|d| d.as_path())))?;
+    if inline_written {
+        runtime::sync_filesystem(root)?;
+    } else {
+        sync_dirs(&dirs_to_sync(root, dirs.iter().map(|d| d.as_path())))?;
+    }
     index.flush()?;
     // A new journal starts at the beginning of segment 0; any other start
     // closes the log at its end (see Writer::open).
@@ -159,6 +177,38 @@ pub fn open(
         Journal::new(writer, index.clone(), root.to_path_buf(), control),
         done,
     ))
+}
+
+/// Whether the file at `path` holds exactly `bytes`.
+fn holds(path: &Path, bytes: &[u8]) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == bytes.len() as u64 => {
+            std::fs::read(path).is_ok_and(|held| held == bytes)
+        }
+        _ => false,
+    }
+}
+
+/// Writes an inline record's bytes as the object of `new`: a temporary
+/// file in the key's directory, renamed onto the key (synced later, with
+/// the filesystem).
+fn write_object(
+    root: &Path,
+    new: &crate::index::NewEntry,
+    bytes: &[u8],
+    lsn: u64,
+) -> Result<(), Error> {
+    let dest = root.join(new.object_key().as_str());
+    let dir = dest.parent().expect("keys have a parent");
+    let tmp = dir.join(format!(".journal-{lsn}.tmp"));
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Place { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    std::fs::write(&tmp, bytes).map_err(err(&tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(err(&dest))?;
+    Ok(())
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

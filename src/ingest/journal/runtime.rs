@@ -1,22 +1,30 @@
 //! The journal at work: the commit an ingest calls instead of the old
 //! flush-per-batch committer (local store), and the checkpoint.
 //!
-//! Commit, per instance, on the blocking thread that synced its spool file:
-//! append a reference record (shared `fdatasync` with whoever is ready,
-//! see writer.rs), then apply — link the spool file under its key (no
+//! Commit, per instance, on the blocking thread that finished its spool
+//! file: append its record (one `fdatasync` shared with whoever is ready,
+//! see writer.rs), then apply — rename the spool file onto its key (no
 //! sync), write the index entry and its events in one sled transaction (no
 //! flush) — and only then answer. The index therefore shows an
 //! acknowledged instance at once; the journal makes it durable, the
 //! checkpoint makes the placement and the index durable in the background
 //! and lets the journal go.
 //!
-//! Phase 1 simplifications (docs/ingest-journal.md describes the full
-//! design): every record is a reference (no inline instances); the spool
-//! file is synced before its record, not at the same time; each instance
-//! is applied in its own sled transaction (records of one key are still
-//! applied in LSN order: the instance lock is held from admission to the
-//! answer); replay decides "already indexed" by comparing the entry with
-//! the record's instead of an applied marker.
+//! An instance up to `journal.inline_max_kib` travels **inline**: its bytes
+//! are in the record and its spool file is never synced, so its
+//! acknowledgement waits for exactly one sync; the checkpoint then syncs
+//! the filesystem (`syncfs`) before it moves past such records, and replay
+//! rewrites an object that does not hold the record's bytes. A larger one
+//! is synced in its spool file first and its record refers to it (two
+//! syncs, one after the other; docs/ingest-journal.md says why that is
+//! still the better trade for large objects on this disk).
+//!
+//! Simplifications against the design (docs/ingest-journal.md): the
+//! referenced spool file is synced before its record, not at the same
+//! time; each instance is applied in its own sled transaction (records of
+//! one key are still applied in LSN order: the instance lock is held from
+//! admission to the answer); replay decides "already indexed" by comparing
+//! the entry with the record's instead of an applied marker.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -59,7 +67,11 @@ pub enum Error {
 /// A placed object the checkpoint still has to make durable.
 struct Placed {
     lsn: u64,
-    /// The spool name, unlinked once the checkpoint covers the record.
+    /// Its bytes were carried in the record, not synced in the spool file:
+    /// the checkpoint must sync the object's data too.
+    inline: bool,
+    /// The spool name: renamed onto the key when placed; a record whose
+    /// apply failed may have left it, and the checkpoint removes it then.
     spool: PathBuf,
     /// The key's directory.
     dir: PathBuf,
@@ -111,6 +123,12 @@ impl Journal {
         }
     }
 
+    /// The largest instance carried inline: `wanted`, but at most a
+    /// quarter of this journal's segments.
+    pub fn inline_max(&self, wanted: u64) -> u64 {
+        wanted.min(self.inner.writer.segment_size() / 4)
+    }
+
     /// Checkpoints now (tests, shutdown).
     pub fn checkpoint(&self) -> Result<u64, Error> {
         self.inner.checkpoint()
@@ -134,13 +152,21 @@ impl Journal {
             NewEntry::Instance(_) => Kind::Instance,
             NewEntry::Media(_) => Kind::Media,
         };
-        let appended = inner.writer.append(kind, 0, &payload.encode())?;
+        let inline = spooled.bytes.is_some();
+        let appended = match &spooled.bytes {
+            Some(bytes) => inner.writer.append(
+                kind,
+                super::format::FLAG_INLINE,
+                &payload.encode_inline(bytes),
+            )?,
+            None => inner.writer.append(kind, 0, &payload.encode())?,
+        };
         // From here on the record is durable: a restart replays it, so the
         // spool name stays until a checkpoint covers it.
         let spool = spooled.path().to_path_buf();
         spooled.guard.disarm();
         fail::fail_point!("journal::durable", |_| std::process::abort());
-        let applied = inner.apply(&new, &spool, appended.lsn);
+        let applied = inner.apply(&new, &spool, appended.lsn, inline);
         if let Err(e) = &applied {
             // Not to be replayed: the abort must be durable before the
             // sender hears 0xA700.
@@ -151,7 +177,7 @@ impl Journal {
             if let Ok(a) = abort {
                 inner.writer.applied(a.lsn);
             }
-            inner.remember(appended.lsn, spool, None);
+            inner.remember(appended.lsn, spool, None, inline);
         }
         inner.writer.applied(appended.lsn);
         applied
@@ -172,19 +198,30 @@ impl Drop for Journal {
 }
 
 impl Inner {
-    fn apply(&self, new: &NewEntry, spool: &Path, lsn: u64) -> Result<PutOutcome, Error> {
-        let dir = place(&self.root, new, spool, lsn)?;
+    fn apply(
+        &self,
+        new: &NewEntry,
+        spool: &Path,
+        lsn: u64,
+        inline: bool,
+    ) -> Result<PutOutcome, Error> {
+        let dir = place(&self.root, new, spool)?;
         fail::fail_point!("journal::placed", |_| std::process::abort());
         let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
-        self.remember(lsn, spool.to_path_buf(), Some(dir));
+        self.remember(lsn, spool.to_path_buf(), Some(dir), inline);
         Ok(outcome)
     }
 
-    fn remember(&self, lsn: u64, spool: PathBuf, dir: Option<PathBuf>) {
+    fn remember(&self, lsn: u64, spool: PathBuf, dir: Option<PathBuf>, inline: bool) {
         let dir = dir.unwrap_or_default();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
-        placed.push(Placed { lsn, spool, dir });
+        placed.push(Placed {
+            lsn,
+            inline,
+            spool,
+            dir,
+        });
     }
 
     /// One checkpoint: everything applied below `settled` made durable,
@@ -205,8 +242,15 @@ impl Inner {
         };
         let result = (|| {
             fail::fail_point!("checkpoint::start", |_| std::process::abort());
-            let dirs = dirs_to_sync(&self.root, taken.iter().map(|p| p.dir.as_path()));
-            sync_dirs(&dirs)?;
+            if taken.iter().any(|p| p.inline) {
+                // Objects whose bytes were not synced: one syncfs makes
+                // them, their links and their directories durable at once
+                // (one device flush instead of one per object).
+                sync_filesystem(&self.root)?;
+            } else {
+                let dirs = dirs_to_sync(&self.root, taken.iter().map(|p| p.dir.as_path()));
+                sync_dirs(&dirs)?;
+            }
             fail::fail_point!("checkpoint::dirs_synced", |_| std::process::abort());
             self.index.flush()?;
             fail::fail_point!("checkpoint::index_flushed", |_| std::process::abort());
@@ -221,7 +265,7 @@ impl Inner {
                 .extend(taken);
             return Err(e);
         }
-        for p in &taken {
+        for p in taken.iter().filter(|p| p.dir.as_os_str().is_empty()) {
             if let Err(e) = std::fs::remove_file(&p.spool) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %p.spool.display(), error = %e, "could not remove a checkpointed spool file");
@@ -234,10 +278,12 @@ impl Inner {
     }
 }
 
-/// Links the spool file under the entry's key (a temporary name in the
-/// key's directory, then `rename` onto the key; no sync). Returns the
-/// key's directory.
-pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path, lsn: u64) -> Result<PathBuf, Error> {
+/// Renames the spool file onto the entry's key (no sync: the record makes
+/// it durable until a checkpoint does). Returns the key's directory.
+///
+/// Replay copes with either side of the rename: a spool name still there
+/// is placed again; a spool name gone means the object holds its inode.
+pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path) -> Result<PathBuf, Error> {
     let dest = root.join(new.object_key().as_str());
     let err = |path: &Path| {
         let path = path.to_path_buf();
@@ -245,14 +291,7 @@ pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path, lsn: u64) -> Resu
     };
     let dir = dest.parent().expect("keys have a parent").to_path_buf();
     std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-    let tmp = dir.join(format!(".journal-{lsn}.tmp"));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(&tmp)(e)),
-    }
-    std::fs::hard_link(spool, &tmp).map_err(err(&tmp))?;
-    std::fs::rename(&tmp, &dest).map_err(err(&dest))?;
+    std::fs::rename(spool, &dest).map_err(err(&dest))?;
     Ok(dir)
 }
 
@@ -284,6 +323,22 @@ pub(super) fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> Result<(), Error> {
             path: dir.clone(),
             source,
         })?;
+    }
+    Ok(())
+}
+
+/// `syncfs(2)` of the filesystem holding `root`: every file's data and
+/// metadata written so far on it, with one flush of the device.
+pub(super) fn sync_filesystem(root: &Path) -> Result<(), Error> {
+    use std::os::fd::AsRawFd;
+    let err = |source| Error::SyncDir {
+        path: root.to_path_buf(),
+        source,
+    };
+    let dir = std::fs::File::open(root).map_err(err)?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -154,6 +154,10 @@ impl Writer {
         })
     }
 
+    pub fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -366,6 +366,27 @@ impl Gateway {
         child.wait().unwrap();
     }
 
+    /// Runs one more process on the same data directory, with `envs` added
+    /// (e.g. a failpoint), until it exits by itself — for starts that are
+    /// expected to fail. Returns its status and its log. The gateway must
+    /// be stopped.
+    pub fn run_to_exit(&self, envs: &[(&str, &str)]) -> (ExitStatus, String) {
+        assert!(self.child.is_none(), "stop the gateway first");
+        let opts = Opts {
+            args: self.args.clone(),
+            envs: self.envs.clone(),
+            tmpfs_mib: None,
+            prefix: self.prefix.clone(),
+        };
+        let mut cmd = Gateway::command(&self.data_dir, &opts);
+        cmd.envs(envs.iter().copied());
+        let out = cmd.output().expect("run the gateway");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts a new process on the same data directory (new ports).
     pub fn restart(&mut self) {
         assert!(
