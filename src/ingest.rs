@@ -109,7 +109,15 @@ impl Ingest {
                     &cfg.spool_dir(),
                     &index,
                 )
-                .map_err(|e| std::io::Error::other(format!("ingest journal: {e}")))?;
+                .map_err(|e| {
+                    let j = &cfg.journal;
+                    std::io::Error::other(format!(
+                        "ingest journal (journal.segments × journal.segment_size_mib = {} MiB \
+                         preallocated in {}): {e}",
+                        j.segments.saturating_mul(j.segment_size_mib),
+                        cfg.journal_dir().display()
+                    ))
+                })?;
                 tracing::info!(
                     replayed = done.replayed,
                     already = done.already,

@@ -98,8 +98,12 @@ pub async fn run(
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
     reports::retention::prune(&index, reports::unix_now())
         .context("pruning webhook answers and finished report jobs")?;
-    let ingest = Ingest::start(&cfg, store.clone(), index.clone())
-        .with_context(|| format!("spool {} is unusable", cfg.spool_dir().display()))?;
+    let ingest = Ingest::start(&cfg, store.clone(), index.clone()).with_context(|| {
+        format!(
+            "cannot start ingest in {} (its spool and journal)",
+            cfg.data_dir.display()
+        )
+    })?;
     ingest
         .recover()
         .await

@@ -1,7 +1,7 @@
-//! `[journal]`: the ingest journal (docs/ingest-journal.md). Off by default
-//! while it is being built (issue 11); `enabled = true` (or `--journal
-//! true`) acknowledges a local-store instance after one journal sync instead
-//! of today's chain of syncs.
+//! `[journal]`: the ingest journal (docs/ingest-journal.md). On by default:
+//! a local-store instance is acknowledged after one journal sync;
+//! `enabled = false` (or `--journal false`) goes back to the chain of syncs
+//! per instance (spool file, directories, index) of the first versions.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +26,7 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
-            enabled: false,
+            enabled: true,
             segment_size_mib: 64,
             segments: 8,
             checkpoint_interval_ms: 1000,

@@ -170,7 +170,7 @@ pub struct Overrides {
     /// Seconds before a known study is listed again in a shared store [default: 30].
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
     pub storage_relist_after: Option<u64>,
-    /// Acknowledge local-store instances from the ingest journal [default: false].
+    /// Acknowledge local-store instances from the ingest journal [default: true].
     #[arg(long, env = "DICOM_GATEWAY_JOURNAL")]
     pub journal: Option<bool>,
     /// Size of one journal segment in MiB [default: 64].

@@ -160,6 +160,8 @@ fn fill_refuse_recover(min_free: u64, refusal_log: &str) {
     let mut gw = Gateway::start_with(
         Opts::default()
             .tmpfs(TMPFS_MIB)
+            // The journal's default 8 × 64 MiB would not fit the tmpfs.
+            .args(&["--journal-segment-size-mib", "2", "--journal-segments", "3"])
             .arg("--min-free-space")
             .arg(&min_free.to_string()),
     );

@@ -132,7 +132,7 @@ fn replace_moves_an_instance_to_the_study_it_is_sent_under() {
 fn a_replacement_interrupted_before_its_index_commit_is_repaired_at_start() {
     crate::panics::require_failpoints();
     let mut gw =
-        Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::placed=1*off->return"));
+        Gateway::start_with(no_journal().env("FAILPOINTS", "commit::placed=1*off->return"));
     let dir = tempfile::tempdir().unwrap();
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
@@ -173,7 +173,7 @@ fn a_media_replacement_interrupted_before_its_index_commit_is_repaired_at_start(
     crate::panics::require_failpoints();
     // Commits: the instance, the first PUT, then the replacement aborts.
     let mut gw =
-        Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::placed=2*off->return"));
+        Gateway::start_with(no_journal().env("FAILPOINTS", "commit::placed=2*off->return"));
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
     let url = gw.url(&format!("/api/studies/{}/media/report.pdf", o.study));
@@ -219,7 +219,77 @@ fn a_media_replacement_interrupted_before_its_index_commit_is_repaired_at_start(
 #[test]
 fn a_replacement_whose_commit_fails_is_described_again_at_once() {
     crate::panics::require_failpoints();
-    let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", "commit::index=1*off->return"));
+    let gw = Gateway::start_with(no_journal().env("FAILPOINTS", "commit::index=1*off->return"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let first = instance(&gw, &o.study, &o.sop);
+    let bigger = variant(
+        &o.file,
+        dir.path(),
+        "bigger.dcm",
+        "ds.StudyDescription = 'a much longer description ' * 40",
+    );
+    assert_eq!(store(&gw, &bigger), Some(0xA700));
+    gw.wait_for_log("described again from the store");
+    let on_disk = gw.objects().join(first["objectKey"].as_str().unwrap());
+    let now = instance(&gw, &o.study, &o.sop);
+    assert_eq!(
+        now["size"].as_u64().unwrap(),
+        std::fs::metadata(&on_disk).unwrap().len()
+    );
+    assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
+}
+
+/// The committer's failpoints are on the path without the journal.
+fn no_journal() -> Opts {
+    Opts::default().args(&["--journal", "false"])
+}
+
+/// With the journal: the replacement's record is durable before it
+/// overwrites the object, and the process dies after the overwrite, before
+/// the index entry. The restart replays the record: the index describes
+/// the new bytes, which are the ones on disk.
+#[test]
+fn a_journaled_replacement_interrupted_before_its_index_entry_is_replayed() {
+    crate::panics::require_failpoints();
+    let mut gw =
+        Gateway::start_with(Opts::default().env("FAILPOINTS", "journal::placed=1*off->return"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let first = instance(&gw, &o.study, &o.sop);
+    let bigger = variant(
+        &o.file,
+        dir.path(),
+        "bigger.dcm",
+        "ds.StudyDescription = 'a much longer description ' * 40",
+    );
+    assert_ne!(store(&gw, &bigger), Some(0), "acknowledged across a crash");
+    assert!(
+        !gw.wait_exit().success(),
+        "the failpoint aborts the process"
+    );
+    gw.restart();
+    let now = instance(&gw, &o.study, &o.sop);
+    assert_ne!(now["size"], first["size"]);
+    let on_disk = gw.objects().join(now["objectKey"].as_str().unwrap());
+    assert_eq!(
+        now["size"].as_u64().unwrap(),
+        std::fs::metadata(&on_disk).unwrap().len()
+    );
+    assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
+    assert_eq!(gw.study(&o.study)["instanceCount"], 1);
+    assert_eq!(store(&gw, &o.file), Some(0));
+}
+
+/// With the journal, a replacement whose index entry fails after the
+/// overwrite (the process lives on) is refused, its record aborted, and
+/// the entry described again from the store at once.
+#[test]
+fn a_journaled_replacement_whose_index_entry_fails_is_described_again_at_once() {
+    crate::panics::require_failpoints();
+    let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", "journal::index=1*off->return"));
     let dir = tempfile::tempdir().unwrap();
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));

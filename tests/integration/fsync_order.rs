@@ -291,11 +291,12 @@ fn check_journal_order(args: &[&str], inline: bool) {
 /// directory made for it) and an fsync of the index. Traced with strace,
 /// one sender: a gateway with any of these fsyncs removed, or acknowledging
 /// before them, fails here even though kill -9 could not tell (the page
-/// cache survives it). This pins the default commit protocol (spool, rename,
-/// directory and index sync); the journal's is pinned above.
+/// cache survives it). This pins the commit protocol without the journal
+/// (`--journal false`: spool, rename, directory and index sync); the
+/// journal's is pinned above.
 #[test]
 fn every_acknowledgement_follows_the_fsyncs_that_make_it_durable() {
-    let (acked, calls, gw, _work) = traced_run(&[]);
+    let (acked, calls, gw, _work) = traced_run(&["--journal", "false"]);
     let objects = format!("{}/", gw.objects().display());
     let index = format!("{}/", gw.data_dir.join("index").display());
     let data = format!("{}/", gw.data_dir.display());

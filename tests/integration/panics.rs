@@ -21,8 +21,12 @@ pub fn require_failpoints() {
 }
 
 fn statuses_with(failpoint: &str) -> (Gateway, Vec<Option<u64>>) {
+    statuses_with_opts(Opts::default(), failpoint)
+}
+
+fn statuses_with_opts(opts: Opts, failpoint: &str) -> (Gateway, Vec<Option<u64>>) {
     require_failpoints();
-    let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", failpoint));
+    let gw = Gateway::start_with(opts.env("FAILPOINTS", failpoint));
     let [a, b] = two_instances();
     // One association, the two instances one after the other.
     let answer = common::pynet(&gw, &["store", a.to_str().unwrap(), b.to_str().unwrap()]);
@@ -55,7 +59,11 @@ fn a_panic_reading_a_header_fails_that_instance_with_c000_only() {
 
 #[test]
 fn a_panic_in_a_group_commit_fails_its_batch_and_the_next_one_proceeds() {
-    let (gw, statuses) = statuses_with("commit::batch=1*panic");
+    // The committer is the path without the journal.
+    let (gw, statuses) = statuses_with_opts(
+        Opts::default().args(&["--journal", "false"]),
+        "commit::batch=1*panic",
+    );
     assert_eq!(statuses, [Some(0xA700), Some(0)]);
     gw.wait_for_log("commit panicked; its batch is refused");
     let study = common::fixture("study1/")["study"]
@@ -64,4 +72,25 @@ fn a_panic_in_a_group_commit_fails_its_batch_and_the_next_one_proceeds() {
         .to_owned();
     assert_eq!(gw.study(&study)["instanceCount"], 1);
     assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
+}
+
+/// A panic while a journal record is applied (after its sync, after its
+/// placement, before its index entry): that instance is refused, its record
+/// is aborted (so the checkpoint moves on and a restart does not index it),
+/// and the next instance is stored.
+#[test]
+fn a_panic_applying_a_journal_record_fails_that_instance_only() {
+    let (mut gw, statuses) = statuses_with("journal::index=1*panic");
+    assert_eq!(statuses, [Some(0xA700), Some(0)]);
+    gw.wait_for_log("applying a journal record failed; aborting it");
+    let study = common::fixture("study1/")["study"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(gw.study(&study)["instanceCount"], 1);
+    assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
+    // The aborted record stays aborted across a restart.
+    gw.kill9();
+    gw.restart();
+    assert_eq!(gw.study(&study)["instanceCount"], 1);
 }

@@ -134,8 +134,9 @@ impl Journal {
         self.inner.checkpoint()
     }
 
-    /// Makes `spooled` (synced) the object of `new` and indexes it; returns
-    /// once its record is durable and it is applied. Blocking.
+    /// Makes `spooled` the object of `new` and indexes it; returns once its
+    /// record is durable and it is applied. Blocking. (`spooled` is synced
+    /// unless it carries its bytes for an inline record.)
     pub fn commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome, Error> {
         let inner = &*self.inner;
         let name = spooled
@@ -166,7 +167,13 @@ impl Journal {
         let spool = spooled.path().to_path_buf();
         spooled.guard.disarm();
         fail::fail_point!("journal::durable", |_| std::process::abort());
-        let applied = inner.apply(&new, &spool, appended.lsn, inline);
+        // A panic while applying is a failure like any other: the record
+        // must still be aborted and marked applied, or no checkpoint could
+        // ever move past it.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.apply(&new, &spool, appended.lsn, inline)
+        }))
+        .unwrap_or_else(|_| Err(Error::Damaged("applying the record panicked".into())));
         if let Err(e) = &applied {
             // Not to be replayed: the abort must be durable before the
             // sender hears 0xA700.
@@ -174,10 +181,20 @@ impl Journal {
             let abort = inner
                 .writer
                 .append(Kind::Abort, 0, &entry::encode_abort(appended.lsn));
-            if let Ok(a) = abort {
-                inner.writer.applied(a.lsn);
+            match abort {
+                Ok(a) => {
+                    inner.writer.applied(a.lsn);
+                    // Nothing replays the record now: its spool file (if
+                    // the placement did not take it) can go at once.
+                    if let Err(e) = std::fs::remove_file(&spool) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            inner.remember(appended.lsn, spool, None, inline);
+                        }
+                    }
+                }
+                // The record replays at the next start and needs its file.
+                Err(_) => inner.remember(appended.lsn, spool, None, inline),
             }
-            inner.remember(appended.lsn, spool, None, inline);
         }
         inner.writer.applied(appended.lsn);
         applied
@@ -207,6 +224,9 @@ impl Inner {
     ) -> Result<PutOutcome, Error> {
         let dir = place(&self.root, new, spool)?;
         fail::fail_point!("journal::placed", |_| std::process::abort());
+        fail::fail_point!("journal::index", |_| Err(Error::Damaged(
+            "failpoint journal::index".into()
+        )));
         let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
         self.remember(lsn, spool.to_path_buf(), Some(dir), inline);

@@ -64,6 +64,10 @@ struct State {
     in_flight: BTreeSet<u64>,
     syncing: bool,
     failed: bool,
+    /// Records reserved so far, and those made durable: a group's size is
+    /// the difference when it closes (for the commit-batch metric).
+    reserved: u64,
+    synced: u64,
     /// Open segment files by number: the current one and the free ones.
     segments: BTreeMap<u64, Arc<File>>,
 }
@@ -147,6 +151,8 @@ impl Writer {
                 keep: count.max(2),
                 in_flight: BTreeSet::new(),
                 syncing: false,
+                reserved: 0,
+                synced: 0,
                 failed: false,
                 segments,
             }),
@@ -314,6 +320,7 @@ impl Writer {
         }
         st.in_flight.insert(lsn);
         st.unapplied.insert(lsn);
+        st.reserved += 1;
         Ok(Reservation {
             tail_pad,
             file,
@@ -389,6 +396,7 @@ impl Writer {
             pad = Some((open_end, group_end - open_end));
         }
         st.end = group_end;
+        let records = st.reserved;
         let settled = settled(&st);
         let pad_file = st.segments.get(&n).cloned();
         while st.in_flight.range(..open_end).next().is_some() {
@@ -420,7 +428,11 @@ impl Writer {
         let mut st = self.lock();
         st.syncing = false;
         match result {
-            Ok(()) => st.durable = group_end,
+            Ok(()) => {
+                st.durable = group_end;
+                crate::metrics::get().commit_batch(records.saturating_sub(st.synced) as usize);
+                st.synced = records;
+            }
             Err(e) => {
                 st.failed = true;
                 tracing::error!(error = %e, "journal sync failed; ingest stops until a restart");
