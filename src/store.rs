@@ -13,6 +13,7 @@
 //!   number at once) before it is indexed; viewers download straight from the
 //!   store with presigned URLs signed for the public endpoint.
 
+pub mod backlog;
 pub mod keys;
 pub mod signer;
 
