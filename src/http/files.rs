@@ -254,6 +254,9 @@ pub async fn cors(
 }
 
 #[cfg(test)]
+mod pending_tests;
+
+#[cfg(test)]
 mod tests {
     use super::parse_range;
 

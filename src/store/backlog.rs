@@ -60,7 +60,7 @@ use super::{BlobStore, ObjectKey};
 
 mod scan;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -12,14 +12,14 @@ use super::*;
 use crate::uid::Uid;
 
 /// An upload target: a local `object_store` rooted at `root`.
-struct LocalStore {
+pub(crate) struct LocalStore {
     root: PathBuf,
     /// Attempts made, failed or not.
-    attempts: AtomicUsize,
+    pub(crate) attempts: AtomicUsize,
 }
 
 impl LocalStore {
-    fn new(root: &Path) -> Arc<LocalStore> {
+    pub(crate) fn new(root: &Path) -> Arc<LocalStore> {
         std::fs::create_dir_all(root).unwrap();
         Arc::new(LocalStore {
             root: root.to_owned(),
@@ -27,7 +27,7 @@ impl LocalStore {
         })
     }
 
-    fn get(&self, key: &ObjectKey) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &ObjectKey) -> Option<Vec<u8>> {
         std::fs::read(self.root.join(key.as_str())).ok()
     }
 
@@ -62,10 +62,10 @@ impl UploadTarget for LocalStore {
 }
 
 /// A target that holds every upload until the test lets it go.
-struct Gated {
-    inner: Arc<LocalStore>,
-    entered: Notify,
-    gate: Semaphore,
+pub(crate) struct Gated {
+    pub(crate) inner: Arc<LocalStore>,
+    pub(crate) entered: Notify,
+    pub(crate) gate: Semaphore,
 }
 
 impl UploadTarget for Gated {
