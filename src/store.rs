@@ -106,6 +106,9 @@ impl Error {
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     backend: Arc<Backend>,
+    /// The upload backlog of this store, once one is attached (S3 with
+    /// `storage.ack = "journal"`); weak, since the backlog holds the store.
+    backlog: Arc<std::sync::OnceLock<std::sync::Weak<backlog::Backlog>>>,
 }
 
 enum Backend {
@@ -164,6 +167,7 @@ impl BlobStore {
         Ok(BlobStore {
             store: crate::metrics::store::Metered::wrap(Arc::new(store)),
             backend: Arc::new(Backend::Local { root }),
+            backlog: Arc::default(),
         })
     }
 
@@ -227,6 +231,7 @@ impl BlobStore {
                 uploads: Arc::new(Semaphore::new(st.max_uploads)),
                 describe: format!("s3://{bucket}/{prefix} (endpoint {endpoint})"),
             }),
+            backlog: Arc::default(),
         })
     }
 
@@ -468,8 +473,20 @@ impl BlobStore {
         }
     }
 
-    /// Whether an object is there.
+    /// Makes [`BlobStore::exists`] (on this store and its clones) count the
+    /// backlog's pending copies: an instance acknowledged and not yet
+    /// uploaded exists, so nothing treats its object as gone (a shared-store
+    /// relisting would otherwise move its entry back to an older object).
+    pub fn attach_backlog(&self, backlog: &Arc<backlog::Backlog>) {
+        let _ = self.backlog.set(Arc::downgrade(backlog));
+    }
+
+    /// Whether an object is there (in the store, or waiting for its upload).
     pub async fn exists(&self, key: &ObjectKey) -> Result<bool> {
+        let pending = self.backlog.get().and_then(std::sync::Weak::upgrade);
+        if pending.is_some_and(|b| b.pending(key).is_some()) {
+            return Ok(true);
+        }
         match self.store.head(&key.to_path()).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),

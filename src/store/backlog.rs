@@ -228,8 +228,11 @@ const UPLOADING: &str = ".uploading";
 impl Backlog {
     /// Opens the backlog kept in `dir` (`<data_dir>/pending`), uploading to
     /// `store`, with the default uploads and back-off.
+    /// The store (and its clones) then counts pending copies as existing.
     pub fn open(dir: &Path, store: BlobStore, wait: u64, max: u64) -> Result<Arc<Backlog>> {
-        Backlog::open_with(dir, Arc::new(store), Settings::new(wait, max))
+        let backlog = Backlog::open_with(dir, Arc::new(store.clone()), Settings::new(wait, max))?;
+        store.attach_backlog(&backlog);
+        Ok(backlog)
     }
 
     /// Like [`Backlog::open`], with any target and settings.

@@ -1,11 +1,12 @@
 //! An S3 gateway's access to an instance acknowledged and not yet uploaded:
-//! the access answer hands out the gateway's own `/files` URL, the route
-//! serves the pending copy from disk (ranges, ETags, HEAD), `/healthz` counts
-//! it; once uploaded, the same URL redirects to a presigned store URL and
-//! new answers are presigned. The app is the real one (sled index, S3
-//! client, signer) built on a temporary data directory; the S3 endpoint is
-//! a closed port, since presigning makes no request, and the backlog uploads
-//! into a local `object_store` held at a gate the test opens.
+//! the store counts it as existing, the access answer hands out the
+//! gateway's own `/files` URL, the route serves the pending copy from disk
+//! (ranges, ETags, HEAD), `/healthz` counts it; once uploaded, the same URL
+//! redirects to a presigned store URL and new answers are presigned. The
+//! app is the real one (sled index, S3 client, signer) built on a temporary
+//! data directory; the S3 endpoint is a closed port, since presigning makes
+//! no request, and the backlog uploads into a local `object_store` held at
+//! a gate the test opens.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -73,6 +74,7 @@ async fn setup() -> Setup {
         .upload_backlog()
         .expect("S3 acknowledges from the journal by default");
     let backlog = Backlog::open_with(&cfg.pending_dir(), target, Settings::new(wait, max)).unwrap();
+    store.attach_backlog(&backlog);
     let signer = UrlSigner::load_or_create(&cfg.url_signing_keys_path(), &cfg.public_url).unwrap();
     let app = App {
         cfg: Arc::clone(&cfg),
@@ -166,6 +168,10 @@ async fn a_pending_instance_is_served_by_the_gateway_until_uploaded_then_by_the_
     backlog
         .enqueue_file(admitted, key.clone(), &spool, Place::Link, Box::new(|| {}))
         .unwrap();
+
+    // It exists for whoever asks the store (a relisting must not take its
+    // object for gone); the store itself is never asked.
+    assert!(app.store.exists(&key).await.unwrap());
 
     // The access answer: the gateway's URL for the pending one, the store's for the other.
     let urls = access_urls(&app).await;
