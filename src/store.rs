@@ -72,7 +72,10 @@ impl From<object_store::Error> for Error {
 }
 
 /// Credentials that must not reach a log through an error text.
-static SECRETS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+/// Every S3 store opened in this process adds its own (a second store with
+/// other credentials, as tests and maintenance commands open, is redacted
+/// too).
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
 /// An object store error as text, with the S3 secret and session token
 /// replaced: use this wherever such an error is shown.
@@ -88,7 +91,8 @@ pub fn redacted(e: &object_store::Error) -> String {
         }
         source = cause.source();
     }
-    for secret in SECRETS.get().into_iter().flatten() {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    for secret in secrets.iter() {
         text = text.replace(secret.as_str(), "<redacted>");
     }
     text
@@ -218,7 +222,13 @@ impl BlobStore {
             .flatten()
             .map(|s| s.expose().to_owned())
             .filter(|s| !s.is_empty());
-        let _ = SECRETS.set(secrets.collect());
+        let mut known = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+        for secret in secrets {
+            if !known.contains(&secret) {
+                known.push(secret);
+            }
+        }
+        drop(known);
         let store = PrefixStore::new(build(st.endpoint.as_ref())?, prefix);
         let public = st.public_endpoint.as_ref().or(st.endpoint.as_ref());
         let signer = PrefixStore::new(build(public)?, prefix);
