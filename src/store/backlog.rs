@@ -307,8 +307,7 @@ impl Backlog {
     /// [`Backlog::enqueue_file`].
     pub fn enqueue(&self, admitted: Admitted, key: ObjectKey, len: u64, on_uploaded: OnUploaded) {
         let mut state = self.lock();
-        admitted.consume(&mut state);
-        self.register(&mut state, key, len, on_uploaded);
+        self.consume_and_register(&mut state, admitted, key, len, on_uploaded);
     }
 
     /// Puts `from` (a file on the pending directory's filesystem) at
@@ -357,9 +356,27 @@ impl Backlog {
                 _ => break,
             }
         }
-        admitted.consume(&mut state);
-        self.register(&mut state, key, len, on_uploaded);
+        self.consume_and_register(&mut state, admitted, key, len, on_uploaded);
         Ok(())
+    }
+
+    /// Turns a reservation into a queued upload; waiters are woken when
+    /// that left the backlog smaller (a smaller file than reserved, or a
+    /// newer copy smaller than the one it replaced).
+    fn consume_and_register(
+        &self,
+        state: &mut State,
+        admitted: Admitted,
+        key: ObjectKey,
+        len: u64,
+        on_uploaded: OnUploaded,
+    ) {
+        let before = state.bytes();
+        admitted.consume(state);
+        self.register(state, key, len, on_uploaded);
+        if state.bytes() < before {
+            self.wake_admitters();
+        }
     }
 
     /// Makes what [`Backlog::enqueue_file`] placed durable: fsyncs every

@@ -437,3 +437,27 @@ fn error_texts_lose_their_urls() {
     assert_eq!(uploader::without_urls("no url here"), "no url here");
     assert_eq!(uploader::without_urls("HTTPS://X"), "<url>");
 }
+
+#[tokio::test]
+async fn a_copy_smaller_than_its_reservation_lets_waiters_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let backlog = Backlog::open_with(&tmp.path().join("pending"), store, fast(10, 100)).unwrap();
+    let reserved = backlog.admit(20, Duration::ZERO).await.unwrap();
+    let waiter = tokio::spawn({
+        let backlog = Arc::clone(&backlog);
+        async move { backlog.admit(1, Duration::from_secs(600)).await }
+    });
+    let file = spooled(tmp.path(), "small", b"12345");
+    backlog
+        .enqueue_file(reserved, key(1), &file, Place::Rename, Box::new(|| {}))
+        .unwrap();
+    // Woken by the enqueue, long before its patience runs out.
+    let admitted = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter was not woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(backlog.status().bytes, 6);
+    drop(admitted);
+}
