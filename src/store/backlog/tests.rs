@@ -448,6 +448,9 @@ async fn a_copy_smaller_than_its_reservation_lets_waiters_in() {
         let backlog = Arc::clone(&backlog);
         async move { backlog.admit(1, Duration::from_secs(600)).await }
     });
+    // Let it run until it waits (the backlog is above `wait`).
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
     let file = spooled(tmp.path(), "small", b"12345");
     backlog
         .enqueue_file(reserved, key(1), &file, Place::Rename, Box::new(|| {}))
