@@ -8,6 +8,7 @@ use crate::discovery::Discovery;
 use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;
+use crate::store::backlog::Backlog;
 use crate::store::signer::UrlSigner;
 use crate::webhook::views::StudyViews;
 
@@ -26,4 +27,8 @@ pub struct App {
     pub reports: Arc<tokio::sync::Notify>,
     /// Recent associations, refusals and ingest counts, for the operator page.
     pub activity: Activity,
+    /// Instances acknowledged from the gateway's disk and not yet in the
+    /// store (an S3 store with `storage.ack = "journal"`; `None` otherwise).
+    /// Access to a key still in it goes through the gateway's `/files` route.
+    pub backlog: Option<Arc<Backlog>>,
 }

@@ -24,7 +24,7 @@ pub use journal::JournalConfig;
 pub use overrides::Overrides;
 pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
 use secrets::{check_token, secret};
-pub use storage::{S3Credentials, StorageConfig, StorageLocation};
+pub use storage::{AckMode, S3Credentials, StorageConfig, StorageLocation};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -338,6 +338,15 @@ impl Config {
         }
         if let Some(v) = over.storage_relist_after {
             st.relist_after = v;
+        }
+        if let Some(v) = over.storage_ack {
+            st.ack = v;
+        }
+        if let Some(v) = over.storage_backlog_wait {
+            st.backlog_wait = v;
+        }
+        if let Some(v) = over.storage_backlog_max {
+            st.backlog_max = v;
         }
         if let Some(v) = over.journal {
             cfg.journal.enabled = v;

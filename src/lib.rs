@@ -39,6 +39,7 @@ use crate::discovery::Discovery;
 use crate::index::Index;
 use crate::ingest::Ingest;
 use crate::store::BlobStore;
+use crate::store::backlog::Backlog;
 use crate::store::signer::UrlSigner;
 use crate::webhook::views::StudyViews;
 
@@ -96,6 +97,15 @@ pub async fn run(
         .context("the object store is unusable")?;
     tracing::info!(store = %store.describe(), "object store");
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
+    // S3 with `storage.ack = "journal"`: acknowledged instances wait in
+    // <data_dir>/pending/ for their upload (the ingest journal feeds it).
+    let backlog = match cfg.upload_backlog() {
+        Some((wait, max)) => Some(
+            Backlog::open(&cfg.pending_dir(), store.clone(), wait, max)
+                .context("the upload backlog directory is unusable")?,
+        ),
+        None => None,
+    };
     reports::retention::prune(&index, reports::unix_now())
         .context("pruning webhook answers and finished report jobs")?;
     let ingest = Ingest::start(&cfg, store.clone(), index.clone()).with_context(|| {
@@ -124,6 +134,7 @@ pub async fn run(
         discovery,
         reports: Arc::new(tokio::sync::Notify::new()),
         activity: activity::Activity::new(),
+        backlog: backlog.clone(),
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
@@ -148,6 +159,7 @@ pub async fn run(
     // Webhook answers and finished report jobs are forgotten while running.
     let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
     let outbound = outbound_tasks(&app, &worker_stop)?;
+    let uploads = backlog.as_ref().map(|b| b.spawn(worker_stop.clone()));
     let dicom = Arc::new(DicomServer::new(
         &cfg,
         Arc::clone(&app.ingest),
@@ -187,6 +199,10 @@ pub async fn run(
     let _ = pruner.await;
     for task in outbound {
         let _ = task.await;
+    }
+    // Uploads in flight get the grace period; what is left stays pending.
+    if let Some(uploads) = uploads {
+        let _ = tokio::time::timeout(cfg.shutdown_grace(), uploads).await;
     }
     // Every association and request is done (each commit flushed the index
     // before it was acknowledged); one last flush for good measure.

@@ -94,6 +94,9 @@ pub struct Metrics {
     http_duration: Histograms<Route>,
     free_space: Gauge,
     index_size: Gauge,
+    upload_backlog_instances: Gauge,
+    upload_backlog_bytes: Gauge,
+    upload_retries: Counter,
     /// Calling AE titles that have a series of their own.
     calling_aes: Mutex<HashSet<String>>,
 }
@@ -130,6 +133,9 @@ impl Metrics {
             http_duration: Family::new_with_constructor(seconds),
             free_space: Gauge::default(),
             index_size: Gauge::default(),
+            upload_backlog_instances: Gauge::default(),
+            upload_backlog_bytes: Gauge::default(),
+            upload_retries: Counter::default(),
             calling_aes: Mutex::new(HashSet::new()),
         };
         let mut r = Registry::with_prefix("dicom_gateway");
@@ -251,8 +257,24 @@ impl Metrics {
         r.register_with_unit(
             "index_size",
             "Bytes on disk of the index (sled) directory",
-            b,
+            b.clone(),
             m.index_size.clone(),
+        );
+        r.register(
+            "upload_backlog_instances",
+            "Objects acknowledged from the gateway's disk and not yet uploaded to the store (S3, storage.ack = journal)",
+            m.upload_backlog_instances.clone(),
+        );
+        r.register_with_unit(
+            "upload_backlog",
+            "Bytes acknowledged from the gateway's disk and not yet uploaded to the store, admitted ones included",
+            b,
+            m.upload_backlog_bytes.clone(),
+        );
+        r.register(
+            "upload_retries",
+            "Background uploads of acknowledged objects that failed and will be retried",
+            m.upload_retries.clone(),
         );
         r.register(
             "build",
@@ -443,6 +465,19 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// The upload backlog now: objects waiting and their bytes.
+    pub fn upload_backlog(&self, instances: usize, bytes: u64) {
+        self.upload_backlog_instances
+            .set(i64::try_from(instances).unwrap_or(i64::MAX));
+        self.upload_backlog_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A background upload failed and will be retried.
+    pub fn upload_retry(&self) {
+        self.upload_retries.inc();
     }
 
     /// Reads what is measured at scrape time: free space on the data

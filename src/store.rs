@@ -13,6 +13,7 @@
 //!   number at once) before it is indexed; viewers download straight from the
 //!   store with presigned URLs signed for the public endpoint.
 
+pub mod backlog;
 pub mod keys;
 pub mod signer;
 
@@ -71,7 +72,10 @@ impl From<object_store::Error> for Error {
 }
 
 /// Credentials that must not reach a log through an error text.
-static SECRETS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+/// Every S3 store opened in this process adds its own (a second store with
+/// other credentials, as tests and maintenance commands open, is redacted
+/// too).
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
 /// An object store error as text, with the S3 secret and session token
 /// replaced: use this wherever such an error is shown.
@@ -87,7 +91,8 @@ pub fn redacted(e: &object_store::Error) -> String {
         }
         source = cause.source();
     }
-    for secret in SECRETS.get().into_iter().flatten() {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    for secret in secrets.iter() {
         text = text.replace(secret.as_str(), "<redacted>");
     }
     text
@@ -105,6 +110,9 @@ impl Error {
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     backend: Arc<Backend>,
+    /// The upload backlog of this store, once one is attached (S3 with
+    /// `storage.ack = "journal"`); weak, since the backlog holds the store.
+    backlog: Arc<std::sync::OnceLock<std::sync::Weak<backlog::Backlog>>>,
 }
 
 enum Backend {
@@ -163,6 +171,7 @@ impl BlobStore {
         Ok(BlobStore {
             store: crate::metrics::store::Metered::wrap(Arc::new(store)),
             backend: Arc::new(Backend::Local { root }),
+            backlog: Arc::default(),
         })
     }
 
@@ -213,7 +222,13 @@ impl BlobStore {
             .flatten()
             .map(|s| s.expose().to_owned())
             .filter(|s| !s.is_empty());
-        let _ = SECRETS.set(secrets.collect());
+        let mut known = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+        for secret in secrets {
+            if !known.contains(&secret) {
+                known.push(secret);
+            }
+        }
+        drop(known);
         let store = PrefixStore::new(build(st.endpoint.as_ref())?, prefix);
         let public = st.public_endpoint.as_ref().or(st.endpoint.as_ref());
         let signer = PrefixStore::new(build(public)?, prefix);
@@ -226,6 +241,7 @@ impl BlobStore {
                 uploads: Arc::new(Semaphore::new(st.max_uploads)),
                 describe: format!("s3://{bucket}/{prefix} (endpoint {endpoint})"),
             }),
+            backlog: Arc::default(),
         })
     }
 
@@ -467,8 +483,20 @@ impl BlobStore {
         }
     }
 
-    /// Whether an object is there.
+    /// Makes [`BlobStore::exists`] (on this store and its clones) count the
+    /// backlog's pending copies: an instance acknowledged and not yet
+    /// uploaded exists, so nothing treats its object as gone (a shared-store
+    /// relisting would otherwise move its entry back to an older object).
+    pub fn attach_backlog(&self, backlog: &Arc<backlog::Backlog>) {
+        let _ = self.backlog.set(Arc::downgrade(backlog));
+    }
+
+    /// Whether an object is there (in the store, or waiting for its upload).
     pub async fn exists(&self, key: &ObjectKey) -> Result<bool> {
+        let pending = self.backlog.get().and_then(std::sync::Weak::upgrade);
+        if pending.is_some_and(|b| b.pending(key).is_some()) {
+            return Ok(true);
+        }
         match self.store.head(&key.to_path()).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{DuplicatePolicy, LogFormat};
+use super::{AckMode, DuplicatePolicy, LogFormat};
 
 /// Flags of `dicom-gateway serve`; each also read from its environment variable.
 #[derive(Debug, Clone, Default, Args)]
@@ -170,6 +170,15 @@ pub struct Overrides {
     /// Seconds before a known study is listed again in a shared store [default: 30].
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_RELIST_AFTER", value_name = "SECS")]
     pub storage_relist_after: Option<u64>,
+    /// S3: acknowledge once durable on local disk (journal) or once the store confirmed (stored) [default: journal].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_ACK", value_enum)]
+    pub storage_ack: Option<AckMode>,
+    /// S3, ack=journal: backlog bytes above which new instances wait for uploads [default: 2 GiB].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_BACKLOG_WAIT", value_name = "BYTES")]
+    pub storage_backlog_wait: Option<u64>,
+    /// S3, ack=journal: backlog bytes beyond which new instances are refused [default: 8 GiB].
+    #[arg(long, env = "DICOM_GATEWAY_STORAGE_BACKLOG_MAX", value_name = "BYTES")]
+    pub storage_backlog_max: Option<u64>,
     /// Acknowledge local-store instances from the ingest journal [default: true].
     #[arg(long, env = "DICOM_GATEWAY_JOURNAL")]
     pub journal: Option<bool>,

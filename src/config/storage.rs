@@ -38,8 +38,39 @@ pub struct StorageConfig {
     /// Seconds after which a study this gateway knows is listed again in a
     /// shared store, to pick up what other gateways stored for it.
     pub relist_after: u64,
+    /// When a C-STORE (or an upload) is answered with an S3 store:
+    /// `journal` once the instance is durable on the gateway's disk (it is
+    /// uploaded right after, from `<data_dir>/pending/`), or `stored` once
+    /// the store confirmed the upload. Ignored for a local store.
+    pub ack: AckMode,
+    /// Bytes acknowledged but not yet uploaded above which a new instance
+    /// waits for uploads before it is taken (`ack = "journal"`, S3 only).
+    pub backlog_wait: u64,
+    /// Bytes acknowledged but not yet uploaded beyond which a new instance
+    /// is refused (0xA700) (`ack = "journal"`, S3 only).
+    pub backlog_max: u64,
     #[serde(skip)]
     pub credentials: S3Credentials,
+}
+
+/// When an instance sent to an S3-backed gateway is acknowledged.
+///
+/// `journal` is the default: the instance is then as durable as on a local
+/// store (synced on the gateway's disk before the answer, like dcm4chee's
+/// receive cache in front of its archive), and the store's latency no
+/// longer sets the ingest rate. What it gives up is the store's replication
+/// during the upload backlog window (bounded by `backlog_max`, visible in
+/// `/healthz` and the metrics); sites that need the store's confirmation
+/// before a modality may delete its copy choose `stored`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Answered once durable on the gateway's disk; uploaded in the background.
+    #[default]
+    Journal,
+    /// Answered once the store confirmed the upload.
+    Stored,
 }
 
 /// From the standard AWS variables; never serialised or logged.
@@ -73,6 +104,9 @@ impl Default for StorageConfig {
             max_uploads: 8,
             timeout: 30,
             relist_after: 30,
+            ack: AckMode::default(),
+            backlog_wait: 2 << 30,
+            backlog_max: 8 << 30,
             credentials: S3Credentials::default(),
         }
     }
@@ -120,5 +154,48 @@ impl Config {
         Err(invalid(format!(
             "{url:?}: expected file:///path or s3://bucket/prefix"
         )))
+    }
+}
+
+impl StorageConfig {
+    /// `backlog_wait` and `backlog_max` make sense together: both above zero,
+    /// the wait bound at most the refusal bound. The setting at fault and why.
+    pub(super) fn check_backlog(&self) -> std::result::Result<(), (&'static str, String)> {
+        for (name, value) in [
+            ("storage.backlog_wait", self.backlog_wait),
+            ("storage.backlog_max", self.backlog_max),
+        ] {
+            if value == 0 {
+                return Err((name, "must be at least 1 byte".into()));
+            }
+        }
+        if self.backlog_wait > self.backlog_max {
+            return Err((
+                "storage.backlog_wait",
+                format!(
+                    "{} bytes is more than storage.backlog_max ({} bytes): \
+                     instances would be refused before they are slowed",
+                    self.backlog_wait, self.backlog_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The upload backlog's bounds `(wait, max)` when instances are
+    /// acknowledged before their upload (an S3 store with `storage.ack =
+    /// "journal"`); `None` otherwise (a local store, or `"stored"`).
+    pub fn upload_backlog(&self) -> Option<(u64, u64)> {
+        let s3 = matches!(self.storage_location(), Ok(StorageLocation::S3 { .. }));
+        (s3 && self.storage.ack == AckMode::Journal)
+            .then_some((self.storage.backlog_wait, self.storage.backlog_max))
+    }
+
+    /// Where acknowledged instances wait for their upload (same filesystem
+    /// as the spool, so they arrive by rename or hard link).
+    pub fn pending_dir(&self) -> PathBuf {
+        self.data_dir.join("pending")
     }
 }

@@ -248,3 +248,80 @@ fn hostile_webhook_settings_are_refused_naming_the_setting() {
         assert_eq!(refused(over).0, setting);
     }
 }
+
+#[test]
+fn storage_ack_and_backlog_bounds_come_from_file_env_or_flag() {
+    let s3 = |more: Overrides| Overrides {
+        storage_url: Some("s3://dicom/site".into()),
+        ..more
+    };
+    let cfg = Config::load(&s3(Overrides::default()), &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.storage.ack, AckMode::Journal, "journal is the default");
+    assert_eq!(cfg.upload_backlog(), Some((2 << 30, 8 << 30)));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(
+        &file,
+        "[storage]\nack = \"stored\"\nbacklog_wait = 1000\nbacklog_max = 5000\n",
+    )
+    .unwrap();
+    let from_file = s3(Overrides {
+        config: Some(file),
+        ..Overrides::default()
+    });
+    let cfg = Config::load(&from_file, &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.storage.ack, AckMode::Stored);
+    assert_eq!(
+        (cfg.storage.backlog_wait, cfg.storage.backlog_max),
+        (1000, 5000)
+    );
+    assert_eq!(cfg.upload_backlog(), None, "stored: no backlog");
+    // Flags (and their variables) win over the file.
+    let flags = Overrides {
+        storage_ack: Some(AckMode::Journal),
+        storage_backlog_wait: Some(10),
+        storage_backlog_max: Some(20),
+        ..from_file
+    };
+    let cfg = Config::load(&flags, &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.upload_backlog(), Some((10, 20)));
+    assert!(cfg.to_redacted_toml().contains("ack = \"journal\""));
+    // A local store has no backlog, whatever the settings say.
+    let cfg = Config::load(&Overrides::default(), &SecretEnv::default()).unwrap();
+    assert_eq!(cfg.upload_backlog(), None);
+}
+
+#[test]
+fn bad_backlog_bounds_are_refused_naming_the_setting_for_s3_only() {
+    let load = |url: &str, wait: u64, max: u64| {
+        let over = Overrides {
+            storage_url: Some(url.into()),
+            storage_backlog_wait: Some(wait),
+            storage_backlog_max: Some(max),
+            ..Overrides::default()
+        };
+        Config::load(&over, &SecretEnv::default())
+    };
+    for (wait, max, setting) in [
+        (0, 10, "storage.backlog_wait"),
+        (10, 0, "storage.backlog_max"),
+        (11, 10, "storage.backlog_wait"),
+        (u64::MAX, 1, "storage.backlog_wait"),
+    ] {
+        match load("s3://dicom/site", wait, max) {
+            Err(Error::Invalid { name, reason }) => {
+                assert_eq!(name, setting, "{wait}/{max}: {reason}")
+            }
+            other => panic!("{wait}/{max} accepted: {other:?}"),
+        }
+        // Meaningless for a local store: accepted, ignored.
+        let cfg = load("file:///srv/dicom", wait, max).unwrap();
+        assert_eq!(cfg.upload_backlog(), None);
+    }
+    assert!(
+        load("s3://dicom/site", 10, 10).is_ok(),
+        "wait = max is fine"
+    );
+    assert!(toml::from_str::<Config>("[storage]\nack = \"later\"\n").is_err());
+}

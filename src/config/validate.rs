@@ -115,6 +115,9 @@ impl Config {
                     "must be at least 1".into(),
                 );
             }
+            if let Err((name, reason)) = st.check_backlog() {
+                return invalid(name, reason);
+            }
             let c = &st.credentials;
             if c.access_key_id.is_some() != c.secret_access_key.is_some() {
                 return invalid(

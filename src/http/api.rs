@@ -16,8 +16,16 @@ use crate::uid::Uid;
 
 mod search;
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `GET /healthz`: `{"status": "ok"}` while the gateway serves; with an
+/// upload backlog (S3, `storage.ack = "journal"`) also its size and whether
+/// uploads fail. A failing store is reported, not fatal: instances are
+/// still acknowledged from the gateway's disk until `storage.backlog_max`.
+pub async fn healthz(State(app): State<App>) -> Json<serde_json::Value> {
+    let mut answer = serde_json::json!({ "status": "ok" });
+    if let Some(backlog) = &app.backlog {
+        answer["upload_backlog"] = serde_json::json!(backlog.status());
+    }
+    Json(answer)
 }
 
 /// `GET /api/studies`: every study in UID order; with any query parameter

@@ -49,34 +49,57 @@ pub async fn get_file(
         }
     };
     let disposition = key.content_disposition();
-    let Some(path) = app.store.local_path(&key) else {
-        // The store serves its own objects: send the viewer there.
-        // Valid as long as the gateway's URL is, not longer.
-        // `exp` is at most a week ahead once verified; checked all the same.
-        let expires_at = UNIX_EPOCH
-            .checked_add(std::time::Duration::from_secs(signature.exp))
-            .ok_or(ApiError::Forbidden)?;
-        let presign = Presign {
-            content_type: &content_type,
-            disposition: &disposition,
-            expires_at,
-            head: method == Method::HEAD,
-        };
-        let url = app
-            .store
-            .download_url(&key, &presign)
-            .await
-            .map_err(ApiError::internal)?
-            .expect("a remote store signs");
-        return Ok(axum::response::Redirect::temporary(&url).into_response());
+    // The gateway serves its own files: a local store's objects, and (S3)
+    // the copies of acknowledged instances not yet uploaded.
+    let local = match app.store.local_path(&key) {
+        Some(path) => Some((path, false)),
+        None => app
+            .backlog
+            .as_ref()
+            .and_then(|b| b.pending(&key))
+            .map(|path| (path, true)),
     };
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound("object".into()));
+    if let Some((path, pending)) = local {
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => return serve(file, &content_type, &disposition, &method, &headers).await,
+            // Uploaded (and removed) since it was looked up: the store has it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && pending => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::NotFound("object".into()));
+            }
+            Err(e) => return Err(ApiError::internal(e)),
         }
-        Err(e) => return Err(ApiError::internal(e)),
+    }
+    // The store serves its own objects: send the viewer there.
+    // Valid as long as the gateway's URL is, not longer.
+    // `exp` is at most a week ahead once verified; checked all the same.
+    let expires_at = UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(signature.exp))
+        .ok_or(ApiError::Forbidden)?;
+    let presign = Presign {
+        content_type: &content_type,
+        disposition: &disposition,
+        expires_at,
+        head: method == Method::HEAD,
     };
+    let url = app
+        .store
+        .download_url(&key, &presign)
+        .await
+        .map_err(ApiError::internal)?
+        .expect("a remote store signs");
+    Ok(axum::response::Redirect::temporary(&url).into_response())
+}
+
+/// Answers a GET or HEAD from an open file: ETag, a single range, the
+/// object's type and file name.
+async fn serve(
+    mut file: tokio::fs::File,
+    content_type: &str,
+    disposition: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let meta = file.metadata().await.map_err(ApiError::internal)?;
     let size = meta.len();
     let modified = meta
@@ -88,12 +111,12 @@ pub async fn get_file(
     let mut out = HeaderMap::new();
     out.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ASCII"));
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let content_type = HeaderValue::from_str(&content_type)
+    let content_type = HeaderValue::from_str(content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     out.insert(header::CONTENT_TYPE, content_type);
     out.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition).expect("UID file names are ASCII"),
+        HeaderValue::from_str(disposition).expect("UID file names are ASCII"),
     );
 
     if headers
@@ -229,6 +252,9 @@ pub async fn cors(
     );
     response
 }
+
+#[cfg(test)]
+mod pending_tests;
 
 #[cfg(test)]
 mod tests {

@@ -153,3 +153,34 @@ fn an_association_is_open_while_its_guard_lives() {
     assert_eq!(open(&m), "dicom_gateway_associations_open 0");
     assert!(m.render().contains("dicom_gateway_associations_total 2\n"));
 }
+
+#[test]
+fn upload_backlog_gauges_and_retries_are_rendered() {
+    let m = Metrics::new();
+    let text = m.render();
+    assert!(
+        samples(&text, "dicom_gateway_upload_retries_total")
+            .contains(&"dicom_gateway_upload_retries_total 0")
+    );
+    m.upload_backlog(3, 12_345);
+    m.upload_retry();
+    m.upload_retry();
+    let text = m.render();
+    for (name, line) in [
+        (
+            "dicom_gateway_upload_backlog_instances",
+            "dicom_gateway_upload_backlog_instances 3",
+        ),
+        (
+            "dicom_gateway_upload_backlog_bytes",
+            "dicom_gateway_upload_backlog_bytes 12345",
+        ),
+        (
+            "dicom_gateway_upload_retries_total",
+            "dicom_gateway_upload_retries_total 2",
+        ),
+    ] {
+        assert_eq!(samples(&text, name), vec![line], "{text}");
+    }
+    assert!(text.contains("# TYPE dicom_gateway_upload_backlog_bytes gauge"));
+}

@@ -151,7 +151,18 @@ impl Access<'_> {
         // Presigned by the store, on this blocking thread: signing itself
         // makes no request (with static credentials; without them the first
         // signature fetches credentials from the instance metadata service).
+        // An instance acknowledged but not yet uploaded (storage.ack =
+        // "journal") is served by the gateway's own file route, which keeps
+        // serving the URL after the upload (by redirecting to the store).
+        let pending = |key: &ObjectKey| {
+            app.backlog
+                .as_ref()
+                .is_some_and(|b| b.pending(key).is_some())
+        };
         let presign = |key: &ObjectKey, mime: &str| {
+            if pending(key) {
+                return Ok(app.signer.file_url(key, ttl, now));
+            }
             let disposition = key.content_disposition();
             let p = Presign {
                 content_type: mime,

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod backlog;
 mod crash;
 mod dimse;
 mod disk_full;

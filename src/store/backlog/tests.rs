@@ -1,0 +1,466 @@
+//! The backlog against a real object store: `object_store`'s local
+//! filesystem store in a temporary directory, which takes whole files by
+//! `put` like S3 does, and fails for real when its root is not a directory.
+
+use std::sync::atomic::AtomicUsize;
+
+use futures::FutureExt;
+use object_store::ObjectStoreExt;
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::uid::Uid;
+
+/// An upload target: a local `object_store` rooted at `root`.
+pub(crate) struct LocalStore {
+    root: PathBuf,
+    /// Attempts made, failed or not.
+    pub(crate) attempts: AtomicUsize,
+}
+
+impl LocalStore {
+    pub(crate) fn new(root: &Path) -> Arc<LocalStore> {
+        std::fs::create_dir_all(root).unwrap();
+        Arc::new(LocalStore {
+            root: root.to_owned(),
+            attempts: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn get(&self, key: &ObjectKey) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join(key.as_str())).ok()
+    }
+
+    /// The store goes away: its root is a plain file, so every write fails.
+    fn break_it(&self) {
+        std::fs::remove_dir_all(&self.root).unwrap();
+        std::fs::write(&self.root, b"not a directory").unwrap();
+    }
+
+    fn repair(&self) {
+        std::fs::remove_file(&self.root).unwrap();
+        std::fs::create_dir(&self.root).unwrap();
+    }
+}
+
+impl UploadTarget for LocalStore {
+    fn upload<'a>(
+        &'a self,
+        path: &'a Path,
+        _len: u64,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, crate::store::Result<()>> {
+        async move {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let bytes = std::fs::read(path).map_err(crate::store::Error::io("read", path))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&self.root)?;
+            store.put(&key.to_path(), bytes.into()).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// A target that holds every upload until the test lets it go.
+pub(crate) struct Gated {
+    pub(crate) inner: Arc<LocalStore>,
+    pub(crate) entered: Notify,
+    pub(crate) gate: Semaphore,
+}
+
+impl UploadTarget for Gated {
+    fn upload<'a>(
+        &'a self,
+        path: &'a Path,
+        len: u64,
+        key: &'a ObjectKey,
+    ) -> BoxFuture<'a, crate::store::Result<()>> {
+        async move {
+            self.entered.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+            self.inner.upload(path, len, key).await
+        }
+        .boxed()
+    }
+}
+
+fn key(n: u32) -> ObjectKey {
+    let u = |s: &str| Uid::parse(s).unwrap();
+    ObjectKey::instance(&u("1.2.3"), &u("1.2.3.4"), &u(&format!("1.2.3.4.{n}")))
+}
+
+fn fast(wait: u64, max: u64) -> Settings {
+    Settings {
+        backoff: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(40),
+        ..Settings::new(wait, max)
+    }
+}
+
+/// A file of `bytes` in `dir`, to be enqueued.
+fn spooled(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A callback that counts its calls into `counter`, and a way to wait for it.
+fn counted(counter: &Arc<(AtomicUsize, Notify)>) -> OnUploaded {
+    let counter = Arc::clone(counter);
+    Box::new(move || {
+        counter.0.fetch_add(1, Ordering::SeqCst);
+        counter.1.notify_waiters();
+    })
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what} did not happen");
+}
+
+#[tokio::test]
+async fn admits_up_to_wait_then_waits_for_uploads_and_refuses_past_max() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let backlog = Backlog::open_with(&tmp.path().join("pending"), store, fast(100, 250)).unwrap();
+    let patience = Duration::from_secs(30);
+
+    // More than max in one: refused at once, even when empty.
+    match backlog.admit(251, patience).await {
+        Err(Error::Full {
+            backlog: 0,
+            len: 251,
+            max: 250,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Admitted while at most `wait`, even when the new one passes it.
+    let a = backlog.admit(60, patience).await.unwrap();
+    let b = backlog.admit(60, patience).await.unwrap();
+    assert_eq!(backlog.status().bytes, 120);
+    // Past max with what is there: refused, not waiting.
+    match backlog.admit(131, patience).await {
+        Err(Error::Full { backlog: 120, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Above wait: waits, and gives up after its patience.
+    match backlog.admit(10, Duration::from_millis(30)).await {
+        Err(Error::Busy { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // A waiter is let in once bytes leave the backlog.
+    let waiting = tokio::spawn({
+        let backlog = Arc::clone(&backlog);
+        async move { backlog.admit(10, patience).await }
+    });
+    let blocking = tokio::task::spawn_blocking({
+        let backlog = Arc::clone(&backlog);
+        move || backlog.admit_blocking(10, patience)
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    drop(a);
+    let c = waiting.await.unwrap().unwrap();
+    let d = blocking.await.unwrap().unwrap();
+    assert_eq!(backlog.status().bytes, 80);
+    drop((b, c, d));
+    assert_eq!(backlog.status().bytes, 0);
+    // The blocking variant refuses and gives up the same way.
+    let full = backlog.admit_blocking(251, patience).unwrap_err();
+    assert!(full.to_string().contains("storage.backlog_max"), "{full}");
+    let _e = backlog.admit(101, patience).await.unwrap();
+    match backlog.admit_blocking(1, Duration::from_millis(20)) {
+        Err(Error::Busy { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // A patience past what the clock holds is no panic.
+    drop(_e);
+    let huge = backlog.admit(1, Duration::MAX).await.unwrap();
+    let huge_too = backlog.admit_blocking(1, Duration::MAX).unwrap();
+    assert_eq!(backlog.status().bytes, 2);
+    drop((huge, huge_too));
+}
+
+#[tokio::test]
+async fn uploads_then_reports_then_removes_the_local_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let target: Arc<dyn UploadTarget> = store.clone();
+    let backlog =
+        Backlog::open_with(&tmp.path().join("pending"), target, fast(1 << 20, 2 << 20)).unwrap();
+    let uploaded = Arc::new((AtomicUsize::new(0), Notify::new()));
+
+    let linked = spooled(tmp.path(), "spool-1", b"first instance");
+    let admitted = backlog.admit(14, Duration::ZERO).await.unwrap();
+    backlog
+        .enqueue_file(admitted, key(1), &linked, Place::Link, counted(&uploaded))
+        .unwrap();
+    assert!(linked.exists(), "a link leaves the spool file");
+    let renamed = spooled(tmp.path(), "spool-2", b"second");
+    let admitted = backlog.admit(6, Duration::ZERO).await.unwrap();
+    backlog
+        .enqueue_file(
+            admitted,
+            key(2),
+            &renamed,
+            Place::Rename,
+            counted(&uploaded),
+        )
+        .unwrap();
+    assert!(!renamed.exists());
+    backlog.sync().unwrap();
+
+    // Nothing uploads before the uploaders run: served from here.
+    let pending = backlog.pending(&key(1)).unwrap();
+    assert_eq!(pending, backlog.local_path(&key(1)));
+    assert_eq!(std::fs::read(&pending).unwrap(), b"first instance");
+    let status = backlog.status();
+    assert_eq!(
+        (status.instances, status.bytes, status.failing),
+        (2, 20, false)
+    );
+
+    let stop = CancellationToken::new();
+    let uploaders = backlog.spawn(stop.clone());
+    until("both uploads", || backlog.status().instances == 0).await;
+    assert_eq!(uploaded.0.load(Ordering::SeqCst), 2);
+    assert_eq!(store.get(&key(1)).unwrap(), b"first instance");
+    assert_eq!(store.get(&key(2)).unwrap(), b"second");
+    assert_eq!(backlog.pending(&key(1)), None);
+    assert!(!pending.exists(), "uploaded copies are removed");
+    assert_eq!(backlog.status().bytes, 0);
+    // Only the scratch directories are left.
+    let left: Vec<_> = std::fs::read_dir(backlog.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    stop.cancel();
+    uploaders.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_store_is_retried_until_it_is_back_and_nothing_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let target: Arc<dyn UploadTarget> = store.clone();
+    let backlog =
+        Backlog::open_with(&tmp.path().join("pending"), target, fast(1 << 20, 2 << 20)).unwrap();
+    let uploaded = Arc::new((AtomicUsize::new(0), Notify::new()));
+    store.break_it();
+    for n in 0..6 {
+        let file = spooled(
+            tmp.path(),
+            &format!("s{n}"),
+            format!("instance {n}").as_bytes(),
+        );
+        let admitted = backlog.admit(10, Duration::ZERO).await.unwrap();
+        backlog
+            .enqueue_file(admitted, key(n), &file, Place::Rename, counted(&uploaded))
+            .unwrap();
+    }
+    let stop = CancellationToken::new();
+    let uploaders = backlog.spawn(stop.clone());
+    // Every uploader fails a few times.
+    until("retries", || store.attempts.load(Ordering::SeqCst) >= 12).await;
+    let status = backlog.status();
+    assert!(status.failing);
+    assert_eq!(status.instances, 6, "nothing dropped");
+    let reason = status.last_error.unwrap();
+    assert!(!reason.contains("://"), "{reason}");
+    assert_eq!(uploaded.0.load(Ordering::SeqCst), 0);
+    assert!(backlog.pending(&key(0)).is_some());
+
+    store.repair();
+    until("the backlog drains", || backlog.status().instances == 0).await;
+    let status = backlog.status();
+    assert!(!status.failing);
+    assert_eq!(status.last_error, None);
+    assert_eq!(uploaded.0.load(Ordering::SeqCst), 6);
+    for n in 0..6 {
+        assert_eq!(
+            store.get(&key(n)).unwrap(),
+            format!("instance {n}").as_bytes()
+        );
+    }
+    stop.cancel();
+    uploaders.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_enqueued_again_during_its_upload_is_uploaded_again_and_kept_until_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let gated = Arc::new(Gated {
+        inner: Arc::clone(&store),
+        entered: Notify::new(),
+        gate: Semaphore::new(0),
+    });
+    let target: Arc<dyn UploadTarget> = gated.clone();
+    let backlog = Backlog::open_with(
+        &tmp.path().join("pending"),
+        target,
+        Settings {
+            uploads: 2,
+            ..fast(1 << 20, 2 << 20)
+        },
+    )
+    .unwrap();
+    let first = Arc::new((AtomicUsize::new(0), Notify::new()));
+    let second = Arc::new((AtomicUsize::new(0), Notify::new()));
+
+    let v1 = spooled(tmp.path(), "v1", b"version one");
+    let admitted = backlog.admit(11, Duration::ZERO).await.unwrap();
+    let entered = gated.entered.notified();
+    backlog
+        .enqueue_file(admitted, key(7), &v1, Place::Rename, counted(&first))
+        .unwrap();
+    let stop = CancellationToken::new();
+    let uploaders = backlog.spawn(stop.clone());
+    entered.await; // version one is being uploaded
+
+    let v2 = spooled(tmp.path(), "v2", b"version two, longer");
+    let admitted = backlog.admit(19, Duration::ZERO).await.unwrap();
+    backlog
+        .enqueue_file(admitted, key(7), &v2, Place::Rename, counted(&second))
+        .unwrap();
+    let status = backlog.status();
+    assert_eq!(
+        (status.instances, status.bytes),
+        (1, 19),
+        "one key, the newer copy's bytes"
+    );
+
+    // Version one completes: its callback runs, the copy (version two) stays.
+    let entered = gated.entered.notified();
+    gated.gate.add_permits(1);
+    entered.await; // ... and version two's upload has started
+    assert_eq!(first.0.load(Ordering::SeqCst), 1);
+    assert_eq!(second.0.load(Ordering::SeqCst), 0);
+    assert_eq!(store.get(&key(7)).unwrap(), b"version one");
+    let local = backlog.pending(&key(7)).expect("still pending");
+    assert_eq!(std::fs::read(&local).unwrap(), b"version two, longer");
+
+    gated.gate.add_permits(1);
+    until("version two uploaded", || backlog.status().instances == 0).await;
+    assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    assert_eq!(first.0.load(Ordering::SeqCst), 1, "each callback once");
+    assert_eq!(store.get(&key(7)).unwrap(), b"version two, longer");
+    assert!(!local.exists());
+    stop.cancel();
+    uploaders.await.unwrap();
+}
+
+#[tokio::test]
+async fn versions_replaced_before_any_upload_go_up_once_with_every_callback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let target: Arc<dyn UploadTarget> = store.clone();
+    let backlog =
+        Backlog::open_with(&tmp.path().join("pending"), target, fast(1 << 20, 2 << 20)).unwrap();
+    let calls = Arc::new((AtomicUsize::new(0), Notify::new()));
+    for v in 0..3u8 {
+        let file = spooled(tmp.path(), "v", &[v; 4]);
+        let admitted = backlog.admit(4, Duration::ZERO).await.unwrap();
+        backlog
+            .enqueue_file(admitted, key(1), &file, Place::Rename, counted(&calls))
+            .unwrap();
+    }
+    assert_eq!(backlog.status().instances, 1);
+    assert_eq!(backlog.status().bytes, 4);
+    let stop = CancellationToken::new();
+    let uploaders = backlog.spawn(stop.clone());
+    until("the upload", || backlog.status().instances == 0).await;
+    assert_eq!(calls.0.load(Ordering::SeqCst), 3);
+    assert_eq!(store.attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(store.get(&key(1)).unwrap(), vec![2u8; 4]);
+    stop.cancel();
+    uploaders.await.unwrap();
+}
+
+#[tokio::test]
+async fn unclaimed_copies_are_forgotten_claimed_ones_kept_and_shutdown_leaves_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pending = tmp.path().join("pending");
+    let store = LocalStore::new(&tmp.path().join("store"));
+    // What an earlier run left: copies, scratch links, something foreign.
+    let earlier = Backlog::open_with(&pending, store.clone(), fast(100, 200)).unwrap();
+    for n in [1, 2] {
+        let path = earlier.local_path(&key(n));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("copy {n}")).unwrap();
+    }
+    std::fs::write(pending.join(".incoming/0"), b"scratch").unwrap();
+    std::fs::create_dir_all(pending.join("studies/x/y/z/deeper")).unwrap();
+    std::fs::write(pending.join("studies/stray.txt"), b"?").unwrap();
+    drop(earlier);
+
+    let backlog = Backlog::open_with(&pending, store.clone(), fast(100, 200)).unwrap();
+    assert!(
+        !pending.join(".incoming/0").exists(),
+        "scratch is cleared on open"
+    );
+    assert!(
+        backlog.local_path(&key(1)).exists(),
+        "copies are not swept on open"
+    );
+    // The replay claims copy 1.
+    let admitted = backlog.admit(6, Duration::ZERO).await.unwrap();
+    backlog.enqueue(admitted, key(1), 6, Box::new(|| {}));
+    assert_eq!(backlog.forget_unclaimed().unwrap(), 2);
+    assert!(backlog.local_path(&key(1)).exists());
+    assert!(!backlog.local_path(&key(2)).exists());
+    assert!(!pending.join("studies/stray.txt").exists());
+
+    // Stopped before it ran: the uploader takes nothing, the copy stays.
+    let stop = CancellationToken::new();
+    stop.cancel();
+    backlog.spawn(stop).await.unwrap();
+    assert!(backlog.pending(&key(1)).is_some());
+    assert_eq!(store.attempts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn error_texts_lose_their_urls() {
+    let text = "Error performing PUT http://127.0.0.1:8333/b/k?X-Amz-Signature=abc in 1s, \
+                after 4 retries: HTTP error (\"https://s3.example/x?token=t\"): refused";
+    let clean = uploader::without_urls(text);
+    assert_eq!(
+        clean,
+        "Error performing PUT <url> in 1s, after 4 retries: HTTP error (\"<url>\"): refused"
+    );
+    assert_eq!(uploader::without_urls("no url here"), "no url here");
+    assert_eq!(uploader::without_urls("HTTPS://X"), "<url>");
+}
+
+#[tokio::test]
+async fn a_copy_smaller_than_its_reservation_lets_waiters_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let backlog = Backlog::open_with(&tmp.path().join("pending"), store, fast(10, 100)).unwrap();
+    let reserved = backlog.admit(20, Duration::ZERO).await.unwrap();
+    let waiter = tokio::spawn({
+        let backlog = Arc::clone(&backlog);
+        async move { backlog.admit(1, Duration::from_secs(600)).await }
+    });
+    // Let it run until it waits (the backlog is above `wait`).
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    let file = spooled(tmp.path(), "small", b"12345");
+    backlog
+        .enqueue_file(reserved, key(1), &file, Place::Rename, Box::new(|| {}))
+        .unwrap();
+    // Woken by the enqueue, long before its patience runs out.
+    let admitted = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter was not woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(backlog.status().bytes, 6);
+    drop(admitted);
+}
