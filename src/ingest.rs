@@ -97,15 +97,36 @@ impl std::fmt::Debug for Ingest {
 
 impl Ingest {
     /// Opens the spool, sweeping what an earlier process left in it.
-    pub fn start(cfg: &Config, store: BlobStore, index: Index) -> std::io::Result<Ingest> {
+    ///
+    /// With `backlog` (an S3 store, `storage.ack = "journal"`), the journal
+    /// acknowledges S3 instances too: they wait in the backlog's pending
+    /// directory for their upload.
+    pub fn start(
+        cfg: &Config,
+        store: BlobStore,
+        index: Index,
+        backlog: Option<Arc<crate::store::backlog::Backlog>>,
+    ) -> std::io::Result<Ingest> {
         // The journal replays first: it needs the spool files its records
         // refer to, which opening the spool sweeps.
-        let journal = match store.local_root() {
-            Some(root) if cfg.journal.enabled => {
+        let target = match (store.local_root(), &backlog) {
+            (Some(root), _) => Some((root.to_path_buf(), journal::Target::Local)),
+            (None, Some(backlog)) => Some((
+                backlog.dir().to_path_buf(),
+                journal::Target::Backlog {
+                    backlog: Arc::clone(backlog),
+                    patience: std::time::Duration::from_secs(cfg.storage.timeout),
+                },
+            )),
+            (None, None) => None,
+        };
+        let journal = match target {
+            Some((root, target)) if cfg.journal.enabled => {
                 let (journal, done) = journal::open(
                     &cfg.journal_dir(),
                     &cfg.journal,
-                    root,
+                    &root,
+                    target,
                     &cfg.spool_dir(),
                     &index,
                 )
@@ -124,6 +145,13 @@ impl Ingest {
                     aborted = done.aborted,
                     "ingest journal open"
                 );
+                if let Some(backlog) = &backlog {
+                    // After the replay claimed its records' copies: the
+                    // others were made durable by earlier checkpoints.
+                    backlog
+                        .claim_unclaimed()
+                        .map_err(|e| std::io::Error::other(format!("upload backlog: {e}")))?;
+                }
                 journal.spawn_checkpointer(std::time::Duration::from_millis(
                     cfg.journal.checkpoint_interval_ms.max(1),
                 ));
@@ -268,9 +296,10 @@ impl Ingest {
 
     async fn finish_inner(&self, receiving: Receiving, expected: Check) -> Result<Stored> {
         let Receiving { writer, source, .. } = receiving;
-        if self.store.is_local() {
+        if self.store.is_local() || self.journal.is_some() {
             // Check, rename into place and commit on the thread that
-            // fsynced the spool file.
+            // finished the spool file (for S3 with the journal: into the
+            // upload backlog).
             let (committer, locks, store) = (
                 self.committer.clone(),
                 Arc::clone(&self.locks),
@@ -293,7 +322,11 @@ impl Ingest {
                             study_tags(&new),
                             &expected,
                         )?;
-                        note_replacing(&index, admission, &record)?;
+                        if journal.is_none() {
+                            // (The journal's record, durable before the
+                            // object is overwritten, is what repairs it.)
+                            note_replacing(&index, admission, &record)?;
+                        }
                         let committed = match &journal {
                             Some(journal) => journal.commit(spooled, new).map_err(Error::from),
                             None => committer.commit(spooled, new),
@@ -303,7 +336,9 @@ impl Ingest {
                             tokio::runtime::Handle::current()
                                 .block_on(repair_failed(&store, &index, admission, &record))
                         })?;
-                        replaced(&index, admission, &record);
+                        if journal.is_none() {
+                            replaced(&index, admission, &record);
+                        }
                         // On the blocking thread that committed: awaited here.
                         tokio::runtime::Handle::current().block_on(remove_moved(
                             &store,
@@ -382,7 +417,7 @@ impl Ingest {
             report,
             study_instance_uid: study.clone(),
         };
-        let how = if self.store.is_local() {
+        let how = if self.store.is_local() || self.journal.is_some() {
             self.finish_local
         } else {
             Finish::Buffered
@@ -428,9 +463,13 @@ impl Ingest {
     /// Uploads the spooled object (remote store), then places (local store)
     /// and indexes it.
     async fn upload_and_commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome> {
-        self.store
-            .upload(spooled.path(), spooled.len, new.object_key())
-            .await?;
+        if self.journal.is_none() {
+            // With the journal, a remote store's upload follows the
+            // acknowledgement (the upload backlog).
+            self.store
+                .upload(spooled.path(), spooled.len, new.object_key())
+                .await?;
+        }
         let committer = self.committer.clone();
         let journal = self.journal.clone();
         tokio::task::spawn_blocking(move || match journal {

@@ -189,7 +189,8 @@ impl Config {
     /// "journal"`); `None` otherwise (a local store, or `"stored"`).
     pub fn upload_backlog(&self) -> Option<(u64, u64)> {
         let s3 = matches!(self.storage_location(), Ok(StorageLocation::S3 { .. }));
-        (s3 && self.storage.ack == AckMode::Journal)
+        // Without the journal nothing could acknowledge from local disk.
+        (s3 && self.storage.ack == AckMode::Journal && self.journal.enabled)
             .then_some((self.storage.backlog_wait, self.storage.backlog_max))
     }
 

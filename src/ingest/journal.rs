@@ -16,7 +16,7 @@ pub mod segment;
 pub mod writer;
 
 pub use recover::{Recovered, open};
-pub use runtime::Journal;
+pub use runtime::{Journal, Target};
 
 #[cfg(test)]
 mod tests;

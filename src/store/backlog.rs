@@ -429,6 +429,44 @@ impl Backlog {
         self.work.notify_one();
     }
 
+    /// Queues the upload of every pending copy no `enqueue*` claimed (call
+    /// it once the journal's replay has re-enqueued what it needs, before
+    /// [`Backlog::spawn`]). Such a copy was made durable by a journal
+    /// checkpoint before its record was released, so it is complete and
+    /// the newest version of its key as of that checkpoint (anything newer
+    /// has a record the replay placed over it). A file that names no key is
+    /// removed. Returns how many were queued. Blocking.
+    pub fn claim_unclaimed(self: &Arc<Self>) -> Result<usize> {
+        let found = scan::files(&self.dir, &[INCOMING, UPLOADING])?;
+        let mut queued = 0;
+        for (path, key) in found {
+            let claimed = key
+                .as_ref()
+                .is_some_and(|k| self.lock().entries.contains_key(k));
+            match key {
+                Some(key) if !claimed => {
+                    let len = std::fs::metadata(&path).map_err(io("stat", &path))?.len();
+                    let admitted = self.admit_replayed(len);
+                    self.enqueue(admitted, key, len, Box::new(|| {}));
+                    queued += 1;
+                }
+                Some(_) => {}
+                None => {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io("remove", &path)(e)),
+                    }
+                    self.remove_empty_parents(&path);
+                }
+            }
+        }
+        if queued > 0 {
+            tracing::info!(queued, dir = %self.dir.display(), "pending copies from before the restart queued for upload");
+        }
+        Ok(queued)
+    }
+
     /// Removes every pending copy that no `enqueue*` claimed (call it once
     /// the journal's replay has re-enqueued what it needs). Returns how
     /// many were removed. Blocking.

@@ -63,7 +63,7 @@ async fn setup() -> Setup {
     std::fs::create_dir_all(&cfg.data_dir).unwrap();
     let store = BlobStore::open_s3(&cfg, "dicom-test", "site").unwrap();
     let index = Index::open(&cfg.index_dir()).unwrap();
-    let ingest = crate::ingest::Ingest::start(&cfg, store.clone(), index.clone()).unwrap();
+    let ingest = crate::ingest::Ingest::start(&cfg, store.clone(), index.clone(), None).unwrap();
     let gated = Arc::new(Gated {
         inner: LocalStore::new(&tmp.path().join("uploaded")),
         entered: Notify::new(),

@@ -14,7 +14,7 @@ use std::path::Path;
 use super::control::Control;
 use super::entry::{self, Entry, Payload};
 use super::format::{ControlSlot, FLAG_INLINE, Kind};
-use super::runtime::{self, Error, Journal, dirs_to_sync, place, sync_dirs};
+use super::runtime::{self, Error, Journal, Target, dirs_to_sync, place, sync_dirs};
 use super::segment::{self, Stop};
 use super::writer::Writer;
 use crate::config::JournalConfig;
@@ -28,12 +28,15 @@ pub struct Recovered {
     pub aborted: usize,
 }
 
-/// Opens (or creates) the journal in `dir`, replaying into the local store
-/// at `root` and into `index`; spool files are found in `spool_dir`.
+/// Opens (or creates) the journal in `dir`, replaying into `root` (the
+/// local store, or for `Target::Backlog` its pending directory, whose
+/// copies are queued for upload again) and into `index`; spool files are
+/// found in `spool_dir`.
 pub fn open(
     dir: &Path,
     cfg: &JournalConfig,
     root: &Path,
+    target: Target,
     spool_dir: &Path,
     index: &Index,
 ) -> Result<(Journal, Recovered), Error> {
@@ -102,6 +105,7 @@ pub fn open(
         };
         let spool = spool_dir.join(&payload.spool);
         let new = payload.entry.clone().into_new();
+        let mut uploaded = false;
         let dest = root.join(new.object_key().as_str());
         // Synced below whether placed now or by the process that crashed:
         // once the new checkpoint is written, nothing replays this record.
@@ -125,6 +129,11 @@ pub fn open(
                     // The spool name went (a checkpoint that did not get to
                     // write its control slot): the object holds the inode.
                     Ok(m) if m.len() == payload.len => {}
+                    // A pending copy goes only once the store has it.
+                    Err(_) if matches!(target, Target::Backlog { .. }) => {
+                        tracing::debug!(lsn, "journal record: its object was uploaded already");
+                        uploaded = true;
+                    }
                     _ => {
                         return Err(Error::Damaged(format!(
                             "journal record {lsn}: neither its spool file {} nor its object {} \
@@ -137,14 +146,24 @@ pub fn open(
                 },
             }
         }
+        if let (Target::Backlog { backlog, .. }, false) = (&target, uploaded) {
+            // Uploaded again (the store may have it already: the same
+            // bytes, harmless); the checkpoint below makes the copy durable.
+            let key = new.object_key().clone();
+            backlog.enqueue(backlog.admit_replayed(payload.len), key, payload.len, Box::new(|| {}));
+            inline_written = true;
+        }
         if indexed(index, &payload.entry)? {
             done.already += 1;
             continue;
         }
         let outcome = index.put_journaled(&new, &super::writer::record_id(slot.journal_id, lsn))?;
-        if let PutOutcome::Replaced {
-            previous_key: Some(old),
-        } = outcome
+        if let (
+            PutOutcome::Replaced {
+                previous_key: Some(old),
+            },
+            Target::Local,
+        ) = (outcome, &target)
         {
             let old = root.join(old.as_str());
             if let Err(e) = std::fs::remove_file(&old) {
@@ -174,7 +193,7 @@ pub fn open(
     fail::fail_point!("recover::checkpointed", |_| std::process::abort());
     writer.recycle_below(writer.durable())?;
     Ok((
-        Journal::new(writer, index.clone(), root.to_path_buf(), control),
+        Journal::new(writer, index.clone(), root.to_path_buf(), target, control),
         done,
     ))
 }

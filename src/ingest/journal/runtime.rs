@@ -62,6 +62,21 @@ pub enum Error {
     Index(#[from] crate::index::Error),
     #[error("{0}")]
     Damaged(String),
+    #[error(transparent)]
+    Backlog(#[from] crate::store::backlog::Error),
+}
+
+/// Where a journaled object goes: the local store, or (an S3 store with
+/// `storage.ack = "journal"`) the upload backlog's pending directory,
+/// from which it is uploaded after the acknowledgement.
+#[derive(Clone)]
+pub enum Target {
+    Local,
+    Backlog {
+        backlog: Arc<crate::store::backlog::Backlog>,
+        /// How long an instance waits for room in the backlog.
+        patience: Duration,
+    },
 }
 
 /// A placed object the checkpoint still has to make durable.
@@ -84,19 +99,28 @@ pub struct Journal {
 pub(super) struct Inner {
     pub(super) writer: Writer,
     pub(super) index: Index,
-    /// The local store's root: directories up to it are synced.
+    /// The local store's root, or the backlog's pending directory: objects
+    /// are placed under it and directories up to it are synced.
     pub(super) root: PathBuf,
+    target: Target,
     placed: Mutex<Vec<Placed>>,
     control: Mutex<Control>,
 }
 
 impl Journal {
-    pub(super) fn new(writer: Writer, index: Index, root: PathBuf, control: Control) -> Journal {
+    pub(super) fn new(
+        writer: Writer,
+        index: Index,
+        root: PathBuf,
+        target: Target,
+        control: Control,
+    ) -> Journal {
         Journal {
             inner: Arc::new(Inner {
                 writer,
                 index,
                 root,
+                target,
                 placed: Mutex::new(Vec::new()),
                 control: Mutex::new(control),
             }),
@@ -154,6 +178,14 @@ impl Journal {
             NewEntry::Media(_) => Kind::Media,
         };
         let inline = spooled.bytes.is_some();
+        // Room in the upload backlog is taken before the record exists: a
+        // refusal must not leave a durable record behind.
+        let admitted = match &inner.target {
+            Target::Local => None,
+            Target::Backlog { backlog, patience } => {
+                Some(backlog.admit_blocking(spooled.len, *patience)?)
+            }
+        };
         let appended = match &spooled.bytes {
             Some(bytes) => inner.writer.append(
                 kind,
@@ -171,7 +203,7 @@ impl Journal {
         // must still be aborted and marked applied, or no checkpoint could
         // ever move past it.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inner.apply(&new, &spool, appended.lsn, inline)
+            inner.apply(&new, &spool, appended.lsn, inline, admitted)
         }))
         .unwrap_or_else(|_| Err(Error::Damaged("applying the record panicked".into())));
         if let Err(e) = &applied {
@@ -221,15 +253,34 @@ impl Inner {
         spool: &Path,
         lsn: u64,
         inline: bool,
+        admitted: Option<crate::store::backlog::Admitted>,
     ) -> Result<PutOutcome, Error> {
-        let dir = place(&self.root, new, spool)?;
+        let (dir, synced_by_checkpoint) = match (&self.target, admitted) {
+            (Target::Backlog { backlog, .. }, Some(admitted)) => {
+                let key = new.object_key().clone();
+                let dest = backlog.local_path(&key);
+                backlog.enqueue_file(
+                    admitted,
+                    key,
+                    spool,
+                    crate::store::backlog::Place::Rename,
+                    Box::new(|| {}),
+                )?;
+                // The pending copy must be durable before the checkpoint
+                // releases its record, whether inline or not: it is what
+                // the upload reads after a restart.
+                let dir = dest.parent().expect("keys have a parent").to_path_buf();
+                (dir, true)
+            }
+            _ => (place(&self.root, new, spool)?, inline),
+        };
         fail::fail_point!("journal::placed", |_| std::process::abort());
         fail::fail_point!("journal::index", |_| Err(Error::Damaged(
             "failpoint journal::index".into()
         )));
         let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
-        self.remember(lsn, spool.to_path_buf(), Some(dir), inline);
+        self.remember(lsn, spool.to_path_buf(), Some(dir), synced_by_checkpoint);
         Ok(outcome)
     }
 

@@ -75,6 +75,19 @@ impl Backlog {
         }
     }
 
+    /// Counts `len` bytes whatever the bounds: for what was acknowledged
+    /// before a restart (the journal's replay, the pending copies found at
+    /// start), which must be queued again however large the backlog is.
+    pub fn admit_replayed(self: &Arc<Self>, len: u64) -> Admitted {
+        let mut state = self.lock();
+        state.reserved = state.reserved.saturating_add(len);
+        self.publish(&state);
+        Admitted {
+            backlog: Arc::clone(self),
+            len,
+        }
+    }
+
     /// [`Backlog::admit`] for a blocking thread.
     pub fn admit_blocking(self: &Arc<Self>, len: u64, patience: Duration) -> Result<Admitted> {
         let patience = patience.min(MAX_PATIENCE);
