@@ -365,6 +365,68 @@ class Group:
         return self.ops / self.wall, self.ops / max(1, self.log.syncs)
 
 
+def record_floor(directory, record_bytes, seconds=1.0, writers=4, min_ops=3):
+    """The floor for instances of `record_bytes`, measured now in a scratch
+    directory under `directory` (removed again), for bench/ingest.py's rows:
+
+    - one writer: overwrites of `record_bytes` at the next offset of a
+      preallocated, already-written file (case a), each + fdatasync, for
+      `seconds` (at least `min_ops`; the first, which pays for the new file,
+      is dropped): median and p10 latency in ms;
+    - `writers` threads appending such records to the same file with
+      leader/follower group commit (GroupLog) for `seconds`: records/s and
+      records per sync.
+
+    The file is 16 MiB or 5 records, whichever is larger, so a record never
+    spans the wrap (even for 100 MiB records: then 500 MiB are written first).
+    Returns a dict (times in ms, rates per second)."""
+    scratch = os.path.join(directory, ".fsync-floor-%d" % os.getpid())
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    try:
+        size = max(16 * MIB, -(-5 * record_bytes // MIB) * MIB)
+        fd = written_file(os.path.join(scratch, "segment"), size)
+        payload = os.urandom(record_bytes)
+        cursor = Cursor(size, record_bytes)
+        lat = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(lat) <= min_ops:
+            t0 = time.perf_counter_ns()
+            os.pwrite(fd, payload, cursor.next())
+            os.fdatasync(fd)
+            lat.append((time.perf_counter_ns() - t0) / 1e6)
+        lat = lat[1:]
+
+        group = GroupLog(fd, size)
+        counts = [0] * writers
+        stop = time.perf_counter() + seconds
+
+        def writer(i):
+            while time.perf_counter() < stop or counts[i] == 0:
+                group.append(payload)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        os.close(fd)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "record_bytes": record_bytes,
+        "median_ms": statistics.median(lat),
+        "p10_ms": pct(lat, 10),
+        "ops": len(lat),
+        "group_writers": writers,
+        "group_ops_per_s": sum(counts) / wall,
+        "group_records_per_sync": sum(counts) / max(1, group.syncs),
+    }
+
+
 def bench_bandwidth(scratch):
     fd = written_file(os.path.join(scratch, "bw"), SEGMENT)
     chunk = os.urandom(MIB)

