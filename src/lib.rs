@@ -108,12 +108,13 @@ pub async fn run(
     };
     reports::retention::prune(&index, reports::unix_now())
         .context("pruning webhook answers and finished report jobs")?;
-    let ingest = Ingest::start(&cfg, store.clone(), index.clone(), backlog.clone()).with_context(|| {
-        format!(
-            "cannot start ingest in {} (its spool and journal)",
-            cfg.data_dir.display()
-        )
-    })?;
+    let ingest =
+        Ingest::start(&cfg, store.clone(), index.clone(), backlog.clone()).with_context(|| {
+            format!(
+                "cannot start ingest in {} (its spool and journal)",
+                cfg.data_dir.display()
+            )
+        })?;
     ingest
         .recover()
         .await

@@ -43,13 +43,17 @@ const S3_PREFIX: &str = "soak";
 /// One soak: which store, which gateway flags, how many cycles.
 #[derive(Clone, Copy, Debug)]
 enum Variant {
-    /// The local store on whatever acknowledgement path the defaults choose.
+    /// The local store without the journal (`--journal false`: the chain
+    /// of syncs per instance).
     LocalDefault,
     /// The local store, acknowledged from the ingest journal (explicitly on,
     /// whatever the default becomes).
     LocalJournal,
-    /// An S3 store (SeaweedFS on loopback).
+    /// An S3 store (SeaweedFS on loopback), acknowledged from the journal
+    /// (`--storage-ack journal`): uploads follow the answers.
     S3,
+    /// An S3 store, acknowledged once the store confirmed the upload.
+    S3Stored,
 }
 
 impl Variant {
@@ -61,9 +65,10 @@ impl Variant {
     /// instance, so they hold for either mode.
     fn flags(self) -> &'static [&'static str] {
         match self {
-            Variant::LocalDefault => &[],
+            Variant::LocalDefault => &["--journal", "false"],
             Variant::LocalJournal => &["--journal", "true"],
-            Variant::S3 => &[],
+            Variant::S3 => &["--storage-ack", "journal"],
+            Variant::S3Stored => &["--storage-ack", "stored"],
         }
     }
 
@@ -74,7 +79,7 @@ impl Variant {
     fn cycles(self) -> u64 {
         match self {
             Variant::LocalDefault | Variant::LocalJournal => 20,
-            Variant::S3 => 15,
+            Variant::S3 | Variant::S3Stored => 15,
         }
     }
 
@@ -83,8 +88,8 @@ impl Variant {
     fn started_line(self) -> Option<&'static str> {
         match self {
             Variant::LocalDefault => None,
-            Variant::LocalJournal => Some("ingest journal open"),
-            Variant::S3 => Some("object store reachable and writable"),
+            Variant::LocalJournal | Variant::S3 => Some("ingest journal open"),
+            Variant::S3Stored => Some("object store reachable and writable"),
         }
     }
 }
@@ -98,7 +103,7 @@ enum Store {
 impl Store {
     fn for_variant(variant: Variant) -> Store {
         match variant {
-            Variant::S3 => Store::S3(Box::new(S3Server::start())),
+            Variant::S3 | Variant::S3Stored => Store::S3(Box::new(S3Server::start())),
             Variant::LocalDefault | Variant::LocalJournal => Store::Local,
         }
     }
@@ -325,7 +330,7 @@ fn soak(variant: Variant) {
     assert!(gw.stop().success());
 }
 
-/// The local store on the default path: 20 cycles.
+/// The local store without the journal: 20 cycles.
 #[test]
 fn every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
     soak(Variant::LocalDefault);
@@ -337,9 +342,17 @@ fn journal_every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() 
     soak(Variant::LocalJournal);
 }
 
-/// An S3 store (SeaweedFS): 15 cycles; every listed instance is served
-/// byte-exact by the gateway and held byte-exact by the bucket.
+/// An S3 store (SeaweedFS) acknowledged from the journal: 15 cycles; every
+/// listed instance is served byte-exact by the gateway (from its pending
+/// copy or the store) and, once the backlog drained, held byte-exact by
+/// the bucket.
 #[test]
 fn s3_every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
     soak(Variant::S3);
+}
+
+/// The same with `--storage-ack stored`: acknowledged after the upload.
+#[test]
+fn s3_stored_every_instance_acknowledged_before_kill_9_is_listed_and_byte_exact() {
+    soak(Variant::S3Stored);
 }

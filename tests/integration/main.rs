@@ -25,6 +25,7 @@ mod panics;
 mod peers;
 mod s3;
 mod s3_cluster;
+mod s3_journal;
 mod subscriptions;
 mod ui;
 mod uids;

@@ -21,8 +21,14 @@ const PREFIX: &str = "site-a/archive";
 /// `Refused: Out of Resources`: what a sender gets when the store is down.
 const OUT_OF_RESOURCES: u64 = 0xA700;
 
+/// A gateway on `s3` acknowledging once the store confirmed
+/// (`--storage-ack stored`): these tests look in the bucket right after an
+/// answer. s3_journal.rs covers the journal's acknowledgement.
 fn gateway(s3: &S3Server, opts: Opts) -> Gateway {
-    let mut all = s3.gateway_opts(PREFIX).env("AVARA_WEBHOOK_KEY", KEY);
+    let mut all = s3
+        .gateway_opts(PREFIX)
+        .env("AVARA_WEBHOOK_KEY", KEY)
+        .args(&["--storage-ack", "stored"]);
     all.args.extend(opts.args);
     all.envs.extend(opts.envs);
     let gw = Gateway::start_with(all);

@@ -150,7 +150,12 @@ pub fn open(
             // Uploaded again (the store may have it already: the same
             // bytes, harmless); the checkpoint below makes the copy durable.
             let key = new.object_key().clone();
-            backlog.enqueue(backlog.admit_replayed(payload.len), key, payload.len, Box::new(|| {}));
+            backlog.enqueue(
+                backlog.admit_replayed(payload.len),
+                key,
+                payload.len,
+                Box::new(|| {}),
+            );
             inline_written = true;
         }
         if indexed(index, &payload.entry)? {
