@@ -30,7 +30,7 @@ impl Default for JournalConfig {
             segment_size_mib: 64,
             segments: 8,
             checkpoint_interval_ms: 1000,
-            inline_max_kib: 1024,
+            inline_max_kib: 64,
         }
     }
 }

@@ -193,7 +193,7 @@ pub struct Overrides {
     #[arg(long, env = "DICOM_GATEWAY_JOURNAL_SEGMENTS", value_name = "N")]
     pub journal_segments: Option<u64>,
     /// Instances up to this many KiB travel inside their journal record
-    /// [default: 1024].
+    /// [default: 64].
     #[arg(long, env = "DICOM_GATEWAY_JOURNAL_INLINE_MAX_KIB", value_name = "KIB")]
     pub journal_inline_max_kib: Option<u64>,
 }
