@@ -211,7 +211,10 @@ fn traced_run(extra: &[&str]) -> (Vec<String>, Vec<Call>, Gateway, tempfile::Tem
 /// replay covers it.
 #[test]
 fn with_the_journal_every_acknowledgement_follows_its_record_sync() {
-    check_journal_order(&["--journal", "true"], true);
+    check_journal_order(
+        &["--journal", "true", "--journal-inline-max-kib", "1024"],
+        true,
+    );
 }
 
 #[test]

@@ -19,8 +19,10 @@ const CONFIG: &str =
     "[journal]\nenabled = true\nsegment_size_mib = 1\nsegments = 3\ncheckpoint_interval_ms = 20\n";
 
 /// No checkpoint while the test runs: everything acknowledged is covered
-/// by the journal alone when the process is killed.
-const NO_CHECKPOINT: &str = "[journal]\nenabled = true\nsegment_size_mib = 4\nsegments = 4\ncheckpoint_interval_ms = 3600000\n";
+/// by the journal alone when the process is killed. Every instance sent
+/// here (at most 96 KiB) travels inline.
+const NO_CHECKPOINT: &str = "[journal]\nenabled = true\nsegment_size_mib = 4\nsegments = 4\n\
+                             checkpoint_interval_ms = 3600000\ninline_max_kib = 256\n";
 
 fn journal_opts(work: &Path) -> Opts {
     opts_with(work, CONFIG)
