@@ -11,9 +11,10 @@
 //!
 //! - [`Backlog::open`]`(pending_dir, store, wait, max)` at start, before the
 //!   journal's replay. Nothing is swept on open (only this module's scratch
-//!   directories): the replay re-enqueues what it needs, then calls
-//!   [`Backlog::forget_unclaimed`], which removes every pending copy nobody
-//!   claimed. Then [`Backlog::spawn`]`(shutdown)` starts the uploaders.
+//!   directories): the replay re-enqueues what it covers, then
+//!   [`Backlog::claim_unclaimed`] queues every other pending copy (each was
+//!   made durable by a journal checkpoint before its record was released).
+//!   Then [`Backlog::spawn`]`(shutdown)` starts the uploaders.
 //! - Before an instance is taken: [`Backlog::admit`]`(len, patience)` (or
 //!   [`Backlog::admit_blocking`] on a blocking thread). It refuses at once
 //!   with [`Error::Full`] when the backlog plus `len` would pass `max`
@@ -32,6 +33,11 @@
 //!   not replace a pending copy behind the backlog's back).
 //!   [`Backlog::sync`] fsyncs the directories `enqueue_file` changed (for a
 //!   checkpoint that releases the journal's hold on those bytes).
+//! - Uploads yield to receiving: while instances arrive less than 250 ms
+//!   apart, uploads wait, for at most 30 s per object and while the backlog
+//!   holds less than a quarter of `wait` (an upload costs about as much CPU
+//!   as an acknowledgement; on few cores, or beside the store, uploading
+//!   during a burst halves the rate a modality sees).
 //! - Uploads: `uploads` at once (4), each retried with capped exponential
 //!   back-off while the store fails (an item is never dropped). After the
 //!   store confirmed version `g` of a key, every `on_uploaded` given for
@@ -126,6 +132,12 @@ pub struct Settings {
     pub backoff: Duration,
     /// The longest wait between two attempts.
     pub backoff_max: Duration,
+    /// Uploads yield to receiving: while instances arrive less than this
+    /// apart, an upload waits ...
+    pub quiet: Duration,
+    /// ... unless its object has waited this long, or the backlog holds a
+    /// quarter of `wait`.
+    pub defer_max: Duration,
 }
 
 impl Settings {
@@ -136,6 +148,8 @@ impl Settings {
             uploads: 4,
             backoff: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            quiet: Duration::from_millis(250),
+            defer_max: Duration::from_secs(30),
         }
     }
 }
@@ -181,6 +195,10 @@ pub struct Backlog {
     work: Notify,
     /// Names of scratch files (links), unique within this process.
     scratch: AtomicU64,
+    /// When an instance last entered the backlog (ms since `born`; 0:
+    /// never), for uploads to yield to receiving.
+    last_arrival: AtomicU64,
+    born: Instant,
 }
 
 impl std::fmt::Debug for Backlog {
@@ -265,6 +283,8 @@ impl Backlog {
             freed_sync: Condvar::new(),
             work: Notify::new(),
             scratch: AtomicU64::new(0),
+            last_arrival: AtomicU64::new(0),
+            born: Instant::now(),
         });
         backlog.publish(&backlog.lock());
         Ok(backlog)
@@ -324,6 +344,10 @@ impl Backlog {
         how: Place,
         on_uploaded: OnUploaded,
     ) -> Result<()> {
+        // A live arrival: uploads yield to receiving for a while.
+        let now = (self.born.elapsed().as_millis() as u64).max(1);
+        self.last_arrival
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         let len = std::fs::metadata(from).map_err(io("stat", from))?.len();
         let source = match how {
             Place::Rename => from.to_owned(),
@@ -465,31 +489,6 @@ impl Backlog {
             tracing::info!(queued, dir = %self.dir.display(), "pending copies from before the restart queued for upload");
         }
         Ok(queued)
-    }
-
-    /// Removes every pending copy that no `enqueue*` claimed (call it once
-    /// the journal's replay has re-enqueued what it needs). Returns how
-    /// many were removed. Blocking.
-    pub fn forget_unclaimed(&self) -> Result<usize> {
-        let found = scan::files(&self.dir, &[INCOMING, UPLOADING])?;
-        let mut removed = 0;
-        let state = self.lock();
-        for (path, key) in found {
-            let claimed = key.is_some_and(|k| state.entries.contains_key(&k));
-            if !claimed {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io("remove", &path)(e)),
-                }
-                self.remove_empty_parents(&path);
-            }
-        }
-        drop(state);
-        if removed > 0 {
-            tracing::info!(removed, dir = %self.dir.display(), "removed pending copies no journal record claimed");
-        }
-        Ok(removed)
     }
 
     /// Starts the uploaders; they stop taking uploads once `shutdown` fires.

@@ -89,10 +89,13 @@ fn key(n: u32) -> ObjectKey {
     ObjectKey::instance(&u("1.2.3"), &u("1.2.3.4"), &u(&format!("1.2.3.4.{n}")))
 }
 
+/// Quick retries, and uploads that never yield to arrivals (the yielding
+/// has its own test).
 fn fast(wait: u64, max: u64) -> Settings {
     Settings {
         backoff: Duration::from_millis(5),
         backoff_max: Duration::from_millis(40),
+        quiet: Duration::ZERO,
         ..Settings::new(wait, max)
     }
 }
@@ -384,7 +387,7 @@ async fn versions_replaced_before_any_upload_go_up_once_with_every_callback() {
 }
 
 #[tokio::test]
-async fn unclaimed_copies_are_forgotten_claimed_ones_kept_and_shutdown_leaves_the_queue() {
+async fn unclaimed_copies_are_queued_again_strays_removed_and_shutdown_leaves_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
     let pending = tmp.path().join("pending");
     let store = LocalStore::new(&tmp.path().join("store"));
@@ -412,9 +415,12 @@ async fn unclaimed_copies_are_forgotten_claimed_ones_kept_and_shutdown_leaves_th
     // The replay claims copy 1.
     let admitted = backlog.admit(6, Duration::ZERO).await.unwrap();
     backlog.enqueue(admitted, key(1), 6, Box::new(|| {}));
-    assert_eq!(backlog.forget_unclaimed().unwrap(), 2);
+    // Copy 2 was made durable by an earlier checkpoint: queued again. The
+    // stray file names no key: removed.
+    assert_eq!(backlog.claim_unclaimed().unwrap(), 1);
     assert!(backlog.local_path(&key(1)).exists());
-    assert!(!backlog.local_path(&key(2)).exists());
+    assert!(backlog.pending(&key(2)).is_some());
+    assert_eq!(backlog.status().instances, 2);
     assert!(!pending.join("studies/stray.txt").exists());
 
     // Stopped before it ran: the uploader takes nothing, the copy stays.
@@ -422,6 +428,7 @@ async fn unclaimed_copies_are_forgotten_claimed_ones_kept_and_shutdown_leaves_th
     stop.cancel();
     backlog.spawn(stop).await.unwrap();
     assert!(backlog.pending(&key(1)).is_some());
+    assert!(backlog.pending(&key(2)).is_some());
     assert_eq!(store.attempts.load(Ordering::SeqCst), 0);
 }
 
@@ -463,4 +470,57 @@ async fn a_copy_smaller_than_its_reservation_lets_waiters_in() {
         .unwrap();
     assert_eq!(backlog.status().bytes, 6);
     drop(admitted);
+}
+
+/// Uploads yield to arrivals: right after a live arrival they wait, unless
+/// the oldest object waited `defer_max` or the backlog holds a quarter of
+/// `wait`; a replayed copy (queued with `enqueue`) is no arrival.
+#[tokio::test]
+async fn uploads_yield_to_arrivals_within_their_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let settings = |defer_max| Settings {
+        quiet: Duration::from_secs(3600),
+        defer_max,
+        ..Settings::new(1 << 20, 2 << 20)
+    };
+    let pending = tmp.path().join("pending");
+    let backlog =
+        Backlog::open_with(&pending, store.clone(), settings(Duration::from_secs(3600))).unwrap();
+    let replayed = backlog.local_path(&key(1));
+    std::fs::create_dir_all(replayed.parent().unwrap()).unwrap();
+    std::fs::write(&replayed, b"replayed").unwrap();
+    backlog.enqueue(backlog.admit_replayed(8), key(1), 8, Box::new(|| {}));
+    assert!(!backlog.defers(), "a replayed copy is no arrival");
+
+    let admitted = backlog.admit(10, Duration::ZERO).await.unwrap();
+    let file = spooled(tmp.path(), "a", &[7u8; 10]);
+    backlog
+        .enqueue_file(admitted, key(2), &file, Place::Rename, Box::new(|| {}))
+        .unwrap();
+    assert!(backlog.defers(), "just after an arrival, uploads wait");
+
+    // A quarter of `wait` in the backlog ends the wait.
+    let big = (1u64 << 20) / 4;
+    let admitted = backlog.admit(big, Duration::ZERO).await.unwrap();
+    let file = spooled(tmp.path(), "b", &vec![1u8; big as usize]);
+    backlog
+        .enqueue_file(admitted, key(3), &file, Place::Rename, Box::new(|| {}))
+        .unwrap();
+    assert!(
+        !backlog.defers(),
+        "a quarter of backlog_wait is not deferred"
+    );
+
+    // So does the oldest object's age.
+    let pending = tmp.path().join("pending-2");
+    let aged = Backlog::open_with(&pending, store, settings(Duration::ZERO)).unwrap();
+    let admitted = aged.admit(10, Duration::ZERO).await.unwrap();
+    let file = spooled(tmp.path(), "c", &[7u8; 10]);
+    aged.enqueue_file(admitted, key(4), &file, Place::Rename, Box::new(|| {}))
+        .unwrap();
+    assert!(
+        !aged.defers(),
+        "an object that waited defer_max is not deferred"
+    );
 }

@@ -19,11 +19,23 @@ struct Snapshot {
     len: u64,
 }
 
+/// How often a deferred uploader looks again.
+const DEFER_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Backlog {
     pub(super) async fn uploader(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             if shutdown.is_cancelled() {
                 return;
+            }
+            if self.defers() {
+                // Receiving goes first on a shared machine: look again in
+                // a moment (a new arrival, the age bound or the size bound
+                // ends the wait).
+                tokio::select! {
+                    () = tokio::time::sleep(DEFER_TICK) => continue,
+                    () = shutdown.cancelled() => return,
+                }
             }
             let Some(key) = self.take() else {
                 tokio::select! {
@@ -40,6 +52,32 @@ impl Backlog {
                 }
             }
         }
+    }
+
+    /// Whether uploads wait for receiving to pause: instances arrived less
+    /// than `quiet` ago, the oldest queued object waited less than
+    /// `defer_max`, and the backlog holds less than a quarter of `wait`.
+    /// On a gateway that also runs the store (or on few cores) an upload
+    /// costs about as much CPU as an acknowledgement, so uploading while
+    /// a modality sends would halve its rate; once it pauses, the backlog
+    /// drains at full speed.
+    pub(super) fn defers(&self) -> bool {
+        let last = self.last_arrival.load(std::sync::atomic::Ordering::Relaxed);
+        if last == 0 {
+            return false;
+        }
+        let now = self.born.elapsed().as_millis() as u64;
+        if now.saturating_sub(last) >= self.settings.quiet.as_millis() as u64 {
+            return false;
+        }
+        let state = self.lock();
+        let oldest = state
+            .queue
+            .front()
+            .and_then(|k| state.entries.get(k))
+            .map(|e| e.since.elapsed());
+        oldest.is_some_and(|age| age < self.settings.defer_max)
+            && state.bytes() < self.settings.wait / 4
     }
 
     /// The next queued key, marked as being uploaded.
