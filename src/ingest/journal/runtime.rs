@@ -255,7 +255,7 @@ impl Inner {
         inline: bool,
         admitted: Option<crate::store::backlog::Admitted>,
     ) -> Result<PutOutcome, Error> {
-        let (dir, synced_by_checkpoint) = match (&self.target, admitted) {
+        let (dir, data_unsynced) = match (&self.target, admitted) {
             (Target::Backlog { backlog, .. }, Some(admitted)) => {
                 let key = new.object_key().clone();
                 let dest = backlog.local_path(&key);
@@ -267,10 +267,11 @@ impl Inner {
                     Box::new(|| {}),
                 )?;
                 // The pending copy must be durable before the checkpoint
-                // releases its record, whether inline or not: it is what
-                // the upload reads after a restart.
+                // releases its record (it is what the upload reads after a
+                // restart): as for the local store, an inline one's data
+                // and every one's directory entry.
                 let dir = dest.parent().expect("keys have a parent").to_path_buf();
-                (dir, true)
+                (dir, inline)
             }
             _ => (place(&self.root, new, spool)?, inline),
         };
@@ -280,7 +281,7 @@ impl Inner {
         )));
         let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
-        self.remember(lsn, spool.to_path_buf(), Some(dir), synced_by_checkpoint);
+        self.remember(lsn, spool.to_path_buf(), Some(dir), data_unsynced);
         Ok(outcome)
     }
 
