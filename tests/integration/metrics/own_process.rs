@@ -86,6 +86,15 @@ struct JsonGateway {
     _tmp: tempfile::TempDir,
 }
 
+/// A gateway a test did not stop is killed, not left running after the
+/// test (a `Child` is not killed when dropped).
+impl Drop for JsonGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl JsonGateway {
     /// `serve` on port 0 with `args` (which win over the defaults) and `envs`.
     fn start(args: &[&str], envs: &[(&str, &str)]) -> JsonGateway {
@@ -162,8 +171,9 @@ impl JsonGateway {
             .unwrap();
         assert!(ok.success());
         assert!(self.child.wait().unwrap().success());
-        self.seen.extend(self.lines.iter());
-        self.seen
+        let rest: Vec<String> = self.lines.iter().collect();
+        self.seen.extend(rest);
+        std::mem::take(&mut self.seen)
     }
 }
 
