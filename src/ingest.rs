@@ -143,6 +143,7 @@ impl Ingest {
                     replayed = done.replayed,
                     already = done.already,
                     aborted = done.aborted,
+                    superseded = done.superseded,
                     "ingest journal open"
                 );
                 if let Some(backlog) = &backlog {
@@ -286,6 +287,12 @@ impl Ingest {
         if let Err(e) = self.index.emit(event) {
             tracing::error!(error = %e, "cannot queue instance.refused");
         }
+    }
+
+    /// Whether the ingest journal stopped (every instance is refused until
+    /// a restart replays it).
+    pub fn journal_failed(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.failed())
     }
 
     /// Instances the duplicate policy refused since the start.
@@ -434,9 +441,14 @@ impl Ingest {
         // instances, so a crash before the commit is repaired at the start.
         let (index, key) = (self.index.clone(), record.object_key.clone());
         let (of_study, named) = (study.clone(), name.clone());
+        // With the journal its record, durable before the file is replaced,
+        // is what repairs an interrupted replacement (a note would have the
+        // next start describe the file again from a store that, on S3, may
+        // not have the new one yet).
+        let note = self.journal.is_none();
         let replacing = tokio::task::spawn_blocking(move || {
             let replacing = index.media(&of_study, &named)?.is_some();
-            if replacing {
+            if replacing && note {
                 index.note_replacing(&key)?;
             }
             Ok::<_, crate::index::Error>(replacing)
@@ -445,7 +457,7 @@ impl Ingest {
         .map_err(|_| Error::Panicked("checking it against the index"))?
         .map_err(Error::Index)?;
         let outcome = self.upload_and_commit(spooled, new).await?;
-        if replacing {
+        if replacing && self.journal.is_none() {
             if let Err(e) = self.index.replacing_done(&record.object_key) {
                 tracing::warn!(key = %record.object_key, error = %e, "could not forget a replacement note; it is described again at the next start");
             }

@@ -20,12 +20,20 @@ mod search;
 /// upload backlog (S3, `storage.ack = "journal"`) also its size and whether
 /// uploads fail. A failing store is reported, not fatal: instances are
 /// still acknowledged from the gateway's disk until `storage.backlog_max`.
-pub async fn healthz(State(app): State<App>) -> Json<serde_json::Value> {
+/// A stopped ingest journal is fatal: 503 `{"status": "failing"}`.
+pub async fn healthz(State(app): State<App>) -> (StatusCode, Json<serde_json::Value>) {
     let mut answer = serde_json::json!({ "status": "ok" });
     if let Some(backlog) = &app.backlog {
         answer["upload_backlog"] = serde_json::json!(backlog.status());
     }
-    Json(answer)
+    if app.ingest.journal_failed() {
+        // Every instance is refused until a restart: unhealthy, so an
+        // orchestrator restarts it (the replay finishes what failed).
+        answer["status"] = "failing".into();
+        answer["journal"] = "stopped: restart the gateway to replay it".into();
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(answer));
+    }
+    (StatusCode::OK, Json(answer))
 }
 
 /// `GET /api/studies`: every study in UID order; with any query parameter

@@ -31,8 +31,9 @@
 //!   copy. [`Backlog::enqueue`] queues a copy that is already at
 //!   `local_path(key)` (the replay's case, before `spawn`: a live caller must
 //!   not replace a pending copy behind the backlog's back).
-//!   [`Backlog::sync`] fsyncs the directories `enqueue_file` changed (for a
-//!   checkpoint that releases the journal's hold on those bytes).
+//!   The journal's checkpoint makes pending copies durable (their
+//!   directories, and the data of copies carried inline) before it
+//!   releases their records.
 //! - Uploads yield to receiving: while instances arrive less than 250 ms
 //!   apart, uploads wait, for at most 30 s per object and while the backlog
 //!   holds less than a quarter of `wait` (an upload costs about as much CPU
@@ -52,7 +53,7 @@
 //!   finish (or are cut by the runtime's end); the rest is re-enqueued by
 //!   the journal's replay at the next start.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -219,8 +220,6 @@ struct State {
     generation: u64,
     failing: bool,
     last_error: Option<String>,
-    /// Directories `enqueue_file` changed since the last `sync`.
-    dirty: BTreeSet<PathBuf>,
 }
 
 struct Entry {
@@ -371,15 +370,6 @@ impl Backlog {
             }
             return Err(e);
         }
-        // The key's directories from the pending root down, for `sync`.
-        let mut dir = parent.as_path();
-        while dir.starts_with(&self.dir) {
-            state.dirty.insert(dir.to_owned());
-            match dir.parent() {
-                Some(up) if dir != self.dir => dir = up,
-                _ => break,
-            }
-        }
         self.consume_and_register(&mut state, admitted, key, len, on_uploaded);
         Ok(())
     }
@@ -401,25 +391,6 @@ impl Backlog {
         if state.bytes() < before {
             self.wake_admitters();
         }
-    }
-
-    /// Makes what [`Backlog::enqueue_file`] placed durable: fsyncs every
-    /// directory it changed since the last call. Blocking.
-    pub fn sync(&self) -> Result<()> {
-        let dirty = std::mem::take(&mut self.lock().dirty);
-        for (n, dir) in dirty.iter().enumerate() {
-            if let Err(source) = super::sync_dir(dir) {
-                let path = dir.clone();
-                // Still to do at the next call.
-                self.lock().dirty.extend(dirty.iter().skip(n).cloned());
-                return Err(Error::Io {
-                    op: "fsync directory",
-                    path,
-                    source,
-                });
-            }
-        }
-        Ok(())
     }
 
     fn register(&self, state: &mut State, key: ObjectKey, len: u64, on_uploaded: OnUploaded) {

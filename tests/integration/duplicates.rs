@@ -284,12 +284,14 @@ fn a_journaled_replacement_interrupted_before_its_index_entry_is_replayed() {
 }
 
 /// With the journal, a replacement whose index entry fails after the
-/// overwrite (the process lives on) is refused, its record aborted, and
-/// the entry described again from the store at once.
+/// overwrite (the process lives on) is refused and the journal stops; the
+/// entry is described again from the store at once, and after a restart
+/// the replay of its record finishes it: the same bytes, indexed once.
 #[test]
 fn a_journaled_replacement_whose_index_entry_fails_is_described_again_at_once() {
     crate::panics::require_failpoints();
-    let gw = Gateway::start_with(Opts::default().env("FAILPOINTS", "journal::index=1*off->return"));
+    let mut gw =
+        Gateway::start_with(Opts::default().env("FAILPOINTS", "journal::index=1*off->return"));
     let dir = tempfile::tempdir().unwrap();
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
@@ -309,4 +311,60 @@ fn a_journaled_replacement_whose_index_entry_fails_is_described_again_at_once() 
         std::fs::metadata(&on_disk).unwrap().len()
     );
     assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
+    gw.kill9();
+    gw.restart_without_env("FAILPOINTS");
+    let replayed = instance(&gw, &o.study, &o.sop);
+    assert_eq!(replayed["size"], now["size"]);
+    assert_eq!(
+        stored_dataset(&gw, &replayed),
+        common::dataset_bytes(&bigger)
+    );
+    assert_eq!(gw.study(&o.study)["instanceCount"], 1);
+}
+
+/// Records superseded before a checkpoint: an instance re-sent with other
+/// bytes (a replacement in place), then moved to another study, each by
+/// reference (the spool file renamed onto the key, so the earlier record's
+/// spool file and object are gone), then kill -9 with no checkpoint since.
+/// The restart replays only the last record of the instance; it lists the
+/// instance once, under its last study, with its last bytes.
+#[test]
+fn superseded_journal_records_are_not_replayed() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[journal]\nsegment_size_mib = 4\nsegments = 4\ncheckpoint_interval_ms = 3600000\ninline_max_kib = 0\n",
+    )
+    .unwrap();
+    let mut gw = Gateway::start_with(
+        Opts::default()
+            .args(&["--config", config.to_str().unwrap()])
+            .args(&["--duplicates", "replace"]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = original();
+    assert_eq!(store(&gw, &o.file), Some(0));
+    let bigger = variant(
+        &o.file,
+        dir.path(),
+        "bigger.dcm",
+        "ds.StudyDescription = 'a much longer description ' * 40",
+    );
+    assert_eq!(store(&gw, &bigger), Some(0));
+    let moved = variant(
+        &bigger,
+        dir.path(),
+        "moved.dcm",
+        "ds.StudyInstanceUID = '2.25.777000111'",
+    );
+    assert_eq!(store(&gw, &moved), Some(0));
+    gw.kill9();
+    gw.restart();
+    gw.wait_for_log("superseded=2");
+    assert_eq!(study_status(&gw, &o.study), 404, "the first study is gone");
+    let now = instance(&gw, "2.25.777000111", &o.sop);
+    assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&moved));
+    assert_eq!(gw.study("2.25.777000111")["instanceCount"], 1);
+    assert_eq!(gw.object_files().len(), 1, "{:?}", gw.object_files());
 }

@@ -384,7 +384,9 @@ fn a_corrupt_object_is_skipped_and_the_rest_indexed() {
 #[test]
 fn reindex_and_verify_work_on_an_s3_store() {
     let s3 = S3Server::start();
-    let opts = s3.gateway_opts("site-a");
+    // Acknowledged after the upload: reindex and verify read the store,
+    // and do not look in the upload backlog's `pending/` (issue 11 notes).
+    let opts = s3.gateway_opts("site-a").args(&["--storage-ack", "stored"]);
     let mut gw = Gateway::start_with(opts.clone());
     // 64-character UIDs, as real modalities send: keys over 200 bytes.
     let studies = send_from(

@@ -74,23 +74,35 @@ fn a_panic_in_a_group_commit_fails_its_batch_and_the_next_one_proceeds() {
     assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
 }
 
-/// A panic while a journal record is applied (after its sync, after its
-/// placement, before its index entry): that instance is refused, its record
-/// is aborted (so the checkpoint moves on and a restart does not index it),
-/// and the next instance is stored.
+/// A panic while a journal record is applied, after its placement and
+/// before its index entry: the object changed and only a replay can finish
+/// the record, so that instance is refused, the journal stops (the next
+/// instance is refused too, before anything of it is written) and
+/// `/healthz` answers 503. After a restart the replay lists the first
+/// instance, the second stores, and the gateway is healthy again.
 #[test]
-fn a_panic_applying_a_journal_record_fails_that_instance_only() {
+fn a_panic_applying_a_journal_record_stops_the_journal_until_a_restart_replays_it() {
     let (mut gw, statuses) = statuses_with("journal::index=1*panic");
-    assert_eq!(statuses, [Some(0xA700), Some(0)]);
-    gw.wait_for_log("applying a journal record failed; aborting it");
+    assert_eq!(statuses, [Some(0xA700), Some(0xA700)]);
+    gw.wait_for_log("ingest journal stopped");
+    let (status, health) = gw.get_json("/healthz", None);
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "failing", "{health}");
     let study = common::fixture("study1/")["study"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(gw.study(&study)["instanceCount"], 1);
     assert!(gw.spool_files().is_empty(), "{:?}", gw.spool_files());
-    // The aborted record stays aborted across a restart.
     gw.kill9();
-    gw.restart();
-    assert_eq!(gw.study(&study)["instanceCount"], 1);
+    gw.restart_without_env("FAILPOINTS");
+    assert_eq!(
+        gw.study(&study)["instanceCount"],
+        1,
+        "the replay lists the first"
+    );
+    let [_, second] = two_instances();
+    common::assert_ok(&common::storescu(&gw, &[], &[second.as_path()]), "storescu");
+    assert_eq!(gw.study(&study)["instanceCount"], 2);
+    let (status, health) = gw.get_json("/healthz", None);
+    assert_eq!(status, 200, "{health}");
 }

@@ -453,6 +453,12 @@ fn a_store_node_lost_during_ingest_loses_no_acknowledged_instance() {
         .iter()
         .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
         .collect();
+    // A acknowledged from its journal: B sees what A uploaded, so first
+    // A's backlog drains (through the degraded store).
+    s3::wait_until("A's upload backlog drained", || {
+        let (status, health) = a.get_json("/healthz", None);
+        status == 200 && health["upload_backlog"]["instances"] == 0
+    });
     for (name, gw) in [("B", &b), ("A", &a)] {
         let answer = access(gw, &study);
         let urls = urls_by_sop(&answer);

@@ -26,6 +26,8 @@ pub struct Recovered {
     pub replayed: usize,
     pub already: usize,
     pub aborted: usize,
+    /// Records of an instance or media file a later record replaced.
+    pub superseded: usize,
 }
 
 /// Opens (or creates) the journal in `dir`, replaying into `root` (the
@@ -89,6 +91,27 @@ pub fn open(
         tracing::debug!(end, why, "end of the journal");
     }
 
+    let decode = |flags: u8, record: &[u8]| -> Result<(Payload, Option<usize>), Error> {
+        Ok(if flags & FLAG_INLINE != 0 {
+            let (payload, bytes) = Payload::decode_inline(record)?;
+            let at = record.len() - bytes.len();
+            (payload, Some(at))
+        } else {
+            (Payload::decode(record)?, None)
+        })
+    };
+    // The last live record of each instance (SOP Instance UID) and media
+    // file: an earlier one was superseded (a re-sent instance replaced or
+    // moved it, whose placement took its spool file or its key), and is
+    // neither placed nor indexed; the later one is.
+    let mut last = std::collections::HashMap::new();
+    for (lsn, flags, record) in &records {
+        if !aborted.contains(lsn) {
+            let (payload, _) = decode(*flags, record)?;
+            last.insert(identity(&payload.entry), *lsn);
+        }
+    }
+
     let mut done = Recovered::default();
     let mut dirs = Vec::new();
     let mut inline_written = false;
@@ -97,12 +120,12 @@ pub fn open(
             done.aborted += 1;
             continue;
         }
-        let (payload, bytes) = if flags & FLAG_INLINE != 0 {
-            let (payload, bytes) = Payload::decode_inline(&record)?;
-            (payload, Some(bytes))
-        } else {
-            (Payload::decode(&record)?, None)
-        };
+        let (payload, at) = decode(flags, &record)?;
+        if last.get(&identity(&payload.entry)) != Some(&lsn) {
+            done.superseded += 1;
+            continue;
+        }
+        let bytes = at.map(|at| &record[at..]);
         let spool = spool_dir.join(&payload.spool);
         let new = payload.entry.clone().into_new();
         let mut uploaded = false;
@@ -113,12 +136,12 @@ pub fn open(
             dirs.push(parent.to_path_buf());
         }
         if let Some(bytes) = bytes {
-            // Its bytes were never synced anywhere but here: whatever the
-            // object holds (torn, stale, missing), it is made these bytes,
-            // and synced with the filesystem below.
-            if !holds(&dest, bytes) {
-                write_object(root, &new, bytes, lsn)?;
-            }
+            // Its bytes were never synced anywhere but here: the object is
+            // written again, into a fresh inode, whatever it seems to hold
+            // (a page cache that lost a writeback error still shows the
+            // bytes the disk does not have), and synced with the
+            // filesystem below.
+            write_object(root, &new, bytes, lsn)?;
             inline_written = true;
         } else if !same_file(&spool, &dest) {
             match std::fs::metadata(&spool) {
@@ -203,13 +226,12 @@ pub fn open(
     ))
 }
 
-/// Whether the file at `path` holds exactly `bytes`.
-fn holds(path: &Path, bytes: &[u8]) -> bool {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() == bytes.len() as u64 => {
-            std::fs::read(path).is_ok_and(|held| held == bytes)
-        }
-        _ => false,
+/// What a record is about: one instance (its SOP Instance UID, whatever
+/// study it is filed under) or one media file of a study.
+fn identity(entry: &Entry) -> String {
+    match entry {
+        Entry::Instance(i) => format!("i {}", i.record.sop_instance_uid.as_str()),
+        Entry::Media(m) => format!("m {} {}", m.study_instance_uid.as_str(), m.file_name),
     }
 }
 

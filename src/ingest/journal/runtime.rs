@@ -66,6 +66,13 @@ pub enum Error {
     Backlog(#[from] crate::store::backlog::Error),
 }
 
+/// How applying a record failed: before its placement (nothing changed:
+/// abort it) or after (the object changed: replay must finish it).
+enum Applied {
+    Before(Error),
+    After(Error),
+}
+
 /// Where a journaled object goes: the local store, or (an S3 store with
 /// `storage.ack = "journal"`) the upload backlog's pending directory,
 /// from which it is uploaded after the acknowledgement.
@@ -153,6 +160,12 @@ impl Journal {
         wanted.min(self.inner.writer.segment_size() / 4)
     }
 
+    /// Whether the journal stopped (every instance is refused until a
+    /// restart replays it), for `/healthz`.
+    pub fn failed(&self) -> bool {
+        self.inner.writer.failed()
+    }
+
     /// Checkpoints now (tests, shutdown).
     pub fn checkpoint(&self) -> Result<u64, Error> {
         self.inner.checkpoint()
@@ -199,35 +212,50 @@ impl Journal {
         let spool = spooled.path().to_path_buf();
         spooled.guard.disarm();
         fail::fail_point!("journal::durable", |_| std::process::abort());
-        // A panic while applying is a failure like any other: the record
-        // must still be aborted and marked applied, or no checkpoint could
-        // ever move past it.
+        // A failure before the placement changed nothing: the record is
+        // aborted (durably, before the sender hears 0xA700) and the journal
+        // goes on. A failure or a panic after it (the object is replaced,
+        // the index entry is not written) cannot be undone here: the record
+        // stays unapplied and the journal stops, so the next start replays
+        // it and the index describes what the store holds.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             inner.apply(&new, &spool, appended.lsn, inline, admitted)
         }))
-        .unwrap_or_else(|_| Err(Error::Damaged("applying the record panicked".into())));
-        if let Err(e) = &applied {
-            // Not to be replayed: the abort must be durable before the
-            // sender hears 0xA700.
-            tracing::error!(lsn = appended.lsn, error = %e, "applying a journal record failed; aborting it");
-            let abort = inner
-                .writer
-                .append(Kind::Abort, 0, &entry::encode_abort(appended.lsn));
-            match abort {
-                Ok(a) => {
-                    inner.writer.applied(a.lsn);
-                    // Nothing replays the record now: its spool file (if
-                    // the placement did not take it) can go at once.
-                    if let Err(e) = std::fs::remove_file(&spool) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            inner.remember(appended.lsn, spool, None, inline);
+        .unwrap_or(Err(Applied::After(Error::Damaged(
+            "applying the record panicked".into(),
+        ))));
+        let applied = match applied {
+            Ok(outcome) => Ok(outcome),
+            Err(Applied::Before(e)) => {
+                tracing::error!(lsn = appended.lsn, error = %e, "placing a journal record failed; aborting it");
+                let abort = inner
+                    .writer
+                    .append(Kind::Abort, 0, &entry::encode_abort(appended.lsn));
+                match abort {
+                    Ok(a) => {
+                        inner.writer.applied(a.lsn);
+                        // Nothing replays the record now: its spool file
+                        // can go at once.
+                        if let Err(e) = std::fs::remove_file(&spool) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                inner.remember(appended.lsn, spool, None, inline);
+                            }
                         }
                     }
+                    // The record replays at the next start and needs its file.
+                    Err(_) => inner.remember(appended.lsn, spool, None, inline),
                 }
-                // The record replays at the next start and needs its file.
-                Err(_) => inner.remember(appended.lsn, spool, None, inline),
+                Err(e)
             }
-        }
+            Err(Applied::After(e)) => {
+                tracing::error!(lsn = appended.lsn, error = %e, "applying a journal record failed after its placement");
+                inner
+                    .writer
+                    .fail("a record could not be applied after its placement");
+                // Left unapplied on purpose: no checkpoint may pass it.
+                return Err(e);
+            }
+        };
         inner.writer.applied(appended.lsn);
         applied
     }
@@ -254,18 +282,20 @@ impl Inner {
         lsn: u64,
         inline: bool,
         admitted: Option<crate::store::backlog::Admitted>,
-    ) -> Result<PutOutcome, Error> {
+    ) -> Result<PutOutcome, Applied> {
         let (dir, data_unsynced) = match (&self.target, admitted) {
             (Target::Backlog { backlog, .. }, Some(admitted)) => {
                 let key = new.object_key().clone();
                 let dest = backlog.local_path(&key);
-                backlog.enqueue_file(
-                    admitted,
-                    key,
-                    spool,
-                    crate::store::backlog::Place::Rename,
-                    Box::new(|| {}),
-                )?;
+                backlog
+                    .enqueue_file(
+                        admitted,
+                        key,
+                        spool,
+                        crate::store::backlog::Place::Rename,
+                        Box::new(|| {}),
+                    )
+                    .map_err(|e| Applied::Before(e.into()))?;
                 // The pending copy must be durable before the checkpoint
                 // releases its record (it is what the upload reads after a
                 // restart): as for the local store, an inline one's data
@@ -273,13 +303,19 @@ impl Inner {
                 let dir = dest.parent().expect("keys have a parent").to_path_buf();
                 (dir, inline)
             }
-            _ => (place(&self.root, new, spool)?, inline),
+            _ => (
+                place(&self.root, new, spool).map_err(Applied::Before)?,
+                inline,
+            ),
         };
         fail::fail_point!("journal::placed", |_| std::process::abort());
-        fail::fail_point!("journal::index", |_| Err(Error::Damaged(
+        fail::fail_point!("journal::index", |_| Err(Applied::After(Error::Damaged(
             "failpoint journal::index".into()
-        )));
-        let outcome = self.index.put_journaled(new, &self.writer.record_id(lsn))?;
+        ))));
+        let outcome = self
+            .index
+            .put_journaled(new, &self.writer.record_id(lsn))
+            .map_err(|e| Applied::After(e.into()))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
         self.remember(lsn, spool.to_path_buf(), Some(dir), data_unsynced);
         Ok(outcome)
@@ -314,14 +350,23 @@ impl Inner {
         };
         let result = (|| {
             fail::fail_point!("checkpoint::start", |_| std::process::abort());
-            if taken.iter().any(|p| p.inline) {
+            let synced = if taken.iter().any(|p| p.inline) {
                 // Objects whose bytes were not synced: one syncfs makes
                 // them, their links and their directories durable at once
                 // (one device flush instead of one per object).
-                sync_filesystem(&self.root)?;
+                sync_filesystem(&self.root)
             } else {
                 let dirs = dirs_to_sync(&self.root, taken.iter().map(|p| p.dir.as_path()));
-                sync_dirs(&dirs)?;
+                sync_dirs(&dirs)
+            };
+            if let Err(e) = synced {
+                // Not retried: after a writeback error the kernel may
+                // report nothing the next time although the data is lost,
+                // and a retry would release records whose objects never
+                // reached the disk. Replay, at the next start, rewrites
+                // them.
+                self.writer.fail("a checkpoint's sync failed");
+                return Err(e);
             }
             fail::fail_point!("checkpoint::dirs_synced", |_| std::process::abort());
             self.index.flush()?;
@@ -391,10 +436,18 @@ pub(super) fn dirs_to_sync<'a>(
 
 pub(super) fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> Result<(), Error> {
     for dir in dirs {
-        crate::store::sync_dir(dir).map_err(|source| Error::SyncDir {
-            path: dir.clone(),
-            source,
-        })?;
+        match crate::store::sync_dir(dir) {
+            Ok(()) => {}
+            // Gone since (an upload emptied a pending directory, a moved
+            // instance's series): its parent, synced too, records that.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::SyncDir {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -256,6 +256,26 @@ impl Writer {
         Ok(recycled)
     }
 
+    /// Stops the journal: every later append fails until a restart, whose
+    /// replay then finishes what could not be (a record applied halfway, a
+    /// checkpoint whose sync failed).
+    pub fn fail(&self, why: &str) {
+        let mut st = self.lock();
+        if !st.failed {
+            tracing::error!(
+                why,
+                "ingest journal stopped; instances are refused until a restart replays it"
+            );
+        }
+        st.failed = true;
+        self.changed.notify_all();
+    }
+
+    /// Whether the journal stopped (a failed write, sync or apply).
+    pub fn failed(&self) -> bool {
+        self.lock().failed
+    }
+
     /// Appends one record and returns once it is durable. Blocking.
     pub fn append(&self, kind: Kind, flags: u8, payload: &[u8]) -> Result<Appended, Error> {
         let len = payload.len() as u64;

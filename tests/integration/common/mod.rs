@@ -391,6 +391,13 @@ impl Gateway {
         )
     }
 
+    /// Restarts (see [`Gateway::restart`]) without the environment
+    /// variable `key` (e.g. a failpoint that must not fire again).
+    pub fn restart_without_env(&mut self, key: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.restart();
+    }
+
     /// Starts a new process on the same data directory (new ports).
     pub fn restart(&mut self) {
         assert!(
