@@ -120,8 +120,34 @@ impl Ingest {
             )),
             (None, None) => None,
         };
+        // A journal an earlier run left with records is never dropped: with
+        // the journal off it is replayed all the same (local store) before
+        // it is retired, or the start refuses (S3 without the backlog).
+        let leftover = journal::unreplayed(&cfg.journal_dir())
+            .map_err(|e| std::io::Error::other(format!("ingest journal: {e}")))?;
+        let use_journal = cfg.journal.enabled || leftover > 0;
+        if leftover > 0 && target.is_none() {
+            return Err(std::io::Error::other(format!(
+                "the ingest journal in {} holds {leftover} instance(s) not yet replayed, and this \
+                 start does not use it (S3 with storage.ack = \"stored\" or the journal off): \
+                 start once with the journal on and storage.ack = \"journal\"",
+                cfg.journal_dir().display()
+            )));
+        }
+        if backlog.is_none() && !store.is_local() {
+            let pending = cfg.pending_dir();
+            let waiting = std::fs::read_dir(&pending).is_ok_and(|mut d| d.next().is_some());
+            if waiting {
+                return Err(std::io::Error::other(format!(
+                    "{} holds instances acknowledged and not yet uploaded: start with \
+                     storage.ack = \"journal\" (and the journal on) until /healthz shows \
+                     upload_backlog.instances = 0",
+                    pending.display()
+                )));
+            }
+        }
         let journal = match target {
-            Some((root, target)) if cfg.journal.enabled => {
+            Some((root, target)) if use_journal => {
                 let (journal, done) = journal::open(
                     &cfg.journal_dir(),
                     &cfg.journal,
@@ -156,7 +182,16 @@ impl Ingest {
                 journal.spawn_checkpointer(std::time::Duration::from_millis(
                     cfg.journal.checkpoint_interval_ms.max(1),
                 ));
-                Some(Arc::new(journal))
+                if cfg.journal.enabled {
+                    Some(Arc::new(journal))
+                } else {
+                    // Replayed; retired by its last checkpoint (on drop).
+                    tracing::info!(
+                        replayed = leftover,
+                        "ingest journal replayed and retired (journal.enabled = false)"
+                    );
+                    None
+                }
             }
             _ => None,
         };

@@ -504,8 +504,21 @@ impl BlobStore {
         }
     }
 
-    /// Deletes an object; a missing object is not an error.
+    /// Deletes an object; a missing object is not an error. A pending copy
+    /// of it in the upload backlog goes too (after its upload, if one is
+    /// under way, so that the upload cannot put the object back).
     pub async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        if let Some(backlog) = self.backlog.get().and_then(std::sync::Weak::upgrade) {
+            if backlog.forget(key) {
+                // At most one upload of one object: a minute is plenty; past
+                // it the delete goes ahead (the upload may then leave the
+                // object behind, as a store failure would).
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+                while backlog.pending(key).is_some() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
         match self.store.delete(&key.to_path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),

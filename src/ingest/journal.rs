@@ -15,7 +15,7 @@ pub mod runtime;
 pub mod segment;
 pub mod writer;
 
-pub use recover::{Recovered, open};
+pub use recover::{Recovered, open, unreplayed};
 pub use runtime::{Journal, Target};
 
 #[cfg(test)]

@@ -462,6 +462,37 @@ impl Backlog {
         Ok(queued)
     }
 
+    /// Drops the pending copy of `key` (the old object of an instance that
+    /// moved): it is not uploaded, and is removed here. Returns `true` when
+    /// an upload of it is under way: the caller must wait until
+    /// [`Backlog::pending`] no longer has it before deleting the key from
+    /// the store, or the upload would put it back.
+    pub fn forget(&self, key: &ObjectKey) -> bool {
+        let mut state = self.lock();
+        let Some(entry) = state.entries.get(key) else {
+            return false;
+        };
+        if entry.uploading {
+            return true;
+        }
+        let len = entry.len;
+        state.entries.remove(key);
+        state.queue.retain(|k| k != key);
+        state.queued_bytes = state.queued_bytes.saturating_sub(len);
+        self.publish(&state);
+        let local = self.local_path(key);
+        match std::fs::remove_file(&local) {
+            Ok(()) => self.remove_empty_parents(&local),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %local.display(), error = %e, "could not remove a forgotten pending copy")
+            }
+        }
+        drop(state);
+        self.wake_admitters();
+        false
+    }
+
     /// Starts the uploaders; they stop taking uploads once `shutdown` fires.
     /// The handle ends when all of them have.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {

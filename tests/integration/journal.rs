@@ -372,3 +372,26 @@ fn crash_during_recovery_after_the_replay() {
 fn crash_during_recovery_after_its_checkpoint() {
     crash_in_recovery("recover::checkpointed");
 }
+
+/// Turning the journal off after a crash drops nothing: the start replays
+/// what the journal holds, retires it, and goes on without it.
+#[test]
+fn a_start_with_the_journal_off_replays_what_it_holds_first() {
+    let work = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start_with(opts_with(work.path(), NO_CHECKPOINT));
+    let study = "2.25.1105";
+    let (sent, acked) = send(&gw, work.path(), study, 30);
+    assert_eq!(acked.len(), 30);
+    gw.kill9();
+    gw.restart_with_args(&["--journal", "false"]);
+    gw.wait_for_log("ingest journal replayed and retired");
+    assert_eq!(
+        verify(&gw, study, &sent, &acked, "journal off after a crash"),
+        30
+    );
+    // Retired: the next start has nothing to replay.
+    assert!(gw.stop().success());
+    gw.restart();
+    assert_eq!(verify(&gw, study, &sent, &acked, "once more"), 30);
+    assert!(gw.stop().success());
+}

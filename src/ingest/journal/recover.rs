@@ -190,6 +190,18 @@ pub fn open(
             PutOutcome::Replaced {
                 previous_key: Some(old),
             },
+            Target::Backlog { backlog, .. },
+        ) = (&outcome, &target)
+        {
+            // A moved instance's old copy must not be uploaded after all.
+            // (If it was uploaded before the crash, it stays in the store:
+            // see docs/ingest-journal.md, "Not built".)
+            backlog.forget(old);
+        }
+        if let (
+            PutOutcome::Replaced {
+                previous_key: Some(old),
+            },
             Target::Local,
         ) = (outcome, &target)
         {
@@ -255,6 +267,30 @@ fn write_object(
     std::fs::write(&tmp, bytes).map_err(err(&tmp))?;
     std::fs::rename(&tmp, &dest).map_err(err(&dest))?;
     Ok(())
+}
+
+/// How many instance and media records the journal in `dir` holds past its
+/// checkpoint (0 when there is no journal): what a start that does not use
+/// the journal would drop.
+pub fn unreplayed(dir: &Path) -> Result<usize, Error> {
+    let Some(control) = Control::open(dir)? else {
+        return Ok(0);
+    };
+    let slot = control.last();
+    let mut records = 0;
+    segment::scan(
+        dir,
+        slot.segment_size,
+        slot.journal_id,
+        slot.checkpoint,
+        |r| {
+            if matches!(r.header.kind, Kind::Instance | Kind::Media) {
+                records += 1;
+            }
+        },
+    )
+    .map_err(|e| Error::Damaged(e.to_string()))?;
+    Ok(records)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

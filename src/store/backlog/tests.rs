@@ -523,3 +523,32 @@ async fn uploads_yield_to_arrivals_within_their_bounds() {
         "an object that waited defer_max is not deferred"
     );
 }
+
+/// A moved instance's old copy is forgotten: not uploaded, removed, and
+/// out of the counts; one being uploaded is reported so the caller waits.
+#[tokio::test]
+async fn a_forgotten_copy_is_never_uploaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(&tmp.path().join("store"));
+    let backlog =
+        Backlog::open_with(&tmp.path().join("pending"), store.clone(), fast(100, 200)).unwrap();
+    let admitted = backlog.admit(5, Duration::ZERO).await.unwrap();
+    let file = spooled(tmp.path(), "old", b"old!!");
+    backlog
+        .enqueue_file(admitted, key(7), &file, Place::Rename, Box::new(|| {}))
+        .unwrap();
+    let local = backlog.local_path(&key(7));
+    assert!(!backlog.forget(&key(7)), "nothing was uploading");
+    assert!(backlog.pending(&key(7)).is_none());
+    assert!(!local.exists());
+    assert_eq!(backlog.status().instances, 0);
+    assert_eq!(backlog.status().bytes, 0);
+    assert!(
+        !backlog.forget(&key(8)),
+        "an unknown key is nothing to wait for"
+    );
+    let stop = CancellationToken::new();
+    stop.cancel();
+    backlog.spawn(stop).await.unwrap();
+    assert_eq!(store.attempts.load(Ordering::SeqCst), 0);
+}

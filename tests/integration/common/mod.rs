@@ -391,6 +391,13 @@ impl Gateway {
         )
     }
 
+    /// Restarts (see [`Gateway::restart`]) with `args` added (later
+    /// arguments win: e.g. `--journal false`).
+    pub fn restart_with_args(&mut self, args: &[&str]) {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self.restart();
+    }
+
     /// Restarts (see [`Gateway::restart`]) without the environment
     /// variable `key` (e.g. a failpoint that must not fire again).
     pub fn restart_without_env(&mut self, key: &str) {
