@@ -412,6 +412,12 @@ fn garage_init_sets_up_a_real_garage_twice_and_the_gateway_stores_into_it() {
     let (study, files, sops) = study1();
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     common::assert_ok(&common::storescu(&gw, &["-xe"], &refs), "storescu");
+    // Acknowledged from the journal (the default): presigned store URLs
+    // once the upload backlog drained into Garage.
+    crate::common::s3::wait_until("the upload backlog drained into Garage", || {
+        let (status, health) = gw.get_json("/healthz", None);
+        status == 200 && health["upload_backlog"]["instances"] == 0
+    });
     let event = serde_json::json!({
         "id": "whe_0123456789abcdef0123456789abcdef",
         "type": "study.access_requested",
