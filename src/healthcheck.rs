@@ -28,7 +28,8 @@ pub enum Error {
     Body { url: String, body: String },
 }
 
-/// The largest `/healthz` answer read; the real one is 15 bytes.
+/// The largest `/healthz` answer read; the real one is under 200 bytes
+/// (15 without an upload backlog).
 const MAX_BODY: u64 = 4096;
 
 /// Longest timeout accepted for one check (Docker's own default timeout for
