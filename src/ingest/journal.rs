@@ -13,10 +13,12 @@ pub mod format;
 pub mod recover;
 pub mod runtime;
 pub mod segment;
+mod start;
 pub mod writer;
 
 pub use recover::{Recovered, open, unreplayed};
 pub use runtime::{Journal, Target};
+pub use start::start;
 
 #[cfg(test)]
 mod tests;

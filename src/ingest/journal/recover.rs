@@ -91,36 +91,36 @@ pub fn open(
         tracing::debug!(end, why, "end of the journal");
     }
 
-    let decode = |flags: u8, record: &[u8]| -> Result<(Payload, Option<usize>), Error> {
-        Ok(if flags & FLAG_INLINE != 0 {
-            let (payload, bytes) = Payload::decode_inline(record)?;
-            let at = record.len() - bytes.len();
-            (payload, Some(at))
-        } else {
-            (Payload::decode(record)?, None)
-        })
-    };
-    // The last live record of each instance (SOP Instance UID) and media
-    // file: an earlier one was superseded (a re-sent instance replaced or
-    // moved it, whose placement took its spool file or its key), and is
-    // neither placed nor indexed; the later one is.
-    let mut last = std::collections::HashMap::new();
-    for (lsn, flags, record) in &records {
-        if !aborted.contains(lsn) {
-            let (payload, _) = decode(*flags, record)?;
-            last.insert(identity(&payload.entry), *lsn);
-        }
-    }
-
+    // Every live record decoded once: its payload, and where an inline
+    // record's object bytes start.
+    let mut live = Vec::with_capacity(records.len());
     let mut done = Recovered::default();
-    let mut dirs = Vec::new();
-    let mut inline_written = false;
     for (lsn, flags, record) in records {
         if aborted.contains(&lsn) {
             done.aborted += 1;
             continue;
         }
-        let (payload, at) = decode(flags, &record)?;
+        let (payload, at) = if flags & FLAG_INLINE != 0 {
+            let (payload, bytes) = Payload::decode_inline(&record)?;
+            let at = record.len() - bytes.len();
+            (payload, Some(at))
+        } else {
+            (Payload::decode(&record)?, None)
+        };
+        live.push((lsn, payload, at, record));
+    }
+    // The last live record of each instance (SOP Instance UID) and media
+    // file: an earlier one was superseded (a re-sent instance replaced or
+    // moved it, whose placement took its spool file or its key), and is
+    // neither placed nor indexed; the later one is.
+    let last: std::collections::HashMap<String, u64> = live
+        .iter()
+        .map(|(lsn, payload, _, _)| (identity(&payload.entry), *lsn))
+        .collect();
+
+    let mut dirs = Vec::new();
+    let mut inline_written = false;
+    for (lsn, payload, at, record) in live {
         if last.get(&identity(&payload.entry)) != Some(&lsn) {
             done.superseded += 1;
             continue;
