@@ -362,21 +362,6 @@ fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
 }
 
 fn study1() -> (String, Vec<PathBuf>, BTreeSet<String>) {
-    let fixtures: Vec<Value> = common::fixtures()
-        .into_iter()
-        .filter(|f| f["file"].as_str().unwrap().starts_with("study1/"))
-        .collect();
-    let files = fixtures
-        .iter()
-        .map(|f| common::fixtures_dir().join(f["file"].as_str().unwrap()))
-        .collect();
-    let sops = fixtures
-        .iter()
-        .map(|f| f["sop_instance"].as_str().unwrap().to_owned())
-        .collect();
-    (
-        fixtures[0]["study"].as_str().unwrap().to_owned(),
-        files,
-        sops,
-    )
+    let study = common::fixture_study("study1/");
+    (study.uid, study.files, study.sops.into_iter().collect())
 }

@@ -137,12 +137,7 @@ fn a_replacement_interrupted_before_its_index_commit_is_repaired_at_start() {
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
     let first = instance(&gw, &o.study, &o.sop);
-    let bigger = variant(
-        &o.file,
-        dir.path(),
-        "bigger.dcm",
-        "ds.StudyDescription = 'a much longer description ' * 40",
-    );
+    let bigger = bigger(&o, dir.path());
     assert_ne!(store(&gw, &bigger), Some(0), "acknowledged across a crash");
     assert!(
         !gw.wait_exit().success(),
@@ -219,17 +214,25 @@ fn a_media_replacement_interrupted_before_its_index_commit_is_repaired_at_start(
 #[test]
 fn a_replacement_whose_commit_fails_is_described_again_at_once() {
     crate::panics::require_failpoints();
-    let gw = Gateway::start_with(no_journal().env("FAILPOINTS", "commit::index=1*off->return"));
+    refused_replacement_described_again(
+        no_journal().env("FAILPOINTS", "commit::index=1*off->return"),
+    );
+}
+
+/// Stores the original, then a bigger version that `opts` makes fail
+/// after the overwrite: refused with 0xA700, and the entry described again
+/// from the store at once (the new bytes, which the object holds).
+/// Returns the gateway, the original, the bigger file (in the temporary
+/// directory returned too) and the entry now.
+fn refused_replacement_described_again(
+    opts: Opts,
+) -> (Gateway, Original, PathBuf, Value, tempfile::TempDir) {
+    let gw = Gateway::start_with(opts);
     let dir = tempfile::tempdir().unwrap();
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
     let first = instance(&gw, &o.study, &o.sop);
-    let bigger = variant(
-        &o.file,
-        dir.path(),
-        "bigger.dcm",
-        "ds.StudyDescription = 'a much longer description ' * 40",
-    );
+    let bigger = bigger(&o, dir.path());
     assert_eq!(store(&gw, &bigger), Some(0xA700));
     gw.wait_for_log("described again from the store");
     let on_disk = gw.objects().join(first["objectKey"].as_str().unwrap());
@@ -239,6 +242,17 @@ fn a_replacement_whose_commit_fails_is_described_again_at_once() {
         std::fs::metadata(&on_disk).unwrap().len()
     );
     assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
+    (gw, o, bigger, now, dir)
+}
+
+/// The original with a much longer Study Description, in `dir`.
+fn bigger(o: &Original, dir: &Path) -> PathBuf {
+    variant(
+        &o.file,
+        dir,
+        "bigger.dcm",
+        "ds.StudyDescription = 'a much longer description ' * 40",
+    )
 }
 
 /// The committer's failpoints are on the path without the journal.
@@ -259,12 +273,7 @@ fn a_journaled_replacement_interrupted_before_its_index_entry_is_replayed() {
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
     let first = instance(&gw, &o.study, &o.sop);
-    let bigger = variant(
-        &o.file,
-        dir.path(),
-        "bigger.dcm",
-        "ds.StudyDescription = 'a much longer description ' * 40",
-    );
+    let bigger = bigger(&o, dir.path());
     assert_ne!(store(&gw, &bigger), Some(0), "acknowledged across a crash");
     assert!(
         !gw.wait_exit().success(),
@@ -290,27 +299,9 @@ fn a_journaled_replacement_interrupted_before_its_index_entry_is_replayed() {
 #[test]
 fn a_journaled_replacement_whose_index_entry_fails_is_described_again_at_once() {
     crate::panics::require_failpoints();
-    let mut gw =
-        Gateway::start_with(Opts::default().env("FAILPOINTS", "journal::index=1*off->return"));
-    let dir = tempfile::tempdir().unwrap();
-    let o = original();
-    assert_eq!(store(&gw, &o.file), Some(0));
-    let first = instance(&gw, &o.study, &o.sop);
-    let bigger = variant(
-        &o.file,
-        dir.path(),
-        "bigger.dcm",
-        "ds.StudyDescription = 'a much longer description ' * 40",
+    let (mut gw, o, bigger, now, _dir) = refused_replacement_described_again(
+        Opts::default().env("FAILPOINTS", "journal::index=1*off->return"),
     );
-    assert_eq!(store(&gw, &bigger), Some(0xA700));
-    gw.wait_for_log("described again from the store");
-    let on_disk = gw.objects().join(first["objectKey"].as_str().unwrap());
-    let now = instance(&gw, &o.study, &o.sop);
-    assert_eq!(
-        now["size"].as_u64().unwrap(),
-        std::fs::metadata(&on_disk).unwrap().len()
-    );
-    assert_eq!(stored_dataset(&gw, &now), common::dataset_bytes(&bigger));
     gw.kill9();
     gw.restart_without_env("FAILPOINTS");
     let replayed = instance(&gw, &o.study, &o.sop);
@@ -345,12 +336,7 @@ fn superseded_journal_records_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let o = original();
     assert_eq!(store(&gw, &o.file), Some(0));
-    let bigger = variant(
-        &o.file,
-        dir.path(),
-        "bigger.dcm",
-        "ds.StudyDescription = 'a much longer description ' * 40",
-    );
+    let bigger = bigger(&o, dir.path());
     assert_eq!(store(&gw, &bigger), Some(0));
     let moved = variant(
         &bigger,

@@ -225,17 +225,22 @@ fn with_the_journal_by_reference_the_spool_file_is_synced_before_its_record() {
     );
 }
 
+/// Everything traced before the C-STORE response naming `sop`.
+fn before_response<'a>(calls: &'a [Call], sop: &str) -> &'a [Call] {
+    let ack = calls
+        .iter()
+        .position(|c| matches!(c, Call::Send(d) if d.first() == Some(&0x04) && contains(d, sop.as_bytes())))
+        .unwrap_or_else(|| panic!("{sop}: no response in the trace"));
+    &calls[..ack]
+}
+
 fn check_journal_order(args: &[&str], inline: bool) {
     let (acked, calls, gw, _work) = traced_run(args);
     let journal = format!("{}/", gw.data_dir.join("journal").display());
     let spool_dir = gw.data_dir.join("spool").display().to_string();
     let objects = format!("{}/", gw.objects().display());
     for sop in &acked {
-        let ack = calls
-            .iter()
-            .position(|c| matches!(c, Call::Send(d) if d.first() == Some(&0x04) && contains(d, sop.as_bytes())))
-            .unwrap_or_else(|| panic!("{sop}: no response in the trace"));
-        let before = &calls[..ack];
+        let before = before_response(&calls, sop);
         let w = before
             .iter()
             .rposition(|c| matches!(c, Call::Write(p, d) if p.starts_with(&journal) && contains(d, sop.as_bytes())))
@@ -309,11 +314,7 @@ fn every_acknowledgement_follows_the_fsyncs_that_make_it_durable() {
             .any(|c| matches!(c, Call::Sync(p) if p == path))
     };
     for sop in &acked {
-        let ack = calls
-            .iter()
-            .position(|c| matches!(c, Call::Send(d) if d.first() == Some(&0x04) && contains(d, sop.as_bytes())))
-            .unwrap_or_else(|| panic!("{sop}: no response in the trace"));
-        let before = &calls[..ack];
+        let before = before_response(&calls, sop);
         let r = before
             .iter()
             .rposition(|c| matches!(c, Call::Rename { to, .. } if to.starts_with(&objects) && to.ends_with(&format!("/{sop}.dcm"))))

@@ -288,6 +288,27 @@ fn crash_after_the_checkpoint_released_spool_files() {
     crash_at("checkpoint::released", 3);
 }
 
+/// A gateway with no checkpoint while it runs (NO_CHECKPOINT) that stored
+/// `count` instances of `study` on one association, every one acknowledged,
+/// then was killed with kill -9: its work directory, the gateway (stopped),
+/// what was sent and what was acknowledged.
+fn killed_after_acks(
+    study: &str,
+    count: u32,
+) -> (
+    tempfile::TempDir,
+    Gateway,
+    BTreeMap<String, PathBuf>,
+    Vec<String>,
+) {
+    let work = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start_with(opts_with(work.path(), NO_CHECKPOINT));
+    let (sent, acked) = send(&gw, work.path(), study, count);
+    assert_eq!(acked.len(), count as usize);
+    gw.kill9();
+    (work, gw, sent, acked)
+}
+
 /// A power cut loses what was only in the page cache. Small instances are
 /// acknowledged after their journal record alone, so their objects (and
 /// spool files) may come back torn or empty: after a kill -9 with no
@@ -296,12 +317,8 @@ fn crash_after_the_checkpoint_released_spool_files() {
 /// rebuild each acknowledged instance byte for byte from its record.
 #[test]
 fn objects_torn_by_a_power_cut_are_rebuilt_from_their_records() {
-    let work = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start_with(opts_with(work.path(), NO_CHECKPOINT));
     let study = "2.25.1103";
-    let (sent, acked) = send(&gw, work.path(), study, 60);
-    assert_eq!(acked.len(), 60);
-    gw.kill9();
+    let (_work, mut gw, sent, acked) = killed_after_acks(study, 60);
     let objects = common::files_under(&gw.objects());
     let mut torn = 0;
     for file in objects
@@ -330,12 +347,8 @@ fn objects_torn_by_a_power_cut_are_rebuilt_from_their_records() {
 /// and byte-exact each time.
 fn crash_in_recovery(failpoint: &str) {
     crate::panics::require_failpoints();
-    let work = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start_with(opts_with(work.path(), NO_CHECKPOINT));
     let study = "2.25.1104";
-    let (sent, acked) = send(&gw, work.path(), study, 50);
-    assert_eq!(acked.len(), 50);
-    gw.kill9();
+    let (_work, mut gw, sent, acked) = killed_after_acks(study, 50);
     let (status, log) = gw.run_to_exit(&[("FAILPOINTS", &format!("{failpoint}=return"))]);
     assert!(
         !status.success(),
@@ -377,12 +390,8 @@ fn crash_during_recovery_after_its_checkpoint() {
 /// what the journal holds, retires it, and goes on without it.
 #[test]
 fn a_start_with_the_journal_off_replays_what_it_holds_first() {
-    let work = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start_with(opts_with(work.path(), NO_CHECKPOINT));
     let study = "2.25.1105";
-    let (sent, acked) = send(&gw, work.path(), study, 30);
-    assert_eq!(acked.len(), 30);
-    gw.kill9();
+    let (_work, mut gw, sent, acked) = killed_after_acks(study, 30);
     gw.restart_with_args(&["--journal", "false"]);
     gw.wait_for_log("ingest journal replayed and retired");
     assert_eq!(

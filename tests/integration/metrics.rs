@@ -175,15 +175,8 @@ fn scrape(gw: &Gateway, token: &str) -> Scrape {
 
 /// The study1 fixture files and its Study Instance UID.
 fn study1() -> (Vec<PathBuf>, String) {
-    let fixtures: Vec<Value> = common::fixtures()
-        .into_iter()
-        .filter(|f| f["file"].as_str().unwrap().starts_with("study1/"))
-        .collect();
-    let files = fixtures
-        .iter()
-        .map(|f| common::fixtures_dir().join(f["file"].as_str().unwrap()))
-        .collect();
-    (files, fixtures[0]["study"].as_str().unwrap().to_owned())
+    let study = common::fixture_study("study1/");
+    (study.files, study.uid)
 }
 
 /// study1 with 64-character UIDs (keys over 200 bytes), for the S3 store.

@@ -20,15 +20,8 @@ use crate::common::{self, Gateway, Opts};
 const PREFIX: &str = "site-b";
 
 fn study1() -> (String, Vec<PathBuf>) {
-    let fixtures: Vec<Value> = common::fixtures()
-        .into_iter()
-        .filter(|f| f["file"].as_str().unwrap().starts_with("study1/"))
-        .collect();
-    let files = fixtures
-        .iter()
-        .map(|f| common::fixtures_dir().join(f["file"].as_str().unwrap()))
-        .collect();
-    (fixtures[0]["study"].as_str().unwrap().to_owned(), files)
+    let study = common::fixture_study("study1/");
+    (study.uid, study.files)
 }
 
 fn backlog_instances(gw: &Gateway) -> u64 {
@@ -37,6 +30,17 @@ fn backlog_instances(gw: &Gateway) -> u64 {
     health["upload_backlog"]["instances"]
         .as_u64()
         .unwrap_or_else(|| panic!("no upload_backlog in {health}"))
+}
+
+/// The data sets `urls` serve (each answered 200), as a set.
+fn served_datasets(gw: &Gateway, urls: &[String]) -> BTreeSet<Vec<u8>> {
+    urls.iter()
+        .map(|url| {
+            let (status, body) = download(gw, url);
+            assert_eq!(status, 200, "{url}");
+            common::dataset_bytes_of(&body)
+        })
+        .collect()
 }
 
 /// The data sets of `files`, as a set (order-free comparison).
@@ -68,15 +72,7 @@ fn acknowledged_while_the_store_is_down_served_locally_then_uploaded() {
         "store URLs for pending instances: {kinds:?}"
     );
     assert_eq!(kinds.gateway.len() as u64, n);
-    let served: BTreeSet<Vec<u8>> = kinds
-        .gateway
-        .iter()
-        .map(|url| {
-            let (status, body) = download(&gw, url);
-            assert_eq!(status, 200, "{url}");
-            common::dataset_bytes_of(&body)
-        })
-        .collect();
+    let served = served_datasets(&gw, &kinds.gateway);
     assert_eq!(
         served,
         datasets_of_files(&files),
@@ -125,11 +121,7 @@ fn acknowledged_while_the_store_is_down_served_locally_then_uploaded() {
         "gateway URLs after the upload: {kinds:?}"
     );
     assert_eq!(kinds.store.len() as u64, n);
-    let served: BTreeSet<Vec<u8>> = kinds
-        .store
-        .iter()
-        .map(|url| common::dataset_bytes_of(&download(&gw, url).1))
-        .collect();
+    let served = served_datasets(&gw, &kinds.store);
     assert_eq!(served, datasets_of_files(&files));
     assert!(gw.stop().success());
 }

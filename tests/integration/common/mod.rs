@@ -44,6 +44,34 @@ pub fn fixture(name_part: &str) -> Value {
         .unwrap_or_else(|| panic!("no fixture matching {name_part}"))
 }
 
+/// A study of the committed fixtures: its Study Instance UID, its files
+/// and their SOP Instance UIDs, in fixture order.
+pub struct FixtureStudy {
+    pub uid: String,
+    pub files: Vec<PathBuf>,
+    pub sops: Vec<String>,
+}
+
+/// The fixtures whose file lies under `dir` (e.g. `"study1/"`), as one study.
+pub fn fixture_study(dir: &str) -> FixtureStudy {
+    let fixtures: Vec<Value> = fixtures()
+        .into_iter()
+        .filter(|f| f["file"].as_str().unwrap().starts_with(dir))
+        .collect();
+    assert!(!fixtures.is_empty(), "no fixtures under {dir}");
+    FixtureStudy {
+        uid: fixtures[0]["study"].as_str().unwrap().to_owned(),
+        files: fixtures
+            .iter()
+            .map(|f| fixtures_dir().join(f["file"].as_str().unwrap()))
+            .collect(),
+        sops: fixtures
+            .iter()
+            .map(|f| f["sop_instance"].as_str().unwrap().to_owned())
+            .collect(),
+    }
+}
+
 /// The last line of a [`Log`] once the process closed its output.
 const CLOSED: &str = "<stderr closed>";
 
