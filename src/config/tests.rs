@@ -325,3 +325,68 @@ fn bad_backlog_bounds_are_refused_naming_the_setting_for_s3_only() {
     );
     assert!(toml::from_str::<Config>("[storage]\nack = \"later\"\n").is_err());
 }
+
+#[test]
+fn bad_journal_settings_are_refused_naming_the_setting() {
+    let load = |over: Overrides| Config::load(&over, &SecretEnv::default());
+    let cases = [
+        (
+            Overrides {
+                journal_inline_max_kib: Some(4097),
+                ..Overrides::default()
+            },
+            "journal.inline_max_kib",
+        ),
+        (
+            Overrides {
+                journal_inline_max_kib: Some(u64::MAX),
+                ..Overrides::default()
+            },
+            "journal.inline_max_kib",
+        ),
+        (
+            Overrides {
+                journal_segment_size_mib: Some(0),
+                ..Overrides::default()
+            },
+            "journal.segment_size_mib",
+        ),
+        (
+            Overrides {
+                journal_segment_size_mib: Some(u64::MAX),
+                ..Overrides::default()
+            },
+            "journal.segment_size_mib",
+        ),
+        (
+            Overrides {
+                journal_segments: Some(1),
+                ..Overrides::default()
+            },
+            "journal.segments",
+        ),
+        (
+            Overrides {
+                journal_segments: Some(u64::MAX),
+                ..Overrides::default()
+            },
+            "journal.segments",
+        ),
+    ];
+    for (over, setting) in cases {
+        match load(over) {
+            Err(Error::Invalid { name, reason }) => assert_eq!(name, setting, "{reason}"),
+            other => panic!("{setting}: accepted: {other:?}"),
+        }
+    }
+    let cfg = load(Overrides {
+        journal_inline_max_kib: Some(0),
+        ..Overrides::default()
+    })
+    .unwrap();
+    assert_eq!(
+        cfg.journal.inline_max_kib, 0,
+        "0: every record by reference"
+    );
+    assert!(cfg.journal.enabled, "the journal is on by default");
+}
