@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use crate::webhook::WebhookKeys;
 
 mod journal;
+mod nodes;
 mod overrides;
 mod secrets;
 mod storage;
 mod validate;
 
 pub use journal::JournalConfig;
+pub use nodes::DicomNode;
 pub use overrides::Overrides;
 pub use secrets::{MIN_API_TOKEN_LEN, Secret, SecretEnv};
 use secrets::{check_token, secret};
@@ -173,6 +175,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The ingest journal: `[journal]` in the file, `--journal`.
     pub journal: JournalConfig,
+    /// Remote DICOM applications we open associations to:
+    /// `[[dicom_nodes]]` in the file (forwarding destinations, storage
+    /// commitment requesters).
+    pub dicom_nodes: Vec<DicomNode>,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -257,6 +263,7 @@ impl Default for Config {
             webhook_concurrency: 8,
             storage: StorageConfig::default(),
             journal: JournalConfig::default(),
+            dicom_nodes: Vec::new(),
         }
     }
 }

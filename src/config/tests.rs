@@ -390,3 +390,40 @@ fn bad_journal_settings_are_refused_naming_the_setting() {
     );
     assert!(cfg.journal.enabled, "the journal is on by default");
 }
+
+#[test]
+fn dicom_nodes_are_read_and_bad_ones_refused() {
+    let load = |text: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+        let over = Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        };
+        Config::load(&over, &SecretEnv::default())
+    };
+    let cfg = load(
+        "[[dicom_nodes]]\nae_title = \"PACS\"\nhost = \"10.0.0.5\"\nport = 104\n\n\
+         [[dicom_nodes]]\nae_title = \"CT1\"\nhost = \"::1\"\nport = 11112\ntls = true\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.dicom_node("PACS ").unwrap().address(), "10.0.0.5:104");
+    let ct = cfg.dicom_node("CT1").unwrap();
+    assert!(ct.tls);
+    assert_eq!(ct.address(), "[::1]:11112");
+    assert!(cfg.dicom_node("MR1").is_none());
+    for bad in [
+        "[[dicom_nodes]]\nae_title = \"\"\nhost = \"h\"\nport = 104\n",
+        "[[dicom_nodes]]\nae_title = \"A_TITLE_FAR_TOO_LONG\"\nhost = \"h\"\nport = 104\n",
+        "[[dicom_nodes]]\nae_title = \"A\"\nhost = \"\"\nport = 104\n",
+        "[[dicom_nodes]]\nae_title = \"A\"\nhost = \"h\"\nport = 0\n",
+        "[[dicom_nodes]]\nae_title = \"A\"\nhost = \"h\"\nport = 1\n\
+         [[dicom_nodes]]\nae_title = \"A\"\nhost = \"g\"\nport = 2\n",
+    ] {
+        match load(bad) {
+            Err(Error::Invalid { name, .. }) => assert_eq!(name, "dicom_nodes", "{bad}"),
+            other => panic!("accepted {bad}: {other:?}"),
+        }
+    }
+}

@@ -54,6 +54,9 @@ impl Config {
         if let Err((name, reason)) = self.journal.validate() {
             return invalid(name, reason);
         }
+        if let Err(reason) = nodes::validate(&self.dicom_nodes) {
+            return invalid("dicom_nodes", reason);
+        }
         if self.webhook_timeout > 300 {
             return invalid("webhook_timeout", "must be at most 300 seconds".into());
         }
