@@ -19,6 +19,7 @@ mod nodes;
 mod overrides;
 mod secrets;
 mod storage;
+mod tls;
 mod validate;
 
 pub use journal::JournalConfig;
@@ -179,6 +180,26 @@ pub struct Config {
     /// `[[dicom_nodes]]` in the file (forwarding destinations, storage
     /// commitment requesters).
     pub dicom_nodes: Vec<DicomNode>,
+    /// Address of the DICOM TLS listener (2762 is the registered port).
+    /// Unset: no TLS listener. Needs `dicom_tls_cert` and `dicom_tls_key`.
+    pub dicom_tls_listen: Option<SocketAddr>,
+    /// PEM certificate (chain, leaf first) of the DICOM TLS listener; also
+    /// our client certificate towards `[[dicom_nodes]]` with `tls = true`.
+    pub dicom_tls_cert: Option<PathBuf>,
+    /// PEM private key of `dicom_tls_cert` (never logged).
+    pub dicom_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: client certificates are verified against it (mutual
+    /// TLS), and so are the servers of `[[dicom_nodes]]` with `tls = true`.
+    pub dicom_tls_ca: Option<PathBuf>,
+    /// Demand a client certificate on the DICOM TLS listener. Default: on
+    /// when `dicom_tls_ca` is set; `false` lets clients without one in
+    /// (one they present must still chain to the CA); `true` needs a CA.
+    pub dicom_tls_verify_client: Option<bool>,
+    /// PEM certificate (chain) of the HTTP listener: with `http_tls_key`,
+    /// it serves HTTPS only.
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of `http_tls_cert` (never logged).
+    pub http_tls_key: Option<PathBuf>,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -264,6 +285,13 @@ impl Default for Config {
             storage: StorageConfig::default(),
             journal: JournalConfig::default(),
             dicom_nodes: Vec::new(),
+            dicom_tls_listen: None,
+            dicom_tls_cert: None,
+            dicom_tls_key: None,
+            dicom_tls_ca: None,
+            dicom_tls_verify_client: None,
+            http_tls_cert: None,
+            http_tls_key: None,
         }
     }
 }
@@ -381,6 +409,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(Secret::new),
         };
+        cfg.overlay_tls(over);
         if over.api_token_file.is_some() {
             cfg.api_token_file = over.api_token_file.clone();
         }

@@ -13,6 +13,7 @@ mod metrics;
 mod pace;
 mod router;
 mod server;
+mod stream;
 mod subscriptions;
 mod ui;
 mod uploads;
@@ -35,6 +36,7 @@ pub async fn serve(
     app: App,
     cancel: CancellationToken,
     grace: Duration,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let cfg = &app.cfg;
     let nofile = limits::raise_nofile();
@@ -67,6 +69,7 @@ pub async fn serve(
         router: router(app),
         timeouts,
         max_connections,
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
     };
     server.run(listener, cancel, grace).await;
     Ok(())

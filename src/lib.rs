@@ -23,6 +23,7 @@ pub mod reports;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod uid;
 pub mod webhook;
 
@@ -51,6 +52,18 @@ const STUDY_VIEWS: usize = 32;
 pub struct Listeners {
     pub dicom: TcpListener,
     pub http: TcpListener,
+    /// The DICOM TLS listener, when `dicom_tls_listen` is set.
+    pub dicom_tls: Option<TcpListener>,
+}
+
+/// Waits for a task that may not exist (then for ever).
+async fn join_optional<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The outbound webhook tasks: stable-study detection and delivery.
@@ -141,6 +154,8 @@ pub async fn run(
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
         tracing::info!(service, addr = %listener.local_addr()?, "listening");
     }
+    let tls = tls::Servers::start(&cfg, listeners.dicom_tls.as_ref())
+        .context("TLS settings (dicom_tls_*, http_tls_*)")?;
     match cfg.webhook_keys.len() {
         0 => tracing::warn!(
             "no AVARA_WEBHOOK_KEY configured: the Avara webhook refuses every request (503)"
@@ -161,31 +176,42 @@ pub async fn run(
     let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
     let outbound = outbound_tasks(&app, &worker_stop)?;
     let uploads = backlog.as_ref().map(|b| b.spawn(worker_stop.clone()));
-    let dicom = Arc::new(DicomServer::new(
-        &cfg,
-        Arc::clone(&app.ingest),
-        app.activity.clone(),
-    ));
+    let dicom = DicomServer::new(&cfg, Arc::clone(&app.ingest), app.activity.clone());
+    let dicom = Arc::new(match &tls.dicom {
+        Some(config) => dicom.with_tls(Arc::clone(config)),
+        None => dicom,
+    });
+    let mut dicom_tls_task = listeners
+        .dicom_tls
+        .map(|l| tokio::spawn(Arc::clone(&dicom).serve_tls(l, cancel.clone())));
     let mut dicom_task = tokio::spawn(dicom.serve(listeners.dicom, cancel.clone()));
     let mut http_task = tokio::spawn(http::serve(
         listeners.http,
         app.clone(),
         cancel.clone(),
         cfg.shutdown_grace(),
+        tls.http.clone(),
     ));
 
-    // Either server ending early is a failure that takes the other one down.
+    // Any server ending early is a failure that takes the others down.
     let first = tokio::select! {
         r = &mut dicom_task => ("dicom", r),
         r = &mut http_task => ("http", r),
+        r = join_optional(&mut dicom_tls_task) => ("dicom-tls", r),
     };
     cancel.cancel();
-    let (second_name, second) = match first.0 {
-        "dicom" => ("http", http_task.await),
-        _ => ("dicom", dicom_task.await),
-    };
+    let mut results = vec![first];
+    if results[0].0 != "dicom" {
+        results.push(("dicom", dicom_task.await));
+    }
+    if results[0].0 != "http" {
+        results.push(("http", http_task.await));
+    }
+    if let (true, Some(task)) = (results[0].0 != "dicom-tls", dicom_tls_task) {
+        results.push(("dicom-tls", task.await));
+    }
     let mut failure = None;
-    for (name, result) in [first, (second_name, second)] {
+    for (name, result) in results {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(anyhow::anyhow!("{name} server failed: {e}")),

@@ -45,6 +45,10 @@ fn try_main(command: Command) -> anyhow::Result<ExitCode> {
         let listeners = Listeners {
             dicom: bind(cfg.dicom_listen, "DICOM").await?,
             http: bind(cfg.http_listen, "HTTP").await?,
+            dicom_tls: match cfg.dicom_tls_listen {
+                Some(addr) => Some(bind(addr, "DICOM TLS").await?),
+                None => None,
+            },
         };
         let cancel = CancellationToken::new();
         shutdown::on_signals(cancel.clone()).context("installing signal handlers")?;

@@ -196,6 +196,27 @@ pub struct Overrides {
     /// [default: 64].
     #[arg(long, env = "DICOM_GATEWAY_JOURNAL_INLINE_MAX_KIB", value_name = "KIB")]
     pub journal_inline_max_kib: Option<u64>,
+    /// DICOM TLS listener address (2762 is the registered port) [default: none].
+    #[arg(long, env = "DICOM_GATEWAY_DICOM_TLS_LISTEN", value_name = "ADDR")]
+    pub dicom_tls_listen: Option<SocketAddr>,
+    /// PEM certificate (chain) of the DICOM TLS listener and of our TLS associations.
+    #[arg(long, env = "DICOM_GATEWAY_DICOM_TLS_CERT", value_name = "FILE")]
+    pub dicom_tls_cert: Option<PathBuf>,
+    /// PEM private key of --dicom-tls-cert.
+    #[arg(long, env = "DICOM_GATEWAY_DICOM_TLS_KEY", value_name = "FILE")]
+    pub dicom_tls_key: Option<PathBuf>,
+    /// PEM CA bundle that client (and remote node) certificates must chain to.
+    #[arg(long, env = "DICOM_GATEWAY_DICOM_TLS_CA", value_name = "FILE")]
+    pub dicom_tls_ca: Option<PathBuf>,
+    /// Demand a client certificate [default: true when --dicom-tls-ca is set].
+    #[arg(long, env = "DICOM_GATEWAY_DICOM_TLS_VERIFY_CLIENT")]
+    pub dicom_tls_verify_client: Option<bool>,
+    /// PEM certificate (chain) for HTTPS on the HTTP listener.
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_TLS_CERT", value_name = "FILE")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key of --http-tls-cert.
+    #[arg(long, env = "DICOM_GATEWAY_HTTP_TLS_KEY", value_name = "FILE")]
+    pub http_tls_key: Option<PathBuf>,
 }
 
 impl Overrides {

@@ -57,6 +57,7 @@ impl Config {
         if let Err(reason) = nodes::validate(&self.dicom_nodes) {
             return invalid("dicom_nodes", reason);
         }
+        self.validate_tls()?;
         if self.webhook_timeout > 300 {
             return invalid("webhook_timeout", "must be at most 300 seconds".into());
         }

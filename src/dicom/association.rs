@@ -90,8 +90,10 @@ impl Pace {
     }
 }
 
-pub struct Association<'a> {
-    assoc: AsyncServerAssociation<TcpStream>,
+/// Generic over the stream so the TLS listener shares it; `TcpStream` for
+/// the plain one.
+pub struct Association<'a, S = TcpStream> {
+    assoc: AsyncServerAssociation<S>,
     ingest: &'a Ingest,
     calling_ae: String,
     contexts: HashMap<u8, Context>,
@@ -105,9 +107,12 @@ pub struct Association<'a> {
     session: Option<crate::activity::Session>,
 }
 
-impl<'a> Association<'a> {
+impl<'a, S> Association<'a, S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     pub fn new(
-        assoc: AsyncServerAssociation<TcpStream>,
+        assoc: AsyncServerAssociation<S>,
         calling_ae: String,
         ingest: &'a Ingest,
         pace: Pace,

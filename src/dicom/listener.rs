@@ -6,14 +6,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dicom_ul::association::server::{DefaultNegotiation, ServerAssociationOptions};
+use dicom_ul::association::server::{
+    AsyncServerAssociation, DefaultNegotiation, ServerAssociationOptions,
+};
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJServiceUserReason, AssociationRJSource, Pdu,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -26,6 +28,8 @@ use crate::activity::Activity;
 use crate::config::Config;
 use crate::ingest::Ingest;
 
+mod tls;
+
 type Options = ServerAssociationOptions<'static, AeAccess, DefaultNegotiation>;
 
 /// Connections from outside `allowed_peers` kept while they are refused.
@@ -34,6 +38,8 @@ const STRANGERS: usize = 16;
 /// Everything the DICOM side needs, built once from the configuration.
 pub struct DicomServer {
     options: Options,
+    /// The same options with the TLS listener's rustls configuration.
+    tls_options: Option<Options>,
     ingest: Arc<Ingest>,
     activity: Activity,
     slots: Arc<Semaphore>,
@@ -67,6 +73,7 @@ impl DicomServer {
         // data is passed through untouched.
         DicomServer {
             options,
+            tls_options: None,
             ingest,
             activity,
             slots: Arc::new(Semaphore::new(cfg.max_associations)),
@@ -82,12 +89,38 @@ impl DicomServer {
         }
     }
 
+    /// Serves [`DicomServer::serve_tls`] with this rustls configuration
+    /// (see src/tls.rs).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> DicomServer {
+        self.tls_options = Some(self.options.clone().tls_config(config));
+        self
+    }
+
     /// Accepts associations until `cancel` fires, then lets the ones in flight
     /// finish for the grace period and aborts whatever is left.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.accept_loop(listener, cancel, false).await
+    }
+
+    /// [`DicomServer::serve`] for the TLS listener: the same peer checks,
+    /// bounds, slots and drain, each connection's TLS handshake first.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.accept_loop(listener, cancel, true).await
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cancel: CancellationToken,
+        tls: bool,
     ) -> std::io::Result<()> {
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
@@ -126,9 +159,15 @@ impl DicomServer {
             let server = Arc::clone(&self);
             let (cancel, hard_stop) = (cancel.clone(), hard_stop.clone());
             tracker.spawn(async move {
-                server
-                    .handle(socket, peer, waiting, cancel, hard_stop)
-                    .await
+                if tls {
+                    server
+                        .handle_tls(socket, peer, waiting, cancel, hard_stop)
+                        .await
+                } else {
+                    server
+                        .handle(socket, peer, waiting, cancel, hard_stop)
+                        .await
+                }
             });
         }
         drop(listener);
@@ -215,9 +254,34 @@ impl DicomServer {
                 return;
             }
         };
+        self.associated(assoc, peer, slot, hard_stop, None).await
+    }
+
+    /// Serves an established association (plain or TLS; `tls_peer` names
+    /// the client certificate) until it ends.
+    async fn associated<S>(
+        &self,
+        assoc: AsyncServerAssociation<S>,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        hard_stop: CancellationToken,
+        tls_peer: Option<crate::tls::Names>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         use dicom_ul::association::Association as _;
         let calling_ae = assoc.peer_ae_title().trim().to_owned();
-        let span = tracing::info_span!("association", %peer, calling_ae = %calling_ae);
+        let span = tracing::info_span!(
+            "association",
+            %peer,
+            calling_ae = %calling_ae,
+            tls_subject = tracing::field::Empty,
+            tls_issuer = tracing::field::Empty,
+        );
+        if let Some(names) = &tls_peer {
+            span.record("tls_subject", names.subject.as_str());
+            span.record("tls_issuer", names.issuer.as_str());
+        }
         async move {
             let _open = crate::metrics::get().association_opened();
             tracing::info!(

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::stream::Stream;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -35,7 +36,6 @@ use futures::FutureExt;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
@@ -145,7 +145,7 @@ pub struct Io {
     /// Declared before the stream: released before the socket closes, so a
     /// client that sees the close can count on the slot being free.
     permit: Option<OwnedSemaphorePermit>,
-    stream: TcpStream,
+    stream: Stream,
     activity: Activity,
     timeouts: Timeouts,
     timer: Pin<Box<Sleep>>,
@@ -158,7 +158,7 @@ pub struct Io {
 
 impl Io {
     pub fn new(
-        stream: TcpStream,
+        stream: Stream,
         permit: OwnedSemaphorePermit,
         activity: Activity,
         timeouts: Timeouts,
@@ -187,7 +187,7 @@ impl Io {
     }
 
     /// Frees the connection's slot and hands back the socket.
-    pub fn into_stream(mut self) -> TcpStream {
+    pub fn into_stream(mut self) -> Stream {
         self.permit.take();
         self.stream
     }
@@ -292,7 +292,8 @@ impl AsyncWrite for Io {
         self.stream.is_write_vectored()
     }
 
-    /// A no-op on a TCP stream: says nothing about the client reading.
+    /// A no-op on a TCP stream (and TLS writes go out as they are made):
+    /// says nothing about the client reading.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::conn::{Activity, Expired, Io, Svc, Timeouts};
 use super::error::ApiError;
+use super::stream::Stream;
 
 /// Largest request head (request line and headers); larger gets 431.
 pub const MAX_HEAD: usize = 32 * 1024;
@@ -48,6 +49,8 @@ pub struct Server {
     pub router: Router,
     pub timeouts: Timeouts,
     pub max_connections: usize,
+    /// HTTPS: each connection's TLS handshake, within the head time-out.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Server {
@@ -78,8 +81,9 @@ impl Server {
                     );
                     warned_full = Some(Instant::now());
                 }
-                if let Ok(spare) = Arc::clone(&spare).try_acquire_owned() {
-                    tracker.spawn(refuse(stream, spare, hard_stop.clone()));
+                // A TLS client cannot read a plaintext 503: just close.
+                if let (None, Ok(spare)) = (&shared.tls, Arc::clone(&spare).try_acquire_owned()) {
+                    tracker.spawn(refuse(Stream::Plain(stream), spare, hard_stop.clone()));
                 }
                 continue;
             };
@@ -129,6 +133,28 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let timeouts = self.server.timeouts;
         let activity = Activity::new(Instant::now());
+        let stream = match &self.server.tls {
+            None => Stream::Plain(stream),
+            // The handshake counts against the head time-out: a client
+            // that stalls it holds its slot no longer than a slow head.
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(timeouts.header, acceptor.accept(stream)) => r,
+                    () = self.hard_stop.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not done within the head time-out");
+                        return;
+                    }
+                }
+            }
+        };
         let io = Io::new(stream, slot, activity.clone(), timeouts);
         let service = Svc {
             router: self.server.router.clone(),
@@ -196,7 +222,7 @@ impl Connection {
 }
 
 /// The connection cap is reached: a canned 503, then close.
-async fn refuse(stream: TcpStream, spare: OwnedSemaphorePermit, hard_stop: CancellationToken) {
+async fn refuse(stream: Stream, spare: OwnedSemaphorePermit, hard_stop: CancellationToken) {
     let reply = ApiError::TooManyConnections.raw_http1();
     tokio::select! {
         () = hard_stop.cancelled() => {}
@@ -208,7 +234,7 @@ async fn refuse(stream: TcpStream, spare: OwnedSemaphorePermit, hard_stop: Cance
 /// Writes `reply` if any, then closes the way [`finish`] does when a spare
 /// slot allows; otherwise at once.
 async fn close(
-    stream: TcpStream,
+    stream: Stream,
     reply: Option<&[u8]>,
     spare: &Arc<Semaphore>,
     hard_stop: &CancellationToken,
@@ -226,7 +252,7 @@ async fn close(
 /// client still sends, for a bounded time and amount: closing a socket
 /// with unread data resets the connection, and the client may lose the
 /// answer.
-async fn finish(mut stream: TcpStream, reply: Option<&[u8]>) {
+async fn finish(mut stream: Stream, reply: Option<&[u8]>) {
     let deadline = Instant::now() + LINGER_TIME;
     if let Some(reply) = reply {
         let wrote = tokio::time::timeout(CANNED_WRITE_TIME, stream.write_all(reply)).await;
