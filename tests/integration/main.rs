@@ -27,6 +27,7 @@ mod s3;
 mod s3_cluster;
 mod s3_journal;
 mod subscriptions;
+mod tls;
 mod ui;
 mod uids;
 mod webhook;

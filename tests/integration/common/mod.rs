@@ -143,6 +143,8 @@ pub struct Gateway {
     child: Option<Child>,
     pub dicom: SocketAddr,
     pub http: SocketAddr,
+    /// The DICOM TLS listener, when started with `--dicom-tls-listen`.
+    pub dicom_tls: Option<SocketAddr>,
     log: Arc<Log>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
@@ -266,6 +268,7 @@ impl Gateway {
             child: Some(child),
             dicom: "0.0.0.0:0".parse().unwrap(),
             http: "0.0.0.0:0".parse().unwrap(),
+            dicom_tls: None,
             log,
             args: opts.args,
             envs: opts.envs,
@@ -274,6 +277,9 @@ impl Gateway {
         };
         gw.dicom = gw.listening("dicom");
         gw.http = gw.listening("http");
+        if gw.args.iter().any(|a| a == "--dicom-tls-listen") {
+            gw.dicom_tls = Some(gw.listening("dicom-tls"));
+        }
         gw
     }
 
