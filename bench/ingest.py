@@ -7,6 +7,7 @@
     python3 bench/ingest.py --receivers dcmtk,gateway,orthanc --runs 3   # with Orthanc (apt-get install orthanc)
     python3 bench/ingest.py --receivers gateway,gateway-subs --sets ct512,small9 --runs 3   # outbound webhooks
     python3 bench/ingest.py --gateway-arg=--journal --gateway-arg=true   # extra `serve` arguments
+    python3 bench/ingest.py --receivers dcmtk,dcmtk-tls,gateway,gateway-tls --sets ct512,small9 --runs 3   # TLS
 
 Must run as root (it creates a private network namespace).  Python 3.11,
 standard library only; the test data generator is run with .venv/bin/python.
@@ -43,6 +44,17 @@ Method
   problems.  Each bench set is one study, so a run queues one
   study.received per subscription while the senders run, and one
   study.stable once they stopped.
+* TLS (--receivers dcmtk,dcmtk-tls,gateway,gateway-tls): a test PKI (site
+  CA, server certificate for 127.0.0.1, client certificate; RSA 2048) is made
+  once into WORK/tls by tests/peers/make-test-certs.sh (openssl) and reused.
+  "gateway-tls" is the gateway with its TLS listener (--dicom-tls-listen,
+  --dicom-tls-cert/-key, --dicom-tls-ca: mutual TLS, client certificates
+  verified), "dcmtk-tls" is `storescp --fork +tls server.key server.pem +cf
+  ca.pem` (its default BCP 195 non-downgrading profile; client certificates
+  required and verified, its default). Their senders are the same storescu
+  with `+tls client.key client.pem +cf ca.pem` (the server's certificate
+  checked against the CA). Everything else (sets, modes, timing, checks) is
+  as for the plain receivers, so TLS and plain rows of one run compare.
 * Gateway arguments: every --gateway-arg ARG (repeatable; `--gateway-arg=--flag`
   for one that starts with a dash) is appended, in order, to every
   `dicom-gateway serve` command (gateway, gateway-s3, gateway-subs), and
@@ -147,6 +159,10 @@ STORESCP = "/usr/bin/storescp"
 GATEWAY_BUILD = REPO / "target" / "release" / "dicom-gateway"
 GATEWAY_AE = "DICOMGW"
 DCMTK_PORT = 11113
+DCMTK_TLS_PORT = 12763
+GATEWAY_TLS_PORT = 12762
+MAKE_CERTS = REPO / "tests" / "peers" / "make-test-certs.sh"
+TLS_DIR: Path | None = None  # WORK/tls once a TLS receiver is selected (main)
 GATEWAY_DICOM_PORT = 11112
 GATEWAY_HTTP_PORT = 18080
 
@@ -528,6 +544,10 @@ class Receiver:
         the benchmark's own, not interference."""
         return []
 
+    def sender_flags(self) -> list[str]:
+        """Extra storescu options this receiver needs (TLS)."""
+        return []
+
     def backlog_drain(self) -> tuple[float, bool] | None:
         """Right after the timed window: (seconds until the receiver's upload
         backlog was empty, whether it reports one at all); None when the
@@ -605,6 +625,58 @@ class GatewayReceiver(Receiver):
         """WARN/ERROR lines of the gateway log (tracing's level column)."""
         text = self.log_path.read_text(errors="replace")
         return [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
+
+
+def tls_file(name: str) -> str:
+    if TLS_DIR is None:
+        raise RuntimeError("TLS receiver without a PKI (main makes it)")
+    return str(TLS_DIR / name)
+
+
+def tls_sender_flags() -> list[str]:
+    """storescu over TLS with the modality's certificate, checking the
+    receiver's against the site CA."""
+    return ["+tls", tls_file("client.key"), tls_file("client.pem"), "+cf", tls_file("ca.pem")]
+
+
+def make_pki(work_dir: Path) -> Path:
+    """The test PKI in WORK/tls, made once (tests/peers/make-test-certs.sh)."""
+    directory = work_dir / "tls"
+    subprocess.run(["sh", str(MAKE_CERTS), str(directory)], check=True)
+    return directory
+
+
+class DcmtkTlsReceiver(DcmtkReceiver):
+    """storescp --fork over TLS, client certificates required (its default)."""
+
+    name = "dcmtk-tls"
+    port = DCMTK_TLS_PORT
+
+    def command(self) -> list[str]:
+        return [STORESCP, "--fork", "+tls", tls_file("server.key"), tls_file("server.pem"),
+                "+cf", tls_file("ca.pem"), "-od", str(self.out_dir), str(self.port)]  # fmt: skip
+
+    def sender_flags(self) -> list[str]:
+        return tls_sender_flags()
+
+
+class GatewayTlsReceiver(GatewayReceiver):
+    """The gateway's TLS listener (mutual TLS against the site CA); the
+    plain listener is there too but unused."""
+
+    name = "gateway-tls"
+    port = GATEWAY_TLS_PORT
+
+    def command(self) -> list[str]:
+        return super().command() + [
+            "--dicom-tls-listen", f"127.0.0.1:{GATEWAY_TLS_PORT}",
+            "--dicom-tls-cert", tls_file("server.pem"),
+            "--dicom-tls-key", tls_file("server.key"),
+            "--dicom-tls-ca", tls_file("ca.pem"),
+        ]  # fmt: skip
+
+    def sender_flags(self) -> list[str]:
+        return tls_sender_flags()
 
 
 class SeaweedFS:
@@ -912,7 +984,9 @@ class OrthancReceiver(Receiver):
 
 RECEIVER_CLASSES = {
     "dcmtk": DcmtkReceiver,
+    "dcmtk-tls": DcmtkTlsReceiver,
     "gateway": GatewayReceiver,
+    "gateway-tls": GatewayTlsReceiver,
     "gateway-s3": GatewayS3Receiver,
     "gateway-subs": GatewaySubsReceiver,
     "orthanc": OrthancReceiver,
@@ -954,7 +1028,8 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult)
         start = time.perf_counter()
         senders = [
             subprocess.Popen(
-                [STORESCU, "-aec", receiver.called_ae, "+sd", "127.0.0.1", str(receiver.port), str(d)],
+                [STORESCU, *receiver.sender_flags(), "-aec", receiver.called_ae, "+sd",
+                 "127.0.0.1", str(receiver.port), str(d)],  # fmt: skip
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=dcmtk_env(),
@@ -1321,6 +1396,7 @@ def parse_args() -> argparse.Namespace:
 
 def check_tools(receivers: list[str]) -> None:
     tools = [STORESCU, STORESCP, GATEWAY_BUILD] + ([WEED, "/usr/bin/curl"] if "gateway-s3" in receivers else [])
+    tools += ["/usr/bin/openssl"] if any(r.endswith("-tls") for r in receivers) else []
     for tool in tools:
         if not os.access(tool, os.X_OK):
             sys.exit(
@@ -1361,12 +1437,14 @@ def run_set(bench_set: BenchSet, runs: int, work_dir: Path, receivers: list[str]
 def main() -> None:
     command = shlex.join([sys.executable, *sys.argv])
     args = parse_args()
-    global GATEWAY_BUILD
+    global GATEWAY_BUILD, TLS_DIR
     GATEWAY_BUILD = args.gateway_binary.resolve()
     enter_private_netns()
     check_tools(args.receivers)
     check_disk(args.work_dir, args.sets, args.runs)
     snapshot_gateway(args.work_dir)
+    if any(r.endswith("-tls") for r in args.receivers):
+        TLS_DIR = make_pki(args.work_dir)
     GatewayReceiver.stable_after = args.stable_after
     GatewayReceiver.extra_args = args.gateway_arg
     info = machine_info()
