@@ -301,6 +301,7 @@ impl Metrics {
             "called_ae_unknown",
             "negotiation_rejected",
             "negotiation_failed",
+            "tls_handshake",
         ] {
             drop(self.associations_rejected.get_or_create(&Reason { reason }));
         }

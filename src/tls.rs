@@ -72,8 +72,9 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
-    /// The key does not belong to the certificate, or is of a kind the
-    /// provider cannot sign with.
+    /// A setting unusable as given: a key that does not belong to its
+    /// certificate (or that the provider cannot sign with), client
+    /// verification without a CA, a TLS node without a CA.
     #[error("{setting}: {reason}")]
     Invalid {
         setting: &'static str,

@@ -350,3 +350,124 @@ fn unusable_tls_settings_stop_the_start_naming_the_setting() {
         assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
     }
 }
+
+/// A peer that starts a handshake and stalls holds nothing for long: the
+/// DICOM TLS listener closes it at the ARTIM time, HTTPS at the head
+/// time-out, and both serve on.
+#[test]
+fn a_stalled_tls_handshake_is_closed_and_the_listeners_serve_on() {
+    use std::io::{ErrorKind, Read, Write};
+    let pki = Pki::new();
+    let gw = tls_gateway(
+        &pki,
+        &[
+            "--artim-timeout",
+            "1",
+            "--http-header-timeout",
+            "1",
+            "--http-tls-cert",
+            &pki.file("server.pem"),
+            "--http-tls-key",
+            &pki.file("server.key"),
+        ],
+    );
+    for addr in [gw.dicom_tls.unwrap(), gw.http] {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        // A bound against a hang, not a measurement.
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        // A TLS record header promising a ClientHello that never comes.
+        socket
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .unwrap();
+        let mut buf = [0u8; 256];
+        match socket.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("{addr}: {n} bytes answered to half a ClientHello"),
+            Err(e) => assert!(
+                !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                "{addr}: still open after 60 s"
+            ),
+        }
+    }
+    gw.wait_for_log("not done within the ARTIM time");
+    common::assert_ok(
+        &dcmtk("/usr/bin/echoscu", &gw, &pki, Client::Cert("client"), &[]),
+        "echoscu +tls after a stalled handshake",
+    );
+    let (code, body) = curl(
+        &["--cacert", &pki.file("ca.pem")],
+        &format!("https://{}/healthz", gw.http),
+    );
+    assert_eq!(code, 0);
+    assert!(body.contains("\"ok\""), "{body}");
+}
+
+/// pynetdicom (Python's ssl) holds the only association slot over TLS: a
+/// second modality's association is aborted (a slot is taken only once an
+/// association is established), and gets in once the first is released.
+#[test]
+fn over_tls_max_associations_holds_and_pynetdicom_is_a_tls_peer_too() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let pki = Pki::new();
+    let gw = tls_gateway(&pki, &["--max-associations", "1"]);
+    let addr = gw.dicom_tls.unwrap();
+    let script = "import ssl, sys\n\
+        from pynetdicom import AE\n\
+        from pynetdicom.sop_class import Verification\n\
+        ca, cert, key, host, port = sys.argv[1:6]\n\
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)\n\
+        ctx.load_cert_chain(cert, key)\n\
+        ae = AE(ae_title='HOLDER')\n\
+        ae.add_requested_context(Verification)\n\
+        assoc = ae.associate(host, int(port), ae_title='DICOMGW', tls_args=(ctx, 'localhost'))\n\
+        print('established' if assoc.is_established else 'refused', flush=True)\n\
+        sys.stdin.read()\n\
+        if assoc.is_established:\n    print(assoc.send_c_echo().Status, flush=True)\n    assoc.release()\n";
+    let mut holder = Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .args([
+            &pki.file("ca.pem"),
+            &pki.file("client.pem"),
+            &pki.file("client.key"),
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "established");
+
+    let ct = common::fixture("study1/series2/ct1.dcm");
+    let skip = gw.log_len();
+    assert_failed(
+        &storescu_tls(&gw, &pki, Client::Cert("client"), &ct),
+        "a second TLS association with max_associations = 1",
+    );
+    gw.wait_for_log_after(skip, "max_associations reached; TLS association aborted");
+    assert!(gw.studies().is_empty());
+
+    drop(holder.stdin.take()); // the holder echoes, then releases
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "0", "C-ECHO status over pynetdicom's TLS");
+    assert!(holder.wait().unwrap().success());
+    // Logged once its slot is free.
+    let released = gw.wait_for_log("association released");
+    assert!(
+        released.contains(r#"calling_ae=HOLDER tls_subject="O=Test Site, CN=MODALITY1""#),
+        "{released}"
+    );
+    common::assert_ok(
+        &storescu_tls(&gw, &pki, Client::Cert("client"), &ct),
+        "storescu +tls once the slot is free",
+    );
+    assert_stored_exact(&gw, &ct);
+}
