@@ -74,7 +74,7 @@ pub enum Error {
     },
     /// A setting unusable as given: a key that does not belong to its
     /// certificate (or that the provider cannot sign with), client
-    /// verification without a CA, a TLS node without a CA.
+    /// verification without a CA.
     #[error("{setting}: {reason}")]
     Invalid {
         setting: &'static str,
@@ -282,8 +282,9 @@ impl std::fmt::Debug for TlsClient {
 }
 
 impl TlsClient {
-    /// The client, or `None` when no CA is configured (then no node may use
-    /// TLS: the configuration check refuses that).
+    /// The client, or `None` when no CA is configured: a node with
+    /// `tls = true` cannot be verified then (warned about at start); its
+    /// associations fail with [`Error::Missing`]`("dicom_tls_ca")`.
     pub fn from_config(cfg: &Config) -> Result<Option<TlsClient>> {
         let Some(ca) = &cfg.dicom_tls_ca else {
             return Ok(None);
@@ -397,6 +398,14 @@ impl Servers {
                 "DICOM TLS on (TLS 1.2/1.3)"
             );
         }
+        if cfg.dicom_tls_ca.is_none() {
+            for node in cfg.dicom_nodes.iter().filter(|n| n.tls) {
+                tracing::warn!(
+                    ae_title = %node.ae_title.trim(),
+                    "dicom_nodes entry has tls = true but dicom_tls_ca is not set: its certificate cannot be verified, so associations to it will fail"
+                );
+            }
+        }
         if servers.http.is_some() {
             tracing::info!("HTTPS on for the HTTP listener (TLS 1.2/1.3)");
             if !cfg.public_url.starts_with("https://") {
@@ -442,17 +451,7 @@ pub fn check(cfg: &Config) -> Result<()> {
     }
     dicom_server_config(cfg)?;
     http_server_config(cfg)?;
-    let client = TlsClient::from_config(cfg)?;
-    let tls_node = cfg.dicom_nodes.iter().find(|n| n.tls);
-    if let (None, Some(node)) = (&client, tls_node) {
-        return Err(Error::Invalid {
-            setting: "dicom_nodes",
-            reason: format!(
-                "{:?} has tls = true but dicom_tls_ca is not set (its certificate could not be verified)",
-                node.ae_title.trim()
-            ),
-        });
-    }
+    TlsClient::from_config(cfg)?;
     Ok(())
 }
 

@@ -151,29 +151,26 @@ fn unusable_tls_settings_are_refused_naming_the_setting() {
 }
 
 #[test]
-fn a_tls_node_needs_a_ca() {
+fn the_tls_client_needs_the_ca() {
     let pki = Pki::new();
-    let file = pki.path("gw.toml");
-    std::fs::write(
-        &file,
-        "[[dicom_nodes]]\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\ntls = true\n",
-    )
-    .unwrap();
-    refused(
-        Overrides {
-            config: Some(file.clone()),
-            ..Default::default()
-        },
-        "dicom_nodes",
-        "dicom_tls_ca",
-    );
+    let cfg = load(Overrides::default()).unwrap();
+    assert!(TlsClient::from_config(&cfg).unwrap().is_none());
     let cfg = load(Overrides {
-        config: Some(file),
         dicom_tls_ca: Some(pki.path("ca.pem")),
         ..Default::default()
     })
     .unwrap();
     assert!(TlsClient::from_config(&cfg).unwrap().is_some());
+    // Our certificate without its key is refused, naming the missing one.
+    refused(
+        Overrides {
+            dicom_tls_ca: Some(pki.path("ca.pem")),
+            dicom_tls_cert: Some(pki.path("client.pem")),
+            ..Default::default()
+        },
+        "dicom_tls_key",
+        "required",
+    );
 }
 
 /// The client helper against dicom-ul's own TLS acceptor with our server
