@@ -88,7 +88,12 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// Secrets are not needed for it, so the environment's are not read.
 fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&args.overrides, &SecretEnv::default())?;
-    let url = healthcheck::check(
+    let check = if cfg.https() {
+        healthcheck::check_https
+    } else {
+        healthcheck::check
+    };
+    let url = check(
         healthcheck::probe_addr(cfg.http_listen),
         Duration::from_secs(args.timeout),
     )?;

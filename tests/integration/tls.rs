@@ -303,6 +303,24 @@ fn https_serves_a_client_that_checks_the_chain_and_refuses_the_others() {
         ];
         assert_eq!(curl(&flags, &https).0, 0, "TLS {version}");
     }
+    // The container's health check follows the same settings to HTTPS;
+    // a plain-HTTP probe of the HTTPS port is unhealthy.
+    let healthcheck = |tls: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dicom-gateway"));
+        cmd.args(["healthcheck", "--http-listen", &gw.http.to_string()]);
+        if tls {
+            cmd.args(["--http-tls-cert", &pki.file("server.pem")])
+                .args(["--http-tls-key", &pki.file("server.key")]);
+        }
+        cmd.env_remove("DICOM_GATEWAY_HTTP_TLS_CERT")
+            .env_remove("DICOM_GATEWAY_HTTP_TLS_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = healthcheck(true);
+    common::assert_ok(&out, "healthcheck over HTTPS");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy: https://"));
+    assert!(!healthcheck(false).status.success());
     // Python's ssl module, another real client, checking the chain too.
     let script = "import ssl, sys, urllib.request\n\
                   ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
