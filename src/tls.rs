@@ -283,8 +283,8 @@ impl std::fmt::Debug for TlsClient {
 
 impl TlsClient {
     /// The client, or `None` when no CA is configured: a node with
-    /// `tls = true` cannot be verified then (warned about at start); its
-    /// associations fail with [`Error::Missing`]`("dicom_tls_ca")`.
+    /// `tls = true` cannot be verified then (warned about at start), and
+    /// callers fail its associations with [`Error::Missing`]`("dicom_tls_ca")`.
     pub fn from_config(cfg: &Config) -> Result<Option<TlsClient>> {
         let Some(ca) = &cfg.dicom_tls_ca else {
             return Ok(None);
