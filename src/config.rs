@@ -179,6 +179,10 @@ pub struct Config {
     /// `[[dicom_nodes]]` in the file (forwarding destinations, storage
     /// commitment requesters).
     pub dicom_nodes: Vec<DicomNode>,
+    /// Storage commitment: the wait before each new-association attempt
+    /// to deliver a report after the first (immediate) one; once the last
+    /// has failed, the request is failed (default about 24 h in all).
+    pub storage_commitment_retry: Vec<String>,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -264,6 +268,10 @@ impl Default for Config {
             storage: StorageConfig::default(),
             journal: JournalConfig::default(),
             dicom_nodes: Vec::new(),
+            storage_commitment_retry: crate::commitment::DEFAULT_RETRY
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -320,6 +328,7 @@ impl Config {
             webhook_timeout,
             webhook_concurrency,
             log_format,
+            storage_commitment_retry,
         );
         let st = &mut cfg.storage;
         if over.storage_url.is_some() {

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::dimse::{self, Command, field, status};
 use crate::ingest::{self, Check, ErrorKind, Expected, Ingest, Receiving};
 use crate::uid::Uid;
+use commitment::{ActionBuffer, CommitmentSession};
+
+mod commitment;
 
 /// Largest command set we reassemble. Real ones are a few hundred bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -50,6 +53,8 @@ enum Sink {
     },
     /// Read and drop the data set, then answer with this status.
     Refuse { status: u16, comment: String },
+    /// A storage commitment N-ACTION's data set (`commitment.rs`).
+    Action(ActionBuffer),
 }
 
 struct Pending {
@@ -103,6 +108,8 @@ pub struct Association<'a> {
     stored: u64,
     /// This association's line on the operator page.
     session: Option<crate::activity::Session>,
+    /// Storage commitment requests of this association (`commitment.rs`).
+    commitment: CommitmentSession,
 }
 
 impl<'a> Association<'a> {
@@ -136,6 +143,7 @@ impl<'a> Association<'a> {
             pace,
             stored: 0,
             session: None,
+            commitment: CommitmentSession::default(),
         }
     }
 
@@ -236,6 +244,9 @@ impl<'a> Association<'a> {
     }
 
     async fn on_command(&mut self, pc: u8, command: Command) -> Result<(), String> {
+        if command.field == field::N_EVENT_REPORT_RSP {
+            return self.on_event_report_rsp(command).await;
+        }
         if !command.is_request() {
             return Err(format!(
                 "unexpected response command 0x{:04X}",
@@ -258,6 +269,7 @@ impl<'a> Association<'a> {
             }
             // Nothing of ours is cancellable; C-CANCEL has no response.
             field::C_CANCEL_RQ => Ok(()),
+            field::N_ACTION_RQ => self.on_n_action(pc, command).await,
             other => {
                 tracing::info!(
                     command = format_args!("0x{other:04X}"),
@@ -342,6 +354,9 @@ impl<'a> Association<'a> {
                 *receiving = Err(e);
             }
         }
+        if let Sink::Action(buffer) = &mut pending.sink {
+            buffer.append(&pdv.data);
+        }
         if !pdv.is_last {
             return Ok(());
         }
@@ -350,6 +365,7 @@ impl<'a> Association<'a> {
         } = self.pending.take().expect("checked above");
         let (code, comment) = match sink {
             Sink::Refuse { status, comment } => (status, Some(comment)),
+            Sink::Action(buffer) => return self.finish_n_action(pc, command, buffer).await,
             Sink::Store {
                 expected,
                 receiving,

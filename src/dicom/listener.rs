@@ -44,6 +44,8 @@ pub struct DicomServer {
     grace: Duration,
     artim: Duration,
     pace: Pace,
+    /// The storage commitment SCP, when served.
+    commitments: Option<Arc<crate::commitment::Commitments>>,
 }
 
 impl DicomServer {
@@ -55,7 +57,8 @@ impl DicomServer {
             .strict(true)
             .read_timeout(cfg.read_timeout())
             .write_timeout(cfg.write_timeout())
-            .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION);
+            .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION)
+            .with_abstract_syntax(crate::commitment::SOP_CLASS);
         for class in STORAGE_SOP_CLASSES {
             options = options.with_abstract_syntax(*class);
         }
@@ -79,7 +82,14 @@ impl DicomServer {
                 min_rate: cfg.min_data_rate,
                 grace: cfg.read_timeout(),
             },
+            commitments: None,
         }
+    }
+
+    /// Serves the Storage Commitment Push Model SCP with `commitments`.
+    pub fn with_commitments(mut self, commitments: Arc<crate::commitment::Commitments>) -> Self {
+        self.commitments = Some(commitments);
+        self
     }
 
     /// Accepts associations until `cancel` fires, then lets the ones in flight
@@ -226,6 +236,7 @@ impl DicomServer {
             );
             let session = self.activity.begin(peer, &calling_ae);
             let (end, stored) = Association::new(assoc, calling_ae, &self.ingest, self.pace)
+                .with_commitments(self.commitments.clone())
                 .run(hard_stop, session)
                 .await;
             drop(slot);
