@@ -251,9 +251,9 @@ pub fn parse(bytes: &[u8], ts: &str) -> Result<Action, Refusal> {
                     } else {
                         Some(defined_end(len)?)
                     };
-                    if !refs && end.is_some() {
+                    if let (false, Some(end)) = (refs, end) {
                         // Nothing in it is ours: skip it by its length.
-                        p = end.expect("checked");
+                        p = end;
                         continue;
                     }
                     push(&mut stack, Kind::Sequence { refs }, end).map_err(bad)?;

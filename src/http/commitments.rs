@@ -14,6 +14,6 @@ pub async fn list(State(app): State<App>) -> Result<Json<Vec<serde_json::Value>>
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    records.sort_by(|a, b| b.received_at.cmp(&a.received_at));
+    records.sort_by_key(|r| std::cmp::Reverse(r.received_at));
     Ok(Json(records.iter().map(|r| r.summary()).collect()))
 }

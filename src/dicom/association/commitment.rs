@@ -37,10 +37,15 @@ pub struct CommitmentSession {
 pub struct ActionBuffer {
     bytes: Vec<u8>,
     over: bool,
+    /// Already refused by its command: the data set is read and dropped.
+    refused: Option<Refusal>,
 }
 
 impl ActionBuffer {
     pub fn append(&mut self, data: &[u8]) {
+        if self.refused.is_some() {
+            return;
+        }
         if self.over || self.bytes.len().saturating_add(data.len()) > MAX_DATASET_BYTES {
             // The rest is read and dropped; the request is refused.
             self.over = true;
@@ -78,10 +83,10 @@ impl<'a> Association<'a> {
                 Ok(())
             }
             Err(refusal) if command.has_dataset => {
-                let sink = Sink::Refuse {
-                    status: refusal.status,
-                    comment: refusal.comment,
-                };
+                let sink = Sink::Action(ActionBuffer {
+                    refused: Some(refusal),
+                    ..ActionBuffer::default()
+                });
                 self.pending = Some(Pending::new(pc, command, sink));
                 Ok(())
             }
@@ -112,6 +117,9 @@ impl<'a> Association<'a> {
         command: Command,
         buffer: ActionBuffer,
     ) -> Result<(), String> {
+        if let Some(refusal) = &buffer.refused {
+            return self.refuse_action(pc, &command, refusal).await;
+        }
         let Some(commitments) = self.commitment.commitments.clone() else {
             return Err("N-ACTION data set without the commitment SCP".into());
         };
