@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::Index;
+use crate::index::{Index, InstanceRecord};
 use crate::store::BlobStore;
 use crate::uid::Uid;
 
@@ -62,6 +62,9 @@ pub mod reason {
 pub const DEFAULT_RETRY: [&str; 10] = [
     "5s", "30s", "2m", "10m", "30m", "1h", "2h", "4h", "8h", "8h",
 ];
+
+/// Store existence checks in flight at once while deciding a request.
+const STORE_CHECKS: usize = 16;
 
 /// Requests marked delivered or failed are kept this long for the operator
 /// API, then pruned.
@@ -299,32 +302,47 @@ impl Commitments {
         })
         .await
         .unwrap_or_else(|_| vec![Err(()); record.references.len()]);
-        let mut outcomes = Vec::with_capacity(found.len());
-        for (reference, found) in record.references.iter().zip(found) {
-            let outcome = match found {
-                Err(()) => reason::PROCESSING_FAILURE,
-                Ok(None) => reason::NO_SUCH_OBJECT_INSTANCE,
-                Ok(Some(rec)) if rec.sop_class_uid.as_str() != reference.class => {
-                    reason::CLASS_INSTANCE_CONFLICT
-                }
-                Ok(Some(rec)) => match self.store.exists(&rec.object_key).await {
-                    Ok(true) => 0,
-                    Ok(false) => {
-                        tracing::warn!(
-                            sop_instance_uid = %rec.sop_instance_uid,
-                            "indexed instance missing from the store; not committed"
-                        );
-                        reason::NO_SUCH_OBJECT_INSTANCE
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store check failed; not committed");
-                        reason::PROCESSING_FAILURE
-                    }
-                },
-            };
-            outcomes.push(outcome);
-        }
+        // Store checks (a stat on a local store, a HEAD on S3) a few at a
+        // time, in order.
+        use futures::StreamExt as _;
+        let items: Vec<(String, Result<Option<InstanceRecord>, ()>)> = record
+            .references
+            .iter()
+            .map(|r| r.class.clone())
+            .zip(found)
+            .collect();
+        let outcomes: Vec<u16> = futures::stream::iter(items)
+            .map(|(class, found)| {
+                let store = self.store.clone();
+                async move { outcome(&store, &class, found).await }
+            })
+            .buffered(STORE_CHECKS)
+            .collect()
+            .await;
         record.set_outcomes(outcomes);
+    }
+}
+
+/// The outcome of one reference (0: committed, else its Failure Reason).
+async fn outcome(store: &BlobStore, class: &str, found: Result<Option<InstanceRecord>, ()>) -> u16 {
+    match found {
+        Err(()) => reason::PROCESSING_FAILURE,
+        Ok(None) => reason::NO_SUCH_OBJECT_INSTANCE,
+        Ok(Some(rec)) if rec.sop_class_uid.as_str() != class => reason::CLASS_INSTANCE_CONFLICT,
+        Ok(Some(rec)) => match store.exists(&rec.object_key).await {
+            Ok(true) => 0,
+            Ok(false) => {
+                tracing::warn!(
+                    sop_instance_uid = %rec.sop_instance_uid,
+                    "indexed instance missing from the store; not committed"
+                );
+                reason::NO_SUCH_OBJECT_INSTANCE
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store check failed; not committed");
+                reason::PROCESSING_FAILURE
+            }
+        },
     }
 }
 

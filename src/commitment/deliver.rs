@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use dicom_ul::ClientAssociationOptions;
-use dicom_ul::pdu::{PDataValueType, Pdu, PresentationContextResultReason};
+use dicom_ul::pdu::{PDataValueType, Pdu, PresentationContextResultReason, UserVariableItem};
 
 use super::{Record, SOP_CLASS, report};
 use crate::config::DicomNode;
@@ -26,6 +26,8 @@ pub enum Error {
     Associate { address: String, reason: String },
     #[error("{0} accepted no Storage Commitment presentation context")]
     NoContext(String),
+    #[error("{0} refused the SCP role for Storage Commitment")]
+    RoleRefused(String),
     #[error("sending the report: {0}")]
     Send(String),
     #[error("no answer to the report: {0}")]
@@ -90,6 +92,28 @@ async fn attempt(record: &Record, node: &DicomNode, s: &Settings) -> Result<(), 
         return Err(Error::NoContext(node.ae_title.clone()));
     };
     let (pc, ts) = pc;
+    // PS3.7 D.3.3.4: an acceptor that answers the role selection without
+    // the SCP role has said no. One that does not answer it at all (many
+    // modality stacks) gets the report anyway, as dcm4chee and Orthanc do.
+    let answered = assoc.user_variables().iter().find_map(|uv| match uv {
+        UserVariableItem::ScuScpRoleSelectionSubItem(uid, roles)
+            if uid.trim_end_matches(['\0', ' ']) == SOP_CLASS =>
+        {
+            Some(roles.scp)
+        }
+        _ => None,
+    });
+    match answered {
+        Some(false) => {
+            let _ = assoc.abort().await;
+            return Err(Error::RoleRefused(node.ae_title.clone()));
+        }
+        None => tracing::debug!(
+            requester = %node.ae_title,
+            "the requester did not answer the role selection; sending the report anyway"
+        ),
+        Some(true) => {}
+    }
     let result = exchange(&mut assoc, record, s, pc, &ts).await;
     match &result {
         Ok(()) | Err(Error::Status(_)) => {

@@ -90,19 +90,36 @@ async fn pass(
             next = next.min(Duration::from_millis(record.next_attempt_at - now));
             continue;
         }
-        attempt(c, cfg, schedule, settings, record).await?;
+        // Read again: the requester's association may have delivered it
+        // since the list was read (its claim is gone by now).
+        let index = c.index.clone();
+        let (who, tx) = (record.requester.clone(), record.transaction_uid.clone());
+        let fresh = tokio::task::spawn_blocking(move || index.commitment(&who, &tx)).await??;
+        let Some(mut fresh) = fresh else { continue };
+        if matches!(fresh.state, State::Delivered | State::Failed) {
+            continue;
+        }
+        // Pending, or undeliverable and revived above.
+        fresh.state = State::Pending;
+        fresh.next_attempt_at = record.next_attempt_at;
+        let record = attempt(c, cfg, schedule, settings, fresh).await?;
+        if record.state == State::Pending {
+            let due = record.next_attempt_at.saturating_sub(now_ms());
+            next = next.min(Duration::from_millis(due));
+        }
     }
     Ok(next)
 }
 
-/// One new-association delivery of `record`, and what follows from it.
+/// One new-association delivery of `record`, and what follows from it;
+/// the record as saved.
 async fn attempt(
     c: &Arc<Commitments>,
     cfg: &Config,
     schedule: &[Duration],
     settings: &Settings,
     mut record: Record,
-) -> Result<(), super::Error> {
+) -> Result<Record, super::Error> {
     if record.outcomes.is_none() {
         c.decide(&mut record).await;
     }
@@ -119,7 +136,8 @@ async fn attempt(
         record.state = State::Undeliverable;
         record.last_error = Some(error);
         crate::metrics::get().commitment_report("undeliverable");
-        return c.save(&record).await;
+        c.save(&record).await?;
+        return Ok(record);
     };
     record.attempts = record.attempts.saturating_add(1);
     record.new_association_attempts = record.new_association_attempts.saturating_add(1);
@@ -176,5 +194,6 @@ async fn attempt(
             record.last_error = Some(error);
         }
     }
-    c.save(&record).await
+    c.save(&record).await?;
+    Ok(record)
 }

@@ -165,7 +165,7 @@ fn pairs(v: &Value) -> Vec<Vec<Value>> {
 fn the_report_comes_on_the_same_association_with_failures_and_their_reasons() {
     let gw = Gateway::start();
     let stored = store_study(&gw);
-    assert!(stored.len() >= 3, "study1 has {} instances", stored.len());
+    assert!(stored.len() >= 4, "study1 has {} instances", stored.len());
     let (ok, rest) = stored.split_at(2);
     let wrong_class = (MR.to_owned(), rest[0].1.clone());
     let missing = [
@@ -178,9 +178,19 @@ fn the_report_comes_on_the_same_association_with_failures_and_their_reasons() {
             "1.2.826.0.1.3680043.10.1234.999.2".to_owned(),
         ),
     ];
+    // Indexed, but its object is gone from the store (an operator's rm):
+    // not committed either.
+    let vanished = rest[1].clone();
+    let study = common::fixture_study("study1/").uid;
+    let key = gw.instance_record(&study, &vanished.1)["objectKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::remove_file(gw.objects().join(key)).unwrap();
     let mut all = ok.to_vec();
     all.push(wrong_class.clone());
     all.extend(missing.iter().cloned());
+    all.push(vanished.clone());
     let tx = "1.2.826.0.1.3680043.10.1234.777.1";
     let mut args = vec!["request", "--tx", tx];
     let refs = refs(&all);
@@ -197,6 +207,7 @@ fn the_report_comes_on_the_same_association_with_failures_and_their_reasons() {
     failed.extend(
         missing
             .iter()
+            .chain([&vanished])
             .map(|(c, i)| vec![json!(c), json!(i), json!(NO_SUCH_OBJECT)]),
     );
     failed.sort_by_key(|p| p[1].as_str().unwrap().to_owned());
@@ -210,7 +221,7 @@ fn the_report_comes_on_the_same_association_with_failures_and_their_reasons() {
             &listed["committed"],
             &listed["failed"]
         ),
-        (&json!(5), &json!(2), &json!(3))
+        (&json!(6), &json!(2), &json!(4))
     );
     assert_eq!(listed["attempts"], 1);
     // Behind the operator guard like the rest of /api.
