@@ -412,3 +412,33 @@ fn malformed_requests_are_refused_and_the_association_goes_on() {
     );
     gw.wait_for_log("storage commitment report undeliverable");
 }
+
+/// S3 with `storage.ack = "journal"` and the store down: the instances
+/// wait on the gateway's disk for their upload, acknowledged and durable,
+/// so they are committed.
+#[test]
+fn instances_waiting_for_their_upload_to_s3_are_committed() {
+    let mut s3 = crate::common::s3::S3Server::start();
+    let gw = crate::backlog::s3_gateway(&s3, Opts::default().args(&["--storage-ack", "journal"]));
+    gw.wait_for_log("ingest journal open");
+    s3.stop();
+    let stored = store_study(&gw);
+    let (status, health) = gw.get_json("/healthz", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        health["upload_backlog"]["instances"],
+        stored.len(),
+        "{health}"
+    );
+    let tx = "1.2.826.0.1.3680043.10.1234.777.5";
+    let mut args = vec!["request", "--tx", tx];
+    let refs = refs(&stored);
+    args.extend(refs.iter().map(String::as_str));
+    let answer = commit_scu(&gw, &args);
+    assert_eq!(answer["action_status"], 0, "{answer}");
+    assert_eq!(answer["report"]["event_type"], 1, "{answer}");
+    assert_eq!(
+        answer["report"]["committed"].as_array().unwrap().len(),
+        stored.len()
+    );
+}
