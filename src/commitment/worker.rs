@@ -31,7 +31,14 @@ pub async fn run(
     };
     let mut first_pass = true;
     loop {
-        let wait = match pass(&commitments, &cfg, &schedule, &settings, first_pass, &stop).await {
+        // A delivery under way when `stop` fires is dropped (its association
+        // closes); the request stays pending for the next start, so the
+        // requester may get the report twice, never not at all.
+        let passed = tokio::select! {
+            passed = pass(&commitments, &cfg, &schedule, &settings, first_pass, &stop) => passed,
+            () = stop.cancelled() => return,
+        };
+        let wait = match passed {
             Ok(wait) => wait,
             Err(e) => {
                 tracing::error!(error = %e, "storage commitment worker: cannot read the index");
