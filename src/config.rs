@@ -200,6 +200,10 @@ pub struct Config {
     pub http_tls_cert: Option<PathBuf>,
     /// PEM private key of `http_tls_cert` (never logged).
     pub http_tls_key: Option<PathBuf>,
+    /// Storage commitment: the wait before each new-association attempt
+    /// to deliver a report after the first (immediate) one; once the last
+    /// has failed, the request is failed (default about 24 h in all).
+    pub storage_commitment_retry: Vec<String>,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -292,6 +296,10 @@ impl Default for Config {
             dicom_tls_verify_client: None,
             http_tls_cert: None,
             http_tls_key: None,
+            storage_commitment_retry: crate::commitment::DEFAULT_RETRY
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -348,6 +356,7 @@ impl Config {
             webhook_timeout,
             webhook_concurrency,
             log_format,
+            storage_commitment_retry,
         );
         let st = &mut cfg.storage;
         if over.storage_url.is_some() {

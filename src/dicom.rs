@@ -1,5 +1,6 @@
 //! The DICOM side: an SCP for C-ECHO and C-STORE on dicom-ul's async server,
-//! with the gateway's own small DIMSE layer.
+//! with the gateway's own small DIMSE layer; storage commitment requests
+//! (N-ACTION, N-EVENT-REPORT) are handed to `crate::commitment`.
 
 mod access;
 mod association;

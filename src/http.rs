@@ -4,6 +4,7 @@
 //! which has none of them.
 
 mod api;
+mod commitments;
 mod conn;
 mod error;
 mod files;

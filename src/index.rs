@@ -25,6 +25,8 @@
 //! - `v1/unstable`: `<study>` → Unix milliseconds of its last change, for
 //!   studies not yet told stable; `v1/stable`: `<study>` → the version of
 //!   its last `study.stable` event ([`stable`]).
+//! - `v1/commitments`: storage commitment requests owed a report
+//!   ([`commitments`]).
 //! - `v1/meta`: `node` → this index's random node id (in message ids).
 //!
 //! A batch of instances is written in one transaction over the instance, SOP,
@@ -37,6 +39,7 @@
 //! (`crate::maintenance`); report jobs, webhook answers, Avara pairings and
 //! subscriptions cannot.
 
+mod commitments;
 mod jobs;
 mod outbox;
 mod patients;

@@ -9,6 +9,7 @@
 pub mod activity;
 pub mod app;
 pub mod cli;
+pub mod commitment;
 pub mod config;
 pub mod dicom;
 pub mod discovery;
@@ -176,7 +177,18 @@ pub async fn run(
     let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
     let outbound = outbound_tasks(&app, &worker_stop)?;
     let uploads = backlog.as_ref().map(|b| b.spawn(worker_stop.clone()));
-    let dicom = DicomServer::new(&cfg, Arc::clone(&app.ingest), app.activity.clone());
+    // Storage commitment: reports owed on new associations (also those a
+    // restart finds pending).
+    let commitments = commitment::Commitments::new(index.clone(), app.store.clone());
+    let commitment_worker = tokio::spawn(commitment::worker::run(
+        Arc::clone(&commitments),
+        Arc::clone(&cfg),
+        commitment::parse_schedule(&cfg.storage_commitment_retry)
+            .map_err(|e| anyhow::anyhow!("storage_commitment_retry: {e}"))?,
+        worker_stop.clone(),
+    ));
+    let dicom = DicomServer::new(&cfg, Arc::clone(&app.ingest), app.activity.clone())
+        .with_commitments(commitments);
     let dicom = Arc::new(match &tls.dicom {
         Some(config) => dicom.with_tls(Arc::clone(config)),
         None => dicom,
@@ -224,6 +236,7 @@ pub async fn run(
     worker_stop.cancel();
     let _ = report_worker.await;
     let _ = pruner.await;
+    let _ = commitment_worker.await;
     for task in outbound {
         let _ = task.await;
     }

@@ -97,6 +97,8 @@ pub struct Metrics {
     upload_backlog_instances: Gauge,
     upload_backlog_bytes: Gauge,
     upload_retries: Counter,
+    commitment_requests: Family<Outcome, Counter>,
+    commitment_reports: Family<Outcome, Counter>,
     /// Calling AE titles that have a series of their own.
     calling_aes: Mutex<HashSet<String>>,
 }
@@ -136,6 +138,8 @@ impl Metrics {
             upload_backlog_instances: Gauge::default(),
             upload_backlog_bytes: Gauge::default(),
             upload_retries: Counter::default(),
+            commitment_requests: Family::default(),
+            commitment_reports: Family::default(),
             calling_aes: Mutex::new(HashSet::new()),
         };
         let mut r = Registry::with_prefix("dicom_gateway");
@@ -277,6 +281,16 @@ impl Metrics {
             m.upload_retries.clone(),
         );
         r.register(
+            "storage_commitment_requests",
+            "Storage commitment N-ACTION requests, by outcome (accepted: recorded and answered 0x0000; refused)",
+            m.commitment_requests.clone(),
+        );
+        r.register(
+            "storage_commitment_reports",
+            "Storage commitment report deliveries, by outcome (delivered, retry, failed after the last retry, undeliverable: requester not in dicom_nodes)",
+            m.commitment_reports.clone(),
+        );
+        r.register(
             "build",
             "Version and git commit of this binary",
             Info::new(Build {
@@ -329,6 +343,12 @@ impl Metrics {
         }
         for outcome in ["delivered", "retry", "failed"] {
             drop(self.deliveries.get_or_create(&Outcome { outcome }));
+        }
+        for outcome in ["accepted", "refused"] {
+            drop(self.commitment_requests.get_or_create(&Outcome { outcome }));
+        }
+        for outcome in ["delivered", "retry", "failed", "undeliverable"] {
+            drop(self.commitment_reports.get_or_create(&Outcome { outcome }));
         }
         self.report_jobs(std::iter::empty());
         for (method, signer) in [("GET", "gateway"), ("PUT", "gateway"), ("GET", "store")] {
@@ -474,6 +494,21 @@ impl Metrics {
             .set(i64::try_from(instances).unwrap_or(i64::MAX));
         self.upload_backlog_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// A storage commitment request was `accepted` or `refused`.
+    pub fn commitment_request(&self, outcome: &'static str) {
+        self.commitment_requests
+            .get_or_create(&Outcome { outcome })
+            .inc();
+    }
+
+    /// A storage commitment report was `delivered`, will be retried
+    /// (`retry`), `failed` for good, or is `undeliverable`.
+    pub fn commitment_report(&self, outcome: &'static str) {
+        self.commitment_reports
+            .get_or_create(&Outcome { outcome })
+            .inc();
     }
 
     /// A background upload failed and will be retried.

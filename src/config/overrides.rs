@@ -133,6 +133,14 @@ pub struct Overrides {
         value_delimiter = ','
     )]
     pub webhook_retry_schedule: Option<Vec<String>>,
+    /// Comma-separated waits before each storage commitment report retry
+    /// [default: 5s,30s,2m,10m,30m,1h,2h,4h,8h,8h].
+    #[arg(
+        long,
+        env = "DICOM_GATEWAY_STORAGE_COMMITMENT_RETRY",
+        value_delimiter = ','
+    )]
+    pub storage_commitment_retry: Option<Vec<String>>,
     /// Allow webhook URLs on loopback/private addresses [default: true].
     #[arg(long, env = "DICOM_GATEWAY_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: Option<bool>,
@@ -241,6 +249,7 @@ impl Overrides {
             extra_sop_classes: clean(&self.extra_sop_classes),
             cors_origins: clean(&self.cors_origins),
             webhook_retry_schedule: clean(&self.webhook_retry_schedule),
+            storage_commitment_retry: clean(&self.storage_commitment_retry),
             ..self.clone()
         }
     }

@@ -64,6 +64,9 @@ impl Config {
         if let Err(reason) = self.retry_schedule() {
             return invalid("webhook_retry_schedule", reason);
         }
+        if let Err(reason) = crate::commitment::parse_schedule(&self.storage_commitment_retry) {
+            return invalid("storage_commitment_retry", reason);
+        }
         if self.max_header_bytes < 64 * 1024 {
             return invalid("max_header_bytes", "must be at least 64 KiB".into());
         }

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::dimse::{self, Command, field, status};
 use crate::ingest::{self, Check, ErrorKind, Expected, Ingest, Receiving};
 use crate::uid::Uid;
+use commitment::{ActionBuffer, CommitmentSession};
+
+mod commitment;
 
 /// Largest command set we reassemble. Real ones are a few hundred bytes.
 const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -50,6 +53,8 @@ enum Sink {
     },
     /// Read and drop the data set, then answer with this status.
     Refuse { status: u16, comment: String },
+    /// A storage commitment N-ACTION's data set (`commitment.rs`).
+    Action(ActionBuffer),
 }
 
 struct Pending {
@@ -105,6 +110,8 @@ pub struct Association<'a, S = TcpStream> {
     stored: u64,
     /// This association's line on the operator page.
     session: Option<crate::activity::Session>,
+    /// Storage commitment requests of this association (`commitment.rs`).
+    commitment: CommitmentSession,
 }
 
 impl<'a, S> Association<'a, S>
@@ -141,6 +148,7 @@ where
             pace,
             stored: 0,
             session: None,
+            commitment: CommitmentSession::default(),
         }
     }
 
@@ -241,6 +249,9 @@ where
     }
 
     async fn on_command(&mut self, pc: u8, command: Command) -> Result<(), String> {
+        if command.field == field::N_EVENT_REPORT_RSP {
+            return self.on_event_report_rsp(command).await;
+        }
         if !command.is_request() {
             return Err(format!(
                 "unexpected response command 0x{:04X}",
@@ -263,6 +274,7 @@ where
             }
             // Nothing of ours is cancellable; C-CANCEL has no response.
             field::C_CANCEL_RQ => Ok(()),
+            field::N_ACTION_RQ => self.on_n_action(pc, command).await,
             other => {
                 tracing::info!(
                     command = format_args!("0x{other:04X}"),
@@ -347,6 +359,9 @@ where
                 *receiving = Err(e);
             }
         }
+        if let Sink::Action(buffer) = &mut pending.sink {
+            buffer.append(&pdv.data);
+        }
         if !pdv.is_last {
             return Ok(());
         }
@@ -355,6 +370,7 @@ where
         } = self.pending.take().expect("checked above");
         let (code, comment) = match sink {
             Sink::Refuse { status, comment } => (status, Some(comment)),
+            Sink::Action(buffer) => return self.finish_n_action(pc, command, buffer).await,
             Sink::Store {
                 expected,
                 receiving,

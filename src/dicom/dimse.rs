@@ -14,6 +14,10 @@ pub mod field {
     pub const C_STORE_RQ: u16 = 0x0001;
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    pub const N_ACTION_RQ: u16 = 0x0130;
+    pub const N_ACTION_RSP: u16 = 0x8130;
     /// Set on every response's command field.
     pub const RESPONSE_BIT: u16 = 0x8000;
 }
@@ -58,6 +62,10 @@ pub struct Command {
     pub affected_sop_class: Option<String>,
     pub affected_sop_instance: Option<String>,
     pub has_dataset: bool,
+    /// Action Type ID (0000,1008) of an N-ACTION.
+    pub action_type: Option<u16>,
+    /// Status (0000,0900) of a response.
+    pub status: Option<u16>,
 }
 
 /// The largest command set accepted. The association already caps command
@@ -76,6 +84,8 @@ struct Fields<'a> {
     requested_class: Option<&'a [u8]>,
     affected_instance: Option<&'a [u8]>,
     requested_instance: Option<&'a [u8]>,
+    action_type: Option<&'a [u8]>,
+    status: Option<&'a [u8]>,
 }
 
 impl Command {
@@ -130,6 +140,8 @@ impl Command {
                 0x0003 => &mut f.requested_class,
                 0x1000 => &mut f.affected_instance,
                 0x1001 => &mut f.requested_instance,
+                0x1008 => &mut f.action_type,
+                0x0900 => &mut f.status,
                 _ => continue,
             };
             // A repeated element replaces the earlier one, as a data set
@@ -137,8 +149,9 @@ impl Command {
             *slot = Some(value);
         }
         let field = us(f.field, "Command Field")?;
-        // C-CANCEL carries MessageIDBeingRespondedTo instead of a Message ID.
-        let message_id = if field == field::C_CANCEL_RQ {
+        // C-CANCEL and responses carry MessageIDBeingRespondedTo instead
+        // of a Message ID.
+        let message_id = if field == field::C_CANCEL_RQ || field & field::RESPONSE_BIT != 0 {
             us(f.responded_to, "Message ID Being Responded To")?
         } else {
             us(f.message_id, "Message ID")?
@@ -150,6 +163,11 @@ impl Command {
             affected_sop_class: ui(f.affected_class)?.or(ui(f.requested_class)?),
             affected_sop_instance: ui(f.affected_instance)?.or(ui(f.requested_instance)?),
             has_dataset,
+            action_type: f
+                .action_type
+                .map(|v| us(Some(v), "Action Type ID"))
+                .transpose()?,
+            status: f.status.map(|v| us(Some(v), "Status")).transpose()?,
         })
     }
 
@@ -289,14 +307,9 @@ mod tests {
     #[test]
     fn responses_answer_the_request_with_status_and_comment() {
         let cmd = Command::parse(&request(field::C_STORE_RQ, true)).unwrap();
-        let rsp = Command::parse(&response(
-            &cmd,
-            status::DATASET_MISMATCH,
-            Some("x".repeat(100).as_str()),
-        ))
-        .unwrap_err();
-        // Responses carry MessageIDBeingRespondedTo, not MessageID.
-        assert!(matches!(rsp, Error::Missing("Message ID")));
+        // A response parses, its MessageIDBeingRespondedTo as the id.
+        let rsp = Command::parse(&response(&cmd, status::DATASET_MISMATCH, None)).unwrap();
+        assert_eq!((rsp.message_id, rsp.status), (7, Some(0xA900)));
         let bytes = response(&cmd, status::DATASET_MISMATCH, Some(&"x".repeat(100)));
         let obj =
             InMemDicomObject::read_dataset_with_ts(&bytes[..], &IMPLICIT_VR_LITTLE_ENDIAN.erased())
@@ -367,6 +380,8 @@ mod tests {
                 affected_sop_class: Some("1.2.840.10008.5.1.4.1.1.7".into()),
                 affected_sop_instance: Some("1.2.276.0.7230010.3.1.4.1787205428.1.17".into()),
                 has_dataset: true,
+                action_type: None,
+                status: None,
             }
         );
         // The response parses back with dicom-object (the writer side is

@@ -50,6 +50,8 @@ pub struct DicomServer {
     grace: Duration,
     artim: Duration,
     pace: Pace,
+    /// The storage commitment SCP, when served.
+    commitments: Option<Arc<crate::commitment::Commitments>>,
 }
 
 impl DicomServer {
@@ -61,7 +63,8 @@ impl DicomServer {
             .strict(true)
             .read_timeout(cfg.read_timeout())
             .write_timeout(cfg.write_timeout())
-            .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION);
+            .with_abstract_syntax(dicom_dictionary_std::uids::VERIFICATION)
+            .with_abstract_syntax(crate::commitment::SOP_CLASS);
         for class in STORAGE_SOP_CLASSES {
             options = options.with_abstract_syntax(*class);
         }
@@ -86,6 +89,7 @@ impl DicomServer {
                 min_rate: cfg.min_data_rate,
                 grace: cfg.read_timeout(),
             },
+            commitments: None,
         }
     }
 
@@ -93,6 +97,12 @@ impl DicomServer {
     /// (see src/tls.rs).
     pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> DicomServer {
         self.tls_options = Some(self.options.clone().tls_config(config));
+        self
+    }
+
+    /// Serves the Storage Commitment Push Model SCP with `commitments`.
+    pub fn with_commitments(mut self, commitments: Arc<crate::commitment::Commitments>) -> Self {
+        self.commitments = Some(commitments);
         self
     }
 
@@ -290,6 +300,7 @@ impl DicomServer {
             );
             let session = self.activity.begin(peer, &calling_ae);
             let (end, stored) = Association::new(assoc, calling_ae, &self.ingest, self.pace)
+                .with_commitments(self.commitments.clone())
                 .run(hard_stop, session)
                 .await;
             drop(slot);

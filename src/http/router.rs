@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, messages, metrics, subscriptions, ui, uploads, webhook};
+use super::{api, commitments, files, messages, metrics, subscriptions, ui, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -20,6 +20,7 @@ pub fn router(app: App) -> Router {
         .route("/api/studies", get(api::list_studies))
         .route("/api/reports", get(api::list_reports))
         .route("/api/activity", get(api::activity))
+        .route("/api/commitments", get(commitments::list))
         .route("/api/download/{*key}", get(api::download))
         // The operator page (src/http/ui.rs).
         .route("/ui", get(ui::index))

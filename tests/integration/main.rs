@@ -3,6 +3,7 @@
 mod common;
 
 mod backlog;
+mod commitment;
 mod crash;
 mod dimse;
 mod disk_full;
