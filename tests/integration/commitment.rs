@@ -47,11 +47,17 @@ fn script() -> PathBuf {
 
 /// Runs commit_scu.py against the gateway; its JSON answer.
 fn commit_scu(gw: &Gateway, args: &[&str]) -> Value {
+    commit_scu_at(gw.dicom.port(), &[], args)
+}
+
+/// Runs commit_scu.py with `global` options (`--tls-*`) against `port`.
+fn commit_scu_at(port: u16, global: &[&str], args: &[&str]) -> Value {
     let out = Command::new(common::python())
         .arg(script())
         .args(["--aet", MODALITY, "--timeout", "30"])
+        .args(global)
         .args(args)
-        .args(["--port", &gw.dicom.port().to_string()])
+        .args(["--port", &port.to_string()])
         .output()
         .expect("run commit_scu.py");
     assert!(
@@ -79,9 +85,16 @@ struct Listener {
 
 impl Listener {
     fn start(port: u16) -> Listener {
+        Listener::start_with(port, &[])
+    }
+
+    /// With `global` options (`--tls-*`: a TLS listener).
+    fn start_with(port: u16, global: &[&str]) -> Listener {
         let mut child = Command::new(common::python())
             .arg(script())
-            .args(["--aet", MODALITY, "--timeout", "60", "listen"])
+            .args(["--aet", MODALITY, "--timeout", "60"])
+            .args(global)
+            .arg("listen")
             .args(["--port", &port.to_string()])
             .stdout(Stdio::piped())
             .spawn()
@@ -275,6 +288,69 @@ fn a_requester_that_released_gets_the_report_on_a_new_association() {
     let listed = poll_commitment(&gw, tx, |c| c["state"] == "delivered");
     assert_eq!(listed["committed"], stored.len());
     gw.wait_for_log("storage commitment report delivered on a new association");
+}
+
+#[test]
+fn over_tls_the_request_and_the_report_on_a_new_association_use_site_certificates() {
+    let pki = common::pki::Pki::new();
+    // The modality: a TLS client towards the gateway, and a TLS server
+    // demanding a certificate from the site CA for the report.
+    let (cert, key, ca) = (
+        pki.file("client.pem"),
+        pki.file("client.key"),
+        pki.file("ca.pem"),
+    );
+    let modality_tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.as_str(),
+    ];
+    let mut listener = Listener::start_with(0, &modality_tls);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[dicom_nodes]]\nae_title = \"{MODALITY}\"\nhost = \"127.0.0.1\"\nport = {}\ntls = true\n",
+            listener.port
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_with(Opts::default().args(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--storage-commitment-retry",
+        "1s,1s,1s,1s,1s",
+        "--dicom-tls-listen",
+        "127.0.0.1:0",
+        "--dicom-tls-cert",
+        &pki.file("server.pem"),
+        "--dicom-tls-key",
+        &pki.file("server.key"),
+        "--dicom-tls-ca",
+        &pki.file("ca.pem"),
+    ]));
+    let stored = store_study(&gw);
+    let tx = "1.2.826.0.1.3680043.10.1234.777.9";
+    let mut args = vec!["request", "--then", "release", "--tx", tx];
+    let refs = refs(&stored);
+    args.extend(refs.iter().map(String::as_str));
+    let answer = commit_scu_at(gw.dicom_tls.unwrap().port(), &modality_tls, &args);
+    assert_eq!(answer["action_status"], 0, "{answer}");
+
+    let report = listener.report();
+    assert_eq!(report["transaction_uid"], tx, "{report}");
+    assert_eq!(report["committed"].as_array().unwrap().len(), stored.len());
+    // The gateway presented its own certificate to the modality.
+    assert_eq!(report["peer_subject"], "localhost", "{report}");
+    let listed = poll_commitment(&gw, tx, |c| c["state"] == "delivered");
+    assert_eq!(listed["failed"], 0);
+    // The request came over TLS: its association line names the modality's
+    // certificate.
+    gw.wait_for_log("tls_subject=");
 }
 
 #[test]

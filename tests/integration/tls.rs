@@ -9,29 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::pki::Pki;
 use crate::common::{self, Gateway, Opts};
-
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        common::require("/usr/bin/openssl");
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("sh")
-            .arg(common::repo().join("tests/peers/make-test-certs.sh"))
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        common::assert_ok(&out, "make-test-certs.sh");
-        Pki { dir }
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().unwrap().to_owned()
-    }
-}
 
 /// A gateway with the TLS listener: our certificate, the site CA, `extra`.
 fn tls_gateway(pki: &Pki, extra: &[&str]) -> Gateway {

@@ -25,6 +25,12 @@ used by the integration tests as a subprocess.
         {"port": N} once listening, then REPORT when the first report came
         (answered 0x0000), or {"error": "timeout"}.
 
+With --tls-cert/--tls-key/--tls-ca, `request` and `raw` associate over
+TLS (that certificate as the client's, the server checked against the CA
+and 127.0.0.1) and `listen` serves TLS demanding a client certificate from
+the CA; REPORT then has "peer_subject", the subject CN of the certificate
+the gateway presented.
+
 REPORT is {"event_type", "transaction_uid", "committed": [[class, instance]],
 "failed": [[class, instance, reason]], "calling_ae", "requestor_roles":
 {sop_class: [scu, scp]} (role selection the association requestor proposed)}.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import threading
 import time
@@ -48,6 +55,34 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
+
+
+def tls_context(args, purpose):
+    """The ssl context of --tls-*, or None without them."""
+    if not args.tls_ca:
+        return None
+    ctx = ssl.create_default_context(purpose, cafile=args.tls_ca)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def tls_args(args):
+    ctx = tls_context(args, ssl.Purpose.SERVER_AUTH)
+    return (ctx, args.host) if ctx else None
+
+
+def peer_subject(event):
+    """CN of the certificate the peer presented (TLS only)."""
+    try:
+        cert = event.assoc.dul.socket.socket.getpeercert()
+    except Exception:  # plain TCP, or pynetdicom internals moved
+        return None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
 
 
 def emit(obj: dict) -> None:
@@ -110,7 +145,9 @@ def cmd_request(args) -> None:
 
     handlers = [(evt.EVT_N_EVENT_REPORT, on_report)] if args.then == "wait" else []
     ae = make_ae(args)
-    assoc = ae.associate(args.host, args.port, ae_title=args.called, evt_handlers=handlers)
+    assoc = ae.associate(
+        args.host, args.port, ae_title=args.called, evt_handlers=handlers, tls_args=tls_args(args)
+    )
     if not assoc.is_established:
         sys.exit("commit_scu.py: association refused")
     status, _ = assoc.send_n_action(
@@ -148,7 +185,7 @@ def send_raw(assoc, context_id: int, message_id: int, data: bytes) -> int | None
 def cmd_raw(args) -> None:
     # Implicit VR Little Endian only: the raw files are written in it.
     ae = make_ae(args, ["1.2.840.10008.1.2"])
-    assoc = ae.associate(args.host, args.port, ae_title=args.called)
+    assoc = ae.associate(args.host, args.port, ae_title=args.called, tls_args=tls_args(args))
     if not assoc.is_established:
         sys.exit("commit_scu.py: association refused")
     cx = [c for c in assoc.accepted_contexts if c.abstract_syntax == StorageCommitmentPushModel]
@@ -176,7 +213,9 @@ def cmd_listen(args) -> None:
     got = threading.Event()
 
     def on_report(event):
-        reports.append(describe(event))
+        report = describe(event)
+        report["peer_subject"] = peer_subject(event)
+        reports.append(report)
         got.set()
         return 0x0000, None
 
@@ -191,6 +230,7 @@ def cmd_listen(args) -> None:
         ("127.0.0.1", args.port),
         block=False,
         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+        ssl_context=tls_context(args, ssl.Purpose.CLIENT_AUTH),
     )
     emit({"port": server.server_address[1]})
     if got.wait(args.timeout):
@@ -211,6 +251,9 @@ def main() -> None:
     parser.add_argument("--aet", default="MODALITY")
     parser.add_argument("--called", default="DICOMGW")
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-ca")
     sub = parser.add_subparsers(dest="command", required=True)
     req = sub.add_parser("request")
     req.add_argument("--port", type=int, required=True)

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Test PKI for the TLS tests and benchmarks, with openssl, into DIR:
 #   ca.pem/ca.key             the site CA
-#   server.pem/server.key     the gateway (localhost, 127.0.0.1), from the CA
+#   server.pem/server.key     the gateway (localhost, 127.0.0.1), from the CA; also
+#                             its client certificate towards [[dicom_nodes]] with tls
+#                             (forwarding, storage commitment reports)
 #   client.pem/client.key     a modality (CN=MODALITY1), from the CA
 #   other-ca.pem/other-ca.key a CA the gateway does not trust
 #   stranger.pem/stranger.key a client certificate from other-ca
@@ -29,7 +31,7 @@ leaf() {
 ca ca "Test Site CA"
 ca other-ca "Other CA"
 leaf server ca "/O=Test Site/CN=localhost" \
-    "extendedKeyUsage=serverAuth
+    "extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1"
 leaf client ca "/O=Test Site/CN=MODALITY1" "extendedKeyUsage=clientAuth,serverAuth
 subjectAltName=DNS:localhost,IP:127.0.0.1"
