@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhook::WebhookKeys;
 
+mod forward;
 mod journal;
 mod nodes;
 mod overrides;
@@ -21,6 +22,7 @@ mod secrets;
 mod storage;
 mod validate;
 
+pub use forward::{ForwardRule, ForwardSettings};
 pub use journal::JournalConfig;
 pub use nodes::DicomNode;
 pub use overrides::Overrides;
@@ -179,6 +181,10 @@ pub struct Config {
     /// `[[dicom_nodes]]` in the file (forwarding destinations, storage
     /// commitment requesters).
     pub dicom_nodes: Vec<DicomNode>,
+    /// Forwarding rules: `[[forward]]` in the file (see `config/forward.rs`).
+    pub forward: Vec<ForwardRule>,
+    /// Forwarding settings: `[forwarding]` in the file.
+    pub forwarding: ForwardSettings,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -264,6 +270,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             journal: JournalConfig::default(),
             dicom_nodes: Vec::new(),
+            forward: Vec::new(),
+            forwarding: ForwardSettings::default(),
         }
     }
 }

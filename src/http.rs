@@ -7,6 +7,7 @@ mod api;
 mod conn;
 mod error;
 mod files;
+mod forward;
 mod limits;
 mod messages;
 mod metrics;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod dicom;
 pub mod discovery;
+pub mod forward;
 pub mod healthcheck;
 pub mod http;
 pub mod index;
@@ -97,6 +98,8 @@ pub async fn run(
         .context("the object store is unusable")?;
     tracing::info!(store = %store.describe(), "object store");
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
+    // Before the journal replays: replayed instances are matched too.
+    index.set_forward_routes(forward::routes(&cfg));
     // S3 with `storage.ack = "journal"`: acknowledged instances wait in
     // <data_dir>/pending/ for their upload (the ingest journal feeds it).
     let backlog = match cfg.upload_backlog() {
@@ -136,6 +139,7 @@ pub async fn run(
         reports: Arc::new(tokio::sync::Notify::new()),
         activity: activity::Activity::new(),
         backlog: backlog.clone(),
+        forward: Arc::new(forward::Forwarding::new(&cfg)),
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
@@ -161,6 +165,7 @@ pub async fn run(
     let pruner = tokio::spawn(reports::retention::run(index.clone(), worker_stop.clone()));
     let outbound = outbound_tasks(&app, &worker_stop)?;
     let uploads = backlog.as_ref().map(|b| b.spawn(worker_stop.clone()));
+    let forwarders = forward::spawn(&app, &worker_stop);
     let dicom = Arc::new(DicomServer::new(
         &cfg,
         Arc::clone(&app.ingest),
@@ -201,6 +206,9 @@ pub async fn run(
     for task in outbound {
         let _ = task.await;
     }
+    // Forwarding lanes finish the instance they are sending, within the
+    // grace period; what is left stays queued.
+    let _ = tokio::time::timeout(cfg.shutdown_grace(), futures::future::join_all(forwarders)).await;
     // Uploads in flight get the grace period; what is left stays pending.
     if let Some(uploads) = uploads {
         let _ = tokio::time::timeout(cfg.shutdown_grace(), uploads).await;

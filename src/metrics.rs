@@ -19,6 +19,7 @@
 //! never the requested path. A hostile peer cannot grow the registry.
 
 mod disk;
+mod forward;
 mod labels;
 pub mod store;
 
@@ -97,6 +98,7 @@ pub struct Metrics {
     upload_backlog_instances: Gauge,
     upload_backlog_bytes: Gauge,
     upload_retries: Counter,
+    forward: forward::ForwardMetrics,
     /// Calling AE titles that have a series of their own.
     calling_aes: Mutex<HashSet<String>>,
 }
@@ -136,6 +138,7 @@ impl Metrics {
             upload_backlog_instances: Gauge::default(),
             upload_backlog_bytes: Gauge::default(),
             upload_retries: Counter::default(),
+            forward: forward::ForwardMetrics::default(),
             calling_aes: Mutex::new(HashSet::new()),
         };
         let mut r = Registry::with_prefix("dicom_gateway");
@@ -276,6 +279,7 @@ impl Metrics {
             "Background uploads of acknowledged objects that failed and will be retried",
             m.upload_retries.clone(),
         );
+        m.forward.register(&mut r);
         r.register(
             "build",
             "Version and git commit of this binary",

@@ -57,6 +57,9 @@ impl Config {
         if let Err(reason) = nodes::validate(&self.dicom_nodes) {
             return invalid("dicom_nodes", reason);
         }
+        if let Err(reason) = forward::validate(&self.forward, &self.forwarding, &self.dicom_nodes) {
+            return invalid("forward", reason);
+        }
         if self.webhook_timeout > 300 {
             return invalid("webhook_timeout", "must be at most 300 seconds".into());
         }

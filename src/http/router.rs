@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, files, messages, metrics, subscriptions, ui, uploads, webhook};
+use super::{api, files, forward, messages, metrics, subscriptions, ui, uploads, webhook};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -48,6 +48,10 @@ pub fn router(app: App) -> Router {
             "/api/webhooks/{id}/messages/{message}/redeliver",
             post(messages::redeliver),
         )
+        // Forwarding queues (src/http/forward.rs).
+        .route("/api/forward", get(forward::list))
+        .route("/api/forward/{destination}/items", get(forward::items))
+        .route("/api/forward/{destination}/retry", post(forward::retry))
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard))
         .route_layer(middleware::from_fn(basic_challenge));
     let files = Router::new()

@@ -1,0 +1,172 @@
+//! `[[forward]]` rules and `[forwarding]` settings: which stored instances go
+//! on to which `[[dicom_nodes]]` destination, and how hard the gateway tries.
+//!
+//! A rule names a destination by AE title; the node table says where it is.
+//! Rules are checked at start: a rule naming an unknown node, a trigger the
+//! gateway does not implement, or a TLS destination (until the TLS
+//! connector is wired) refuses the start with the rule's number.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::DicomNode;
+
+/// One forwarding rule: instances matching every non-empty filter are
+/// queued for `destination` in the transaction that indexes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRule {
+    /// AE title of a `[[dicom_nodes]]` entry.
+    pub destination: String,
+    /// When: `instance` (each stored instance, as soon as it is indexed).
+    #[serde(default = "default_on")]
+    pub on: String,
+    /// Calling AE titles (or `upload` for secondary captures uploaded over
+    /// HTTP) whose instances match. Empty: any.
+    #[serde(default)]
+    pub calling_aets: Vec<String>,
+    /// Modalities (0008,0060) that match, e.g. `CT`. Empty: any.
+    #[serde(default)]
+    pub modalities: Vec<String>,
+    /// SOP Class UIDs that match. Empty: any.
+    #[serde(default)]
+    pub sop_classes: Vec<String>,
+}
+
+fn default_on() -> String {
+    "instance".into()
+}
+
+/// `[forwarding]`: settings shared by every destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardSettings {
+    /// Associations open at once to each destination.
+    pub associations: usize,
+    /// The wait after each failed attempt (`"5s"`, `"10m"`, …); once the
+    /// list is used up, its last entry repeats.
+    pub retry_schedule: Vec<String>,
+    /// How long an item may keep failing before it is given up (failed,
+    /// retried only by an operator), e.g. `"7d"`.
+    pub max_age: String,
+    /// Seconds to wait for a destination's answer (association, C-STORE
+    /// response) before the attempt counts as failed.
+    pub timeout: u64,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            associations: 2,
+            retry_schedule: ["5s", "30s", "2m", "10m"].map(String::from).to_vec(),
+            max_age: "7d".into(),
+            timeout: 30,
+        }
+    }
+}
+
+impl ForwardSettings {
+    /// The retry schedule parsed: 1 to 32 waits of 100 ms to a day.
+    pub fn schedule(&self) -> Result<Vec<Duration>, String> {
+        let raw = &self.retry_schedule;
+        if raw.is_empty() || raw.len() > 32 {
+            return Err(format!(
+                "retry_schedule has {} entries; give 1 to 32",
+                raw.len()
+            ));
+        }
+        raw.iter()
+            .map(|text| {
+                let wait = humantime::parse_duration(text.trim())
+                    .map_err(|e| format!("retry_schedule: {text:?} is not a duration: {e}"))?;
+                if wait < Duration::from_millis(100) || wait > Duration::from_secs(24 * 3600) {
+                    return Err(format!(
+                        "retry_schedule: {text:?} is not between 100 ms and a day"
+                    ));
+                }
+                Ok(wait)
+            })
+            .collect()
+    }
+
+    /// `max_age` parsed: a minute to a year.
+    pub fn max_age(&self) -> Result<Duration, String> {
+        let age = humantime::parse_duration(self.max_age.trim())
+            .map_err(|e| format!("max_age: {:?} is not a duration: {e}", self.max_age))?;
+        if age < Duration::from_secs(60) || age > Duration::from_secs(366 * 24 * 3600) {
+            return Err(format!(
+                "max_age: {:?} is not between a minute and a year",
+                self.max_age
+            ));
+        }
+        Ok(age)
+    }
+}
+
+/// Refuses rules and settings the gateway could not act on, naming the
+/// rule (1-based, in file order) and what is wrong.
+pub fn validate(
+    rules: &[ForwardRule],
+    settings: &ForwardSettings,
+    nodes: &[DicomNode],
+) -> Result<(), String> {
+    if settings.associations == 0 || settings.associations > 16 {
+        return Err(format!(
+            "[forwarding] associations = {}: give 1 to 16",
+            settings.associations
+        ));
+    }
+    if settings.timeout == 0 || settings.timeout > 3600 {
+        return Err(format!(
+            "[forwarding] timeout = {}: give 1 to 3600 seconds",
+            settings.timeout
+        ));
+    }
+    settings
+        .schedule()
+        .map_err(|e| format!("[forwarding] {e}"))?;
+    settings
+        .max_age()
+        .map_err(|e| format!("[forwarding] {e}"))?;
+    for (n, rule) in rules.iter().enumerate() {
+        let n = n + 1;
+        let dest = rule.destination.trim();
+        let Some(node) = nodes.iter().find(|d| d.ae_title.trim() == dest) else {
+            return Err(format!(
+                "rule {n}: destination {dest:?} is not a [[dicom_nodes]] ae_title"
+            ));
+        };
+        if node.tls {
+            return Err(format!(
+                "rule {n}: destination {dest:?} has tls = true; forwarding over TLS is not \
+                 available yet (set tls = false or remove the rule)"
+            ));
+        }
+        match rule.on.as_str() {
+            "instance" => {}
+            "study_stable" => {
+                return Err(format!(
+                    "rule {n}: on = \"study_stable\" is not implemented yet; use on = \"instance\""
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "rule {n}: on = {other:?}; the only trigger is \"instance\""
+                ));
+            }
+        }
+        for uid in &rule.sop_classes {
+            crate::uid::Uid::parse(uid.trim())
+                .map_err(|e| format!("rule {n}: sop_classes: {uid:?}: {e}"))?;
+        }
+        for list in [&rule.calling_aets, &rule.modalities] {
+            if list.iter().any(|v| v.trim().is_empty() || v.len() > 64) {
+                return Err(format!(
+                    "rule {n}: calling_aets and modalities must be non-empty and short"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
