@@ -23,6 +23,14 @@ if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/bin/dcmdump ] || [ ! -x /usr/bin/st
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk strace >/dev/null
 fi
 
+# Forwarding destinations (tests/integration/forward.rs): Orthanc, and
+# `ip` (iproute2) to bring up loopback in the peers' network namespaces.
+if [ ! -x /usr/sbin/Orthanc ] || ! command -v ip >/dev/null; then
+    step "installing Orthanc and iproute2"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc iproute2 >/dev/null
+fi
+
 # The operator page's tests drive Debian's chromium headless (no browser
 # download: the package is the browser).
 if [ ! -x /usr/bin/chromium ]; then

@@ -43,6 +43,10 @@ pub enum Error {
     /// No association: refused, unreachable, timed out, rejected.
     #[error("cannot associate with {address}: {detail}")]
     Connect { address: String, detail: String },
+    /// The destination answered, accepting none of the proposed contexts:
+    /// none of these instances can go there as stored.
+    #[error("{ae} accepted none of the proposed presentation contexts")]
+    NoneAccepted { ae: String },
     /// The association broke (abort, I/O error, time-out, protocol error);
     /// it is unusable.
     #[error("association lost: {0}")]
@@ -110,7 +114,14 @@ pub async fn connect(
     let mut assoc = tokio::time::timeout(timeout, options.establish_async(address.as_str()))
         .await
         .map_err(|_| connect_error(format!("no answer within {timeout:?}")))?
-        .map_err(|e| connect_error(e.to_string()))?;
+        .map_err(|e| match e {
+            dicom_ul::association::Error::NoAcceptedPresentationContexts { .. } => {
+                Error::NoneAccepted {
+                    ae: node.ae_title.trim().to_owned(),
+                }
+            }
+            other => connect_error(other.to_string()),
+        })?;
     // Without it every C-STORE round trip waits on delayed ACK.
     let _ = assoc.inner_stream().set_nodelay(true);
     let mut accepted = HashMap::new();

@@ -156,6 +156,23 @@ pub async fn lane(
                     link = Some(l);
                     mark_up(&dest);
                 }
+                Err(scu::Error::NoneAccepted { ae }) => {
+                    // It answered: up, and these items can never go there.
+                    mark_up(&dest);
+                    for q in &due.items {
+                        let (class, ts) = pair(&q.item);
+                        let why = format!(
+                            "{ae} accepted no presentation context for {class} in {ts} \
+                             (sent as stored, never transcoded): the transfer syntax \
+                             or the SOP class is not supported"
+                        );
+                        fail(&src.index, &dest, q, why, None).await;
+                    }
+                    flush(&src.index).await;
+                    release_claims(&dest, &due.items);
+                    sample_depth(&src.index, &dest).await;
+                    continue;
+                }
                 Err(e) => {
                     mark_down(&dest, &settings, &e.to_string());
                     for q in &due.items {
@@ -173,6 +190,7 @@ pub async fn lane(
                 break;
             }
             let Some(l) = link.as_mut() else { break };
+            pace().await;
             dest.update(|l| l.in_flight += 1);
             let source = open_object(&src, &q.item.object_key).await;
             let result = l
@@ -226,6 +244,18 @@ pub async fn lane(
     }
     if let Some(l) = link.take() {
         l.release().await;
+    }
+}
+
+/// Test hook (builds with the `failpoints` feature): with
+/// `FAILPOINTS=forward::pace=return(MS)` each send waits MS milliseconds
+/// first, so a test can kill the gateway in the middle of a queue.
+async fn pace() {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(ms)) = fail::eval("forward::pace", |arg| {
+        arg.and_then(|a| a.parse::<u64>().ok())
+    }) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
 
