@@ -170,3 +170,79 @@ pub fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, Error, Overrides, SecretEnv};
+
+    fn load(text: &str) -> super::super::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, text).unwrap();
+        let over = Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        };
+        Config::load(&over, &SecretEnv::default())
+    }
+
+    const NODES: &str = "[[dicom_nodes]]\nae_title = \"PACS\"\nhost = \"10.0.0.5\"\nport = 104\n\n\
+                         [[dicom_nodes]]\nae_title = \"SECURE\"\nhost = \"h\"\nport = 2762\ntls = true\n\n";
+
+    #[test]
+    fn rules_and_settings_are_read() {
+        let cfg = load(&format!(
+            "{NODES}[[forward]]\ndestination = \"PACS\"\nmodalities = [\"CT\"]\n\n\
+             [forwarding]\nassociations = 4\nretry_schedule = [\"1s\", \"1m\"]\nmax_age = \"2d\"\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.forward.len(), 1);
+        assert_eq!(cfg.forward[0].on, "instance");
+        assert_eq!(cfg.forwarding.associations, 4);
+        assert_eq!(cfg.forwarding.schedule().unwrap().len(), 2);
+        assert_eq!(
+            cfg.forwarding.max_age().unwrap(),
+            std::time::Duration::from_secs(2 * 24 * 3600)
+        );
+        // Defaults: 2 associations, 5 s … 10 min, a week.
+        let d = super::ForwardSettings::default();
+        assert_eq!(d.associations, 2);
+        assert_eq!(d.schedule().unwrap().last().unwrap().as_secs(), 600);
+        assert_eq!(d.max_age().unwrap().as_secs(), 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn unusable_rules_refuse_the_start_with_a_reason() {
+        for (bad, needle) in [
+            (
+                "[[forward]]\ndestination = \"GHOST\"\n",
+                "\"GHOST\" is not a [[dicom_nodes]]",
+            ),
+            ("[[forward]]\ndestination = \"SECURE\"\n", "tls = true"),
+            (
+                "[[forward]]\ndestination = \"PACS\"\non = \"study_stable\"\n",
+                "study_stable",
+            ),
+            (
+                "[[forward]]\ndestination = \"PACS\"\non = \"hourly\"\n",
+                "hourly",
+            ),
+            (
+                "[[forward]]\ndestination = \"PACS\"\nsop_classes = [\"1.2/3\"]\n",
+                "sop_classes",
+            ),
+            ("[forwarding]\nassociations = 0\n", "associations"),
+            ("[forwarding]\nretry_schedule = []\n", "retry_schedule"),
+            ("[forwarding]\nretry_schedule = [\"soon\"]\n", "soon"),
+            ("[forwarding]\nmax_age = \"1s\"\n", "max_age"),
+        ] {
+            match load(&format!("{NODES}{bad}")) {
+                Err(Error::Invalid { name, reason }) => {
+                    assert_eq!(name, "forward", "{bad}");
+                    assert!(reason.contains(needle), "{bad}: {reason}");
+                }
+                other => panic!("accepted {bad}: {other:?}"),
+            }
+        }
+    }
+}

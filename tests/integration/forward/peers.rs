@@ -194,7 +194,7 @@ impl NsPeer {
     pub fn file_count(&self) -> usize {
         crate::common::files_under(self.dir.path())
             .iter()
-            .filter(|p| !p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| p.extension().is_none_or(|e| e != "json"))
             .count()
     }
 }
