@@ -37,6 +37,7 @@ pub fn routes(cfg: &Config) -> Vec<ForwardRoute> {
             calling_aets: r.calling_aets.clone(),
             modalities: r.modalities.clone(),
             sop_classes: r.sop_classes.clone(),
+            on_stable: r.on == "study_stable",
         })
         .collect()
 }

@@ -19,7 +19,10 @@ use super::DicomNode;
 pub struct ForwardRule {
     /// AE title of a `[[dicom_nodes]]` entry.
     pub destination: String,
-    /// When: `instance` (each stored instance, as soon as it is indexed).
+    /// When: `instance` (each stored instance, as soon as it is indexed) or
+    /// `study_stable` (every instance of the study once it is told stable,
+    /// `stable_after` seconds after its last instance; again, in full, each
+    /// time it changes and goes quiet again).
     #[serde(default = "default_on")]
     pub on: String,
     /// Calling AE titles (or `upload` for secondary captures uploaded over
@@ -144,15 +147,10 @@ pub fn validate(
             ));
         }
         match rule.on.as_str() {
-            "instance" => {}
-            "study_stable" => {
-                return Err(format!(
-                    "rule {n}: on = \"study_stable\" is not implemented yet; use on = \"instance\""
-                ));
-            }
+            "instance" | "study_stable" => {}
             other => {
                 return Err(format!(
-                    "rule {n}: on = {other:?}; the only trigger is \"instance\""
+                    "rule {n}: on = {other:?}; give \"instance\" or \"study_stable\""
                 ));
             }
         }
@@ -219,10 +217,6 @@ mod tests {
                 "\"GHOST\" is not a [[dicom_nodes]]",
             ),
             ("[[forward]]\ndestination = \"SECURE\"\n", "tls = true"),
-            (
-                "[[forward]]\ndestination = \"PACS\"\non = \"study_stable\"\n",
-                "study_stable",
-            ),
             (
                 "[[forward]]\ndestination = \"PACS\"\non = \"hourly\"\n",
                 "hourly",

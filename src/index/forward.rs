@@ -29,6 +29,9 @@ pub struct ForwardRoute {
     pub calling_aets: Vec<String>,
     pub modalities: Vec<String>,
     pub sop_classes: Vec<String>,
+    /// Queued when the study is told stable (all its instances then), not
+    /// as each instance is stored.
+    pub on_stable: bool,
 }
 
 impl ForwardRoute {
@@ -134,7 +137,10 @@ pub(super) fn enqueue(
     record_id: Option<&str>,
     now: u64,
 ) -> TxResult<usize> {
-    let wanted: Vec<&ForwardRoute> = routes.iter().filter(|r| r.matches(rec)).collect();
+    let wanted: Vec<&ForwardRoute> = routes
+        .iter()
+        .filter(|r| !r.on_stable && r.matches(rec))
+        .collect();
     if wanted.is_empty() {
         return Ok(0);
     }
@@ -151,6 +157,40 @@ pub(super) fn enqueue(
         Some(r) => r.to_owned(),
         None => format!("{:016x}", forward.generate_id()?),
     };
+    put(forward, &wanted, rec, version, now)
+}
+
+/// Queues every instance of a study that was just told stable (its
+/// `version`-th time) for the `study_stable` routes it matches, inside the
+/// transaction that tells it; how many entries were written.
+pub(super) fn enqueue_stable(
+    forward: &TransactionalTree,
+    routes: &[ForwardRoute],
+    instances: &[InstanceRecord],
+    version: u64,
+    now: u64,
+) -> TxResult<usize> {
+    let mut written = 0;
+    for rec in instances {
+        let wanted: Vec<&ForwardRoute> = routes
+            .iter()
+            .filter(|r| r.on_stable && r.matches(rec))
+            .collect();
+        if !wanted.is_empty() {
+            let version = format!("stable{version}.{:016x}", forward.generate_id()?);
+            written += put(forward, &wanted, rec, version, now)?;
+        }
+    }
+    Ok(written)
+}
+
+fn put(
+    forward: &TransactionalTree,
+    wanted: &[&ForwardRoute],
+    rec: &InstanceRecord,
+    version: String,
+    now: u64,
+) -> TxResult<usize> {
     let item = ForwardItem {
         sop_instance_uid: rec.sop_instance_uid.clone(),
         sop_class_uid: rec.sop_class_uid.clone(),
@@ -185,6 +225,12 @@ impl Index {
     /// the configuration; before the journal is replayed).
     pub fn set_forward_routes(&self, routes: Vec<ForwardRoute>) {
         *self.forward_routes.write().expect("forward routes lock") = Arc::new(routes);
+    }
+
+    /// Whether any route queues instances as they are stored (the forward
+    /// tree then joins ingest's transactions).
+    pub(super) fn forwards_instances(routes: &[ForwardRoute]) -> bool {
+        routes.iter().any(|r| !r.on_stable)
     }
 
     pub(super) fn forward_routes_snapshot(&self) -> Arc<Vec<ForwardRoute>> {

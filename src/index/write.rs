@@ -40,7 +40,7 @@ impl Index {
         let mut queued = false;
         let mut forwarded = false;
         let outcomes = self
-            .transact_with(!routes.is_empty(), |tx| {
+            .transact_with(Index::forwards_instances(&routes), |tx| {
                 let mut emitted = 0;
                 let mut to_forward = 0;
                 let mut nth = 0u8;

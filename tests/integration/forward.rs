@@ -425,3 +425,35 @@ fn a_rule_naming_an_unknown_node_refuses_the_start() {
         "the refusal names the rule's destination: {log}"
     );
 }
+
+#[test]
+fn a_study_stable_rule_sends_the_whole_study_once_it_is_quiet() {
+    let relay = Relay::new();
+    let peer = NsPeer::storescp(&relay, "ARCHIVE", "+xa");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        &[Dest {
+            ae: "ARCHIVE",
+            port: relay.port,
+            rule: "on = \"study_stable\"",
+        }],
+    );
+    let gw = start(&cfg, Opts::default().args(&["--stable-after", "3"]));
+    let study = fixture_study("study1/");
+    store_as(&gw, "DCMTKSCU", &["-xe"], &study.files);
+    // Stored, not yet quiet for 3 s: nothing queued.
+    let d = destination(&gw, "ARCHIVE");
+    assert_eq!(
+        (d["pending"].as_u64(), d["sent"].as_u64()),
+        (Some(0), Some(0)),
+        "{d}"
+    );
+    gw.wait_for_log("study stable");
+    wait_for(&gw, "ARCHIVE", "the study delivered", |d| {
+        settled(d) && d["sent"] == 6
+    });
+    let arrived = arrivals(peer.dir.path());
+    let expected: BTreeMap<String, usize> = study.sops.iter().map(|s| (s.clone(), 1)).collect();
+    assert_eq!(arrived, expected);
+}
