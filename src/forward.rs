@@ -107,6 +107,9 @@ pub struct Live {
     /// Unix milliseconds of the next pending item's attempt, as last seen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_ms: Option<u64>,
+    /// When the queue depth gauge was last refreshed.
+    #[serde(skip)]
+    pub sampled_at: Option<std::time::Instant>,
 }
 
 impl Destination {

@@ -35,6 +35,9 @@ pub const FLUSH_EVERY: usize = 8;
 /// How long an idle lane sleeps without news (new items wake it at once).
 const IDLE: Duration = Duration::from_secs(60);
 
+/// How often the queue depth gauge is refreshed.
+const DEPTH_EVERY: Duration = Duration::from_secs(1);
+
 /// Longest error text kept on an item.
 const MAX_ERROR: usize = 300;
 
@@ -122,7 +125,8 @@ pub async fn lane(
             if let Some(l) = link.take() {
                 l.release().await;
             }
-            sample_depth(&src.index, &dest).await;
+            // Idle: the gauge must not keep the last busy count.
+            sample_depth(&src.index, &dest, true).await;
             let nap = due.next_ms.map_or(IDLE, |n| {
                 Duration::from_millis(n.saturating_sub(now)).min(IDLE)
             });
@@ -170,16 +174,17 @@ pub async fn lane(
                     }
                     flush(&src.index).await;
                     release_claims(&dest, &due.items);
-                    sample_depth(&src.index, &dest).await;
+                    sample_depth(&src.index, &dest, false).await;
                     continue;
                 }
                 Err(e) => {
-                    mark_down(&dest, &settings, &e.to_string());
+                    let next = mark_down(&dest, &settings, &e.to_string());
                     for q in &due.items {
-                        retry_later(&src.index, &dest, &settings, q, e.to_string(), None).await;
+                        let why = e.to_string();
+                        retry_later(&src.index, &dest, &settings, q, why, None, Some(next)).await;
                     }
                     release_claims(&dest, &due.items);
-                    sample_depth(&src.index, &dest).await;
+                    sample_depth(&src.index, &dest, false).await;
                     continue;
                 }
             }
@@ -206,7 +211,8 @@ pub async fn lane(
                     }
                     dimse::Verdict::Transient => {
                         let why = status_text(r.status, r.comment.as_deref());
-                        retry_later(&src.index, &dest, &settings, q, why, Some(r.status)).await;
+                        let status = Some(r.status);
+                        retry_later(&src.index, &dest, &settings, q, why, status, None).await;
                     }
                     dimse::Verdict::Permanent => {
                         let why = status_text(r.status, r.comment.as_deref());
@@ -220,12 +226,13 @@ pub async fn lane(
                 }
                 Ok(Outcome::Unreadable(e)) => {
                     let why = format!("reading the stored instance: {e}");
-                    retry_later(&src.index, &dest, &settings, q, why, None).await;
+                    retry_later(&src.index, &dest, &settings, q, why, None, None).await;
                 }
                 Err(e) => {
                     tracing::warn!(destination = dest.name(), error = %e, "forward: association lost");
-                    mark_down(&dest, &settings, &e.to_string());
-                    retry_later(&src.index, &dest, &settings, q, e.to_string(), None).await;
+                    let next = mark_down(&dest, &settings, &e.to_string());
+                    let why = e.to_string();
+                    retry_later(&src.index, &dest, &settings, q, why, None, Some(next)).await;
                     if let Some(l) = link.take() {
                         l.abort().await;
                     }
@@ -240,7 +247,7 @@ pub async fn lane(
         }
         flush(&src.index).await;
         release_claims(&dest, &due.items);
-        sample_depth(&src.index, &dest).await;
+        sample_depth(&src.index, &dest, false).await;
     }
     if let Some(l) = link.take() {
         l.release().await;
@@ -312,22 +319,29 @@ fn mark_up(dest: &Destination) {
     crate::metrics::get().forward_up(dest.name(), true);
 }
 
-fn mark_down(dest: &Destination, settings: &Settings, error: &str) {
+/// Marks the destination down until the next step of the retry schedule
+/// and returns that time. Lanes failing together count as one failure.
+fn mark_down(dest: &Destination, settings: &Settings, error: &str) -> u64 {
     let now = now_ms();
     let error = clip(error.to_owned());
-    let first = dest.update(|l| {
+    let (first, until) = dest.update(|l| {
         let first = l.up != Some(false);
         l.up = Some(false);
+        l.last_error = Some(error.clone());
+        if let Some(until) = l.down_until_ms.filter(|u| *u > now) {
+            return (first, until);
+        }
         l.connect_failures = l.connect_failures.saturating_add(1);
         let wait = settings.wait(l.connect_failures);
-        l.down_until_ms = Some(now.saturating_add(ms(wait)));
-        l.last_error = Some(error.clone());
-        first
+        let until = now.saturating_add(ms(wait));
+        l.down_until_ms = Some(until);
+        (first, until)
     });
     if first {
         tracing::warn!(destination = dest.name(), error = %error, "forward: destination down");
     }
     crate::metrics::get().forward_up(dest.name(), false);
+    until
 }
 
 /// Writes `new` over `q` (or removes it), not flushed; a newer version
@@ -350,6 +364,9 @@ async fn retry_later(
     q: &QueuedItem,
     why: String,
     status: Option<u16>,
+    // The destination's own next attempt when it could not be reached:
+    // its items are tried again when it is, not on their own schedule.
+    at: Option<u64>,
 ) {
     let now = now_ms();
     let mut item = q.item.clone();
@@ -367,7 +384,8 @@ async fn retry_later(
         dest.update(|l| l.failed += 1);
         crate::metrics::get().forward_failed(dest.name());
     } else {
-        item.next_attempt_ms = now.saturating_add(ms(settings.wait(item.attempts)));
+        item.next_attempt_ms =
+            at.unwrap_or_else(|| now.saturating_add(ms(settings.wait(item.attempts))));
         dest.update(|l| l.retries += 1);
         crate::metrics::get().forward_retry(dest.name());
     }
@@ -401,8 +419,19 @@ async fn flush(index: &Index) {
     }
 }
 
-/// The queue depth gauge, from a count of the queue.
-async fn sample_depth(index: &Index, dest: &Arc<Destination>) {
+/// The queue depth gauge, from a count of the queue: at most once a second
+/// per destination (a count reads the whole queue).
+async fn sample_depth(index: &Index, dest: &Arc<Destination>, force: bool) {
+    let due = dest.update(|l| {
+        let due = force || l.sampled_at.is_none_or(|t| t.elapsed() >= DEPTH_EVERY);
+        if due {
+            l.sampled_at = Some(std::time::Instant::now());
+        }
+        due
+    });
+    if !due {
+        return;
+    }
     let index = index.clone();
     let d = Arc::clone(dest);
     if let Ok(Ok(counts)) =

@@ -241,6 +241,23 @@ fn forwards_as_stored_filtered_and_refuses_what_a_destination_cannot_take() {
         "{metrics}"
     );
     assert!(metrics.contains("dicom_gateway_forward_destination_up{destination=\"STORE_A\"} 1"));
+    // The queue gauges follow once the lanes are idle.
+    let gauges = [
+        "dicom_gateway_forward_queue{destination=\"STORE_A\",state=\"pending\"} 0".to_owned(),
+        format!(
+            "dicom_gateway_forward_queue{{destination=\"STORE_B\",state=\"failed\"}} {}",
+            total - 1
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = call_text(&gw, "/metrics");
+        if gauges.iter().all(|g| metrics.contains(g.as_str())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{gauges:?} not in {metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn call_text(gw: &Gateway, path: &str) -> (u16, String) {
