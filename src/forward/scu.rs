@@ -65,6 +65,9 @@ pub enum Outcome {
     Missing,
     /// The object could not be read (before anything was sent): retried.
     Unreadable(String),
+    /// The stored object is not a Part-10 file the gateway wrote (no
+    /// preamble, no meta group length, cut short): final.
+    Corrupt(String),
 }
 
 /// The byte stream under the association. TLS destinations become a
@@ -208,6 +211,9 @@ impl Link {
         if let Err(e) = skip_meta(&mut source).await {
             return Ok(match e.kind() {
                 std::io::ErrorKind::NotFound => Outcome::Missing,
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                    Outcome::Corrupt(e.to_string())
+                }
                 _ => Outcome::Unreadable(e.to_string()),
             });
         }
@@ -359,4 +365,50 @@ async fn skip_meta<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<()> {
         return Err(bad("the file ends inside its meta group"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part10(meta_len: u32, rest: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0]);
+        f.extend_from_slice(&meta_len.to_le_bytes());
+        f.extend(std::iter::repeat_n(7u8, meta_len as usize));
+        f.extend_from_slice(rest);
+        f
+    }
+
+    #[tokio::test]
+    async fn the_data_set_starts_after_the_meta_group() {
+        let file = part10(30, b"DATASET");
+        let mut r = file.as_slice();
+        skip_meta(&mut r).await.unwrap();
+        assert_eq!(fill(&mut r, 4).await.unwrap(), b"DATA");
+        assert_eq!(fill(&mut r, 4).await.unwrap(), b"SET");
+        assert!(fill(&mut r, 4).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn files_that_are_not_ours_are_refused_not_trusted() {
+        let kind = |bytes: Vec<u8>| async move {
+            let mut r = bytes.as_slice();
+            skip_meta(&mut r).await.unwrap_err().kind()
+        };
+        use std::io::ErrorKind::{InvalidData, UnexpectedEof};
+        assert_eq!(kind(vec![0; 50]).await, UnexpectedEof);
+        let mut no_dicm = part10(4, b"");
+        no_dicm[128] = b'X';
+        assert_eq!(kind(no_dicm).await, InvalidData);
+        // A meta group length past the limit is not followed.
+        let mut huge = part10(0, b"");
+        huge[140..144].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(kind(huge).await, InvalidData);
+        // Cut inside the meta group.
+        let mut cut = part10(100, b"");
+        cut.truncate(200);
+        assert_eq!(kind(cut).await, InvalidData);
+    }
 }

@@ -224,6 +224,10 @@ pub async fn lane(
                     let why = "the instance is no longer in the store".to_owned();
                     fail(&src.index, &dest, q, why, None).await;
                 }
+                Ok(Outcome::Corrupt(e)) => {
+                    let why = format!("the stored object cannot be sent: {e}");
+                    fail(&src.index, &dest, q, why, None).await;
+                }
                 Ok(Outcome::Unreadable(e)) => {
                     let why = format!("reading the stored instance: {e}");
                     retry_later(&src.index, &dest, &settings, q, why, None, None).await;
@@ -231,8 +235,14 @@ pub async fn lane(
                 Err(e) => {
                     tracing::warn!(destination = dest.name(), error = %e, "forward: association lost");
                     let next = mark_down(&dest, &settings, &e.to_string());
+                    // The instance on the wire may be what breaks it: it
+                    // also waits its own turn, so the rest are not stuck
+                    // behind it.
+                    let own = now_ms()
+                        .saturating_add(ms(settings.wait(q.item.attempts.saturating_add(1))));
                     let why = e.to_string();
-                    retry_later(&src.index, &dest, &settings, q, why, None, Some(next)).await;
+                    let at = Some(next.max(own));
+                    retry_later(&src.index, &dest, &settings, q, why, None, at).await;
                     if let Some(l) = link.take() {
                         l.abort().await;
                     }
