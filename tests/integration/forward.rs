@@ -6,6 +6,7 @@
 //! none of an instance's transfer syntaxes fails the item with the reason.
 
 mod peers;
+mod robustness;
 mod statuses;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -474,31 +475,4 @@ fn a_study_stable_rule_sends_the_whole_study_once_it_is_quiet() {
     let arrived = arrivals(peer.dir.path());
     let expected: BTreeMap<String, usize> = study.sops.iter().map(|s| (s.clone(), 1)).collect();
     assert_eq!(arrived, expected);
-}
-
-#[test]
-fn a_large_instance_is_forwarded_in_bounded_memory() {
-    let relay = Relay::new();
-    let peer = NsPeer::storescp(&relay, "PACS", "+xa");
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        &[Dest {
-            ae: "PACS",
-            port: relay.port,
-            rule: "",
-        }],
-    );
-    let gw = start(&cfg, Opts::default());
-    let (_dir, big) = crate::common::send_big(&gw, 120);
-    wait_for(&gw, "PACS", "delivered", |d| settled(d) && d["sent"] == 1);
-    // Streamed in PDU-sized pieces: the gateway never held the instance.
-    let peak = gw.peak_rss();
-    assert!(peak < 100 << 20, "peak RSS {} MiB", peak >> 20);
-    let got = received(peer.dir.path());
-    assert_eq!(got.len(), 1);
-    assert!(
-        dataset_bytes(&got[0].0) == dataset_bytes(&big),
-        "the 120 MiB data set arrived altered"
-    );
 }
