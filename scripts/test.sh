@@ -32,6 +32,24 @@ if [ ! -x /usr/bin/openssl ] || [ ! -x /usr/bin/curl ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl curl >/dev/null
 fi
 
+# Forwarding destinations (tests/integration/forward.rs): Orthanc, and
+# `ip` (iproute2) to bring up loopback in the peers' network namespaces.
+if [ ! -x /usr/sbin/Orthanc ] || ! command -v ip >/dev/null; then
+    step "installing Orthanc and iproute2"
+    $sudo apt-get update -qq
+    # The package would start Orthanc as a service on every interface
+    # (4242, 8042); the tests start their own, in a network namespace.
+    # policy-rc.d (101: "action not allowed") keeps the service down.
+    added_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+        $sudo chmod +x /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc iproute2 >/dev/null
+    if [ -n "$added_policy" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
+fi
+
 # The operator page's tests drive Debian's chromium headless (no browser
 # download: the package is the browser).
 if [ ! -x /usr/bin/chromium ]; then

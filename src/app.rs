@@ -31,4 +31,6 @@ pub struct App {
     /// store (an S3 store with `storage.ack = "journal"`; `None` otherwise).
     /// Access to a key still in it goes through the gateway's `/files` route.
     pub backlog: Option<Arc<Backlog>>,
+    /// Forwarding destinations and their live state.
+    pub forward: Arc<crate::forward::Forwarding>,
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhook::WebhookKeys;
 
+mod forward;
 mod journal;
 mod nodes;
 mod overrides;
@@ -22,6 +23,7 @@ mod storage;
 mod tls;
 mod validate;
 
+pub use forward::{ForwardRule, ForwardSettings};
 pub use journal::JournalConfig;
 pub use nodes::DicomNode;
 pub use overrides::Overrides;
@@ -204,6 +206,10 @@ pub struct Config {
     /// to deliver a report after the first (immediate) one; once the last
     /// has failed, the request is failed (default about 24 h in all).
     pub storage_commitment_retry: Vec<String>,
+    /// Forwarding rules: `[[forward]]` in the file (see `config/forward.rs`).
+    pub forward: Vec<ForwardRule>,
+    /// Forwarding settings: `[forwarding]` in the file.
+    pub forwarding: ForwardSettings,
 }
 
 /// What happens when a SOP Instance UID the gateway already holds arrives
@@ -300,6 +306,8 @@ impl Default for Config {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            forward: Vec::new(),
+            forwarding: ForwardSettings::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod commitments;
 mod conn;
 mod error;
 mod files;
+mod forward;
 mod limits;
 mod messages;
 mod metrics;

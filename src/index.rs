@@ -27,6 +27,9 @@
 //!   its last `study.stable` event ([`stable`]).
 //! - `v1/commitments`: storage commitment requests owed a report
 //!   ([`commitments`]).
+//! - `v1/forward`: `<destination AE> 0x00 <sop>` → [`ForwardItem`] (JSON),
+//!   instances still to forward (or given up), queued with the instance
+//!   ([`forward`]).
 //! - `v1/meta`: `node` → this index's random node id (in message ids).
 //!
 //! A batch of instances is written in one transaction over the instance, SOP,
@@ -40,6 +43,7 @@
 //! subscriptions cannot.
 
 mod commitments;
+mod forward;
 mod jobs;
 mod outbox;
 mod patients;
@@ -58,6 +62,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+pub use forward::{
+    Due, ForwardCounts, ForwardItem, ForwardKey, ForwardRoute, ForwardState, QueuedItem,
+};
 pub use jobs::StoredAnswer;
 pub use outbox::OutboxKey;
 pub use records::{
@@ -129,6 +136,12 @@ pub struct Index {
     stable: sled::Tree,
     outbox: sled::Tree,
     outbox_done: sled::Tree,
+    forward: sled::Tree,
+    /// The forwarding rules' filters (empty: the forward tree stays out of
+    /// ingest's transactions).
+    forward_routes: Arc<RwLock<Arc<Vec<ForwardRoute>>>>,
+    /// Bumped whenever forwarding items are queued.
+    forward_wake: Arc<tokio::sync::watch::Sender<u64>>,
     /// Random, made once per index: message ids from two gateways on one
     /// store never collide.
     node: Arc<str>,
@@ -153,6 +166,8 @@ pub(crate) struct Tx<'a> {
     pub patients: &'a TransactionalTree,
     pub unstable: &'a TransactionalTree,
     pub outbox: &'a TransactionalTree,
+    /// Only when forwarding rules exist.
+    pub forward: Option<&'a TransactionalTree>,
 }
 
 /// In-memory change stamps, one per study written since the index was
@@ -251,6 +266,9 @@ impl Index {
             stable: tree("v1/stable")?,
             outbox: tree("v1/outbox")?,
             outbox_done: tree("v1/outbox_done")?,
+            forward: tree("v1/forward")?,
+            forward_routes: Arc::default(),
+            forward_wake: Arc::new(tokio::sync::watch::Sender::new(0)),
             node: outbox::node_id(&tree("v1/meta")?)?.into(),
             subscriptions: Arc::default(),
             outbox_wake: Arc::default(),
@@ -268,6 +286,40 @@ impl Index {
     /// Runs `op` as one transaction over the instance, SOP, study, media,
     /// patient, stability and outbox trees.
     fn transact<T>(&self, op: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T> {
+        self.transact_with(false, op)
+    }
+
+    /// Like [`Index::transact`], with the forwarding queue in the
+    /// transaction too when `forward` is set (and only then: a tree in a
+    /// transaction costs every write).
+    fn transact_with<T>(&self, forward: bool, op: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T> {
+        if forward {
+            return (
+                &self.instances,
+                &self.sops,
+                &self.studies,
+                &self.media,
+                &self.patients,
+                &self.unstable,
+                &self.outbox,
+                &self.forward,
+            )
+                .transaction(
+                    |(instances, sops, studies, media, patients, unstable, outbox, forward)| {
+                        op(&Tx {
+                            instances,
+                            sops,
+                            studies,
+                            media,
+                            patients,
+                            unstable,
+                            outbox,
+                            forward: Some(forward),
+                        })
+                    },
+                )
+                .map_err(tx_error);
+        }
         (
             &self.instances,
             &self.sops,
@@ -287,6 +339,7 @@ impl Index {
                         patients,
                         unstable,
                         outbox,
+                        forward: None,
                     })
                 },
             )

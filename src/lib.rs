@@ -13,6 +13,7 @@ pub mod commitment;
 pub mod config;
 pub mod dicom;
 pub mod discovery;
+pub mod forward;
 pub mod healthcheck;
 pub mod http;
 pub mod index;
@@ -111,6 +112,8 @@ pub async fn run(
         .context("the object store is unusable")?;
     tracing::info!(store = %store.describe(), "object store");
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
+    // Before the journal replays: replayed instances are matched too.
+    index.set_forward_routes(forward::routes(&cfg));
     // S3 with `storage.ack = "journal"`: acknowledged instances wait in
     // <data_dir>/pending/ for their upload (the ingest journal feeds it).
     let backlog = match cfg.upload_backlog() {
@@ -150,6 +153,7 @@ pub async fn run(
         reports: Arc::new(tokio::sync::Notify::new()),
         activity: activity::Activity::new(),
         backlog: backlog.clone(),
+        forward: Arc::new(forward::Forwarding::new(&cfg)),
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {
@@ -187,6 +191,7 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("storage_commitment_retry: {e}"))?,
         worker_stop.clone(),
     ));
+    let forwarders = forward::spawn(&app, &worker_stop);
     let dicom = DicomServer::new(&cfg, Arc::clone(&app.ingest), app.activity.clone())
         .with_commitments(commitments);
     let dicom = Arc::new(match &tls.dicom {
@@ -240,6 +245,9 @@ pub async fn run(
     for task in outbound {
         let _ = task.await;
     }
+    // Forwarding lanes finish the instance they are sending, within the
+    // grace period; what is left stays queued.
+    let _ = tokio::time::timeout(cfg.shutdown_grace(), futures::future::join_all(forwarders)).await;
     // Uploads in flight get the grace period; what is left stays pending.
     if let Some(uploads) = uploads {
         let _ = tokio::time::timeout(cfg.shutdown_grace(), uploads).await;

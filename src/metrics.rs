@@ -19,6 +19,7 @@
 //! never the requested path. A hostile peer cannot grow the registry.
 
 mod disk;
+mod forward;
 mod labels;
 pub mod store;
 
@@ -99,6 +100,7 @@ pub struct Metrics {
     upload_retries: Counter,
     commitment_requests: Family<Outcome, Counter>,
     commitment_reports: Family<Outcome, Counter>,
+    forward: forward::ForwardMetrics,
     /// Calling AE titles that have a series of their own.
     calling_aes: Mutex<HashSet<String>>,
 }
@@ -140,6 +142,7 @@ impl Metrics {
             upload_retries: Counter::default(),
             commitment_requests: Family::default(),
             commitment_reports: Family::default(),
+            forward: forward::ForwardMetrics::default(),
             calling_aes: Mutex::new(HashSet::new()),
         };
         let mut r = Registry::with_prefix("dicom_gateway");
@@ -280,6 +283,7 @@ impl Metrics {
             "Background uploads of acknowledged objects that failed and will be retried",
             m.upload_retries.clone(),
         );
+        m.forward.register(&mut r);
         r.register(
             "storage_commitment_requests",
             "Storage commitment N-ACTION requests, by outcome (accepted: recorded and answered 0x0000; refused)",

@@ -58,6 +58,14 @@ impl Config {
             return invalid("dicom_nodes", reason);
         }
         self.validate_tls()?;
+        if let Err(reason) = forward::validate(
+            &self.forward,
+            &self.forwarding,
+            &self.dicom_nodes,
+            self.dicom_tls_ca.is_some(),
+        ) {
+            return invalid("forward", reason);
+        }
         if self.webhook_timeout > 300 {
             return invalid("webhook_timeout", "must be at most 300 seconds".into());
         }

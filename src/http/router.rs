@@ -12,7 +12,9 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 
 use super::error::ApiError;
-use super::{api, commitments, files, messages, metrics, subscriptions, ui, uploads, webhook};
+use super::{
+    api, commitments, files, forward, messages, metrics, subscriptions, ui, uploads, webhook,
+};
 use crate::app::App;
 
 pub fn router(app: App) -> Router {
@@ -49,6 +51,10 @@ pub fn router(app: App) -> Router {
             "/api/webhooks/{id}/messages/{message}/redeliver",
             post(messages::redeliver),
         )
+        // Forwarding queues (src/http/forward.rs).
+        .route("/api/forward", get(forward::list))
+        .route("/api/forward/{destination}/items", get(forward::items))
+        .route("/api/forward/{destination}/retry", post(forward::retry))
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard))
         .route_layer(middleware::from_fn(basic_challenge));
     let files = Router::new()

@@ -65,16 +65,24 @@ impl Index {
         instances: &[InstanceRecord],
     ) -> Result<StableOutcome> {
         let subscriptions = self.subscriptions_snapshot();
+        let routes = self.forward_routes_snapshot();
         let key = study.as_str().as_bytes();
-        let outcome = (&self.unstable, &self.stable, &self.studies, &self.outbox)
-            .transaction(|(unstable, stable, studies, outbox)| {
+        let mut forwarded = 0;
+        let outcome = (
+            &self.unstable,
+            &self.stable,
+            &self.studies,
+            &self.outbox,
+            &self.forward,
+        )
+            .transaction(|(unstable, stable, studies, outbox, forward)| {
                 match unstable.get(key)? {
                     Some(v) if v.as_ref() == changed_ms.to_be_bytes() => {}
-                    _ => return Ok(StableOutcome::Changed),
+                    _ => return Ok((StableOutcome::Changed, 0)),
                 }
                 unstable.remove(key)?;
                 let Some(record) = studies.get(key)? else {
-                    return Ok(StableOutcome::Gone);
+                    return Ok((StableOutcome::Gone, 0));
                 };
                 let record: StudyRecord = tx_decode(key, &record)?;
                 let version = match stable.get(key)? {
@@ -84,14 +92,24 @@ impl Index {
                 stable.insert(key, &version.to_be_bytes())?;
                 let event = Event::study_stable(now_ms, version, &record, instances);
                 let queued = outbox::emit(outbox, &self.node, &subscriptions, event)?;
-                Ok(StableOutcome::Fired { version, queued })
+                // `study_stable` forwarding rules: the study's instances are
+                // queued with the event, or neither is.
+                let n = forward::enqueue_stable(forward, &routes, instances, version, now_ms)?;
+                Ok((StableOutcome::Fired { version, queued }, n))
+            })
+            .map(|(outcome, n)| {
+                forwarded = n;
+                outcome
             })
             .map_err(tx_error)?;
         // Durable before it is delivered; with nobody to tell, the version
         // rides on the next flush (a crash before it only tells nobody
         // again).
-        if let StableOutcome::Fired { queued: 1.., .. } = outcome {
+        if matches!(outcome, StableOutcome::Fired { queued: 1.., .. }) || forwarded > 0 {
             self.flush()?;
+        }
+        if forwarded > 0 {
+            self.forward_queued();
         }
         if let StableOutcome::Fired { queued: 1.., .. } = outcome {
             self.outbox_wake.notify_one();

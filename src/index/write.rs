@@ -35,11 +35,14 @@ impl Index {
         record_id: Option<&str>,
     ) -> Result<Vec<PutOutcome>> {
         let subscriptions = self.subscriptions_snapshot();
+        let routes = self.forward_routes_snapshot();
         let now = outbox::now_ms();
         let mut queued = false;
+        let mut forwarded = false;
         let outcomes = self
-            .transact(|tx| {
+            .transact_with(Index::forwards_instances(&routes), |tx| {
                 let mut emitted = 0;
+                let mut to_forward = 0;
                 let mut nth = 0u8;
                 let mut emit = |event| -> TxResult<()> {
                     let id = record_id.map(|r| format!("msg_{}{r}{nth:02x}", self.node));
@@ -54,6 +57,10 @@ impl Index {
                             let rec = &new.record;
                             let study = rec.study_instance_uid.as_str().as_bytes();
                             let first = tx.studies.get(study)?.is_none();
+                            if let Some(fwd) = tx.forward {
+                                to_forward +=
+                                    forward::enqueue(tx, fwd, &routes, rec, record_id, now)?;
+                            }
                             let outcome = put_one(tx, new)?;
                             stable::touch(tx.unstable, &rec.study_instance_uid, now)?;
                             // An instance moved out of another study changed
@@ -81,10 +88,11 @@ impl Index {
                         }
                     })
                     .collect::<TxResult<Vec<_>>>()?;
-                Ok((outcomes, emitted))
+                Ok((outcomes, emitted, to_forward))
             })
-            .map(|(outcomes, emitted)| {
+            .map(|(outcomes, emitted, to_forward)| {
                 queued = emitted > 0;
+                forwarded = to_forward > 0;
                 outcomes
             })?;
         // After the commit, so a view built from what a reader saw before
@@ -102,6 +110,9 @@ impl Index {
         }
         if queued {
             self.outbox_wake.notify_one();
+        }
+        if forwarded {
+            self.forward_queued();
         }
         Ok(outcomes)
     }

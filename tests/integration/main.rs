@@ -11,6 +11,7 @@ mod docker;
 mod duplicates;
 mod durability;
 mod files;
+mod forward;
 mod fsync_order;
 mod hostile_dicom;
 mod hostile_http;

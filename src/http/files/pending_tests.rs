@@ -90,6 +90,7 @@ async fn setup() -> Setup {
         reports: Arc::new(Notify::new()),
         activity: crate::activity::Activity::new(),
         backlog: Some(backlog),
+        forward: Arc::default(),
     };
     Setup {
         app,
