@@ -150,7 +150,7 @@ pub async fn lane(
         }
         if link.is_none() {
             match scu::connect(
-                &dest.node,
+                &dest.node(),
                 &settings.calling_ae,
                 &wanted,
                 settings.max_pdu,
