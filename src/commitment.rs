@@ -285,6 +285,14 @@ impl Commitments {
         Ok(())
     }
 
+    /// Writes `record` unless a repeated N-ACTION replaced it since it was
+    /// read (see [`Index::put_commitment_if_current`]); whether it was.
+    pub async fn save_if_current(&self, record: &Record) -> Result<bool, Error> {
+        let index = self.index.clone();
+        let record = record.clone();
+        Ok(tokio::task::spawn_blocking(move || index.put_commitment_if_current(&record)).await??)
+    }
+
     /// Decides the outcome of every reference of `record` (see the module
     /// documentation) and keeps it in the record (not yet saved).
     pub async fn decide(&self, record: &mut Record) {

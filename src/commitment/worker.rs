@@ -73,6 +73,8 @@ async fn pass(
     let records = tokio::task::spawn_blocking(move || index.commitments()).await??;
     let now = now_ms();
     let mut next = IDLE;
+    // Requesters whose association failed in this pass, and why.
+    let mut down: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for mut record in records {
         if stop.is_cancelled() {
             break;
@@ -115,7 +117,17 @@ async fn pass(
         // Pending, or undeliverable and revived above.
         fresh.state = State::Pending;
         fresh.next_attempt_at = record.next_attempt_at;
-        let record = attempt(c, cfg, schedule, settings, fresh).await?;
+        // A requester that could not be reached in this pass is not tried
+        // again for its other reports: each would wait out the connection
+        // time-out, and every other modality's report behind it.
+        let unreachable = down.get(fresh.requester.trim()).cloned();
+        let record = attempt(c, cfg, schedule, settings, fresh, unreachable).await?;
+        if record.state != State::Delivered {
+            if let Some(error) = &record.last_error {
+                down.entry(record.requester.trim().to_owned())
+                    .or_insert_with(|| error.clone());
+            }
+        }
         if record.state == State::Pending {
             let due = record.next_attempt_at.saturating_sub(now_ms());
             next = next.min(Duration::from_millis(due));
@@ -125,13 +137,15 @@ async fn pass(
 }
 
 /// One new-association delivery of `record`, and what follows from it;
-/// the record as saved.
+/// the record as saved. With `unreachable` (the requester failed earlier in
+/// this pass) the attempt counts as failed with that reason, untried.
 async fn attempt(
     c: &Arc<Commitments>,
     cfg: &Config,
     schedule: &[Duration],
     settings: &Settings,
     mut record: Record,
+    unreachable: Option<String>,
 ) -> Result<Record, super::Error> {
     if record.outcomes.is_none() {
         c.decide(&mut record).await;
@@ -149,14 +163,19 @@ async fn attempt(
         record.state = State::Undeliverable;
         record.last_error = Some(error);
         crate::metrics::get().commitment_report("undeliverable");
-        c.save(&record).await?;
+        save(c, &record).await?;
         return Ok(record);
     };
     record.attempts = record.attempts.saturating_add(1);
     record.new_association_attempts = record.new_association_attempts.saturating_add(1);
-    let result = deliver::deliver(&record, node, settings)
-        .await
-        .map_err(|e| e.to_string());
+    let result = match unreachable {
+        Some(error) => Err(format!(
+            "not tried: the requester was unreachable just before ({error})"
+        )),
+        None => deliver::deliver(&record, node, settings)
+            .await
+            .map_err(|e| e.to_string()),
+    };
     match result {
         Ok(()) => {
             tracing::info!(
@@ -203,6 +222,19 @@ async fn attempt(
             record.last_error = Some(error);
         }
     }
-    c.save(&record).await?;
+    save(c, &record).await?;
     Ok(record)
+}
+
+/// The worker's writes: never over a request the modality repeated while
+/// this one was being delivered (that one is newer and reported on its own).
+async fn save(c: &Commitments, record: &Record) -> Result<(), super::Error> {
+    if !c.save_if_current(record).await? {
+        tracing::info!(
+            requester = %record.requester,
+            transaction_uid = %record.transaction_uid,
+            "storage commitment request repeated while its report was being delivered; the newer one stands"
+        );
+    }
+    Ok(())
 }

@@ -119,9 +119,16 @@ pub enum Verdict {
 /// PS3.4 B.2.3: 0000 and the warnings (0001, 0107, 0116, Bxxx) are stored;
 /// A7xx (out of resources) and 0213/0210 (resource limitation, duplicate
 /// invocation) may pass; every other failure is final.
+///
+/// 0111 (Duplicate SOP Instance) counts as sent: the destination holds the
+/// instance already. The queue is at-least-once (a resend after a crash or
+/// a lost association, a study sent again when a `study_stable` rule fires
+/// anew), and a destination that refuses duplicates (dcm4chee's "reject",
+/// this gateway's `duplicates = "reject"`) must not turn those into failed
+/// items.
 pub fn verdict(status: u16) -> Verdict {
     match status {
-        0x0000 | 0x0001 | 0x0107 | 0x0116 => Verdict::Sent,
+        0x0000 | 0x0001 | 0x0107 | 0x0116 | 0x0111 => Verdict::Sent,
         s if s & 0xF000 == 0xB000 => Verdict::Sent,
         s if s & 0xFF00 == 0xA700 => Verdict::Transient,
         0x0210 | 0x0213 => Verdict::Transient,
@@ -162,6 +169,7 @@ mod tests {
     fn statuses_sort_into_sent_retry_and_final() {
         assert_eq!(verdict(0x0000), Verdict::Sent);
         assert_eq!(verdict(0xB007), Verdict::Sent);
+        assert_eq!(verdict(0x0111), Verdict::Sent, "already there");
         assert_eq!(verdict(0xA700), Verdict::Transient);
         assert_eq!(verdict(0xA7FF), Verdict::Transient);
         assert_eq!(verdict(0xA900), Verdict::Permanent);

@@ -51,6 +51,11 @@ pub enum Error {
     /// it is unusable.
     #[error("association lost: {0}")]
     Lost(String),
+    /// Our own copy could not be read part-way through a send (an S3
+    /// stream reset, a disk error): the association is unusable, the
+    /// destination is not to blame.
+    #[error("reading the stored instance mid-send: {0}")]
+    Source(String),
 }
 
 /// What became of one instance.
@@ -282,7 +287,7 @@ impl Link {
                 // association is aborted by the caller dropping it.
                 fill(&mut source, self.chunk)
                     .await
-                    .map_err(|e| Error::Lost(format!("reading the object mid-send: {e}")))?
+                    .map_err(|e| Error::Source(e.to_string()))?
             } else {
                 Vec::new()
             };

@@ -240,6 +240,17 @@ pub async fn lane(
                     let why = format!("reading the stored instance: {e}");
                     retry_later(&src.index, &dest, &settings, q, why, None, None).await;
                 }
+                Err(e @ scu::Error::Source(_)) => {
+                    // Our side failed: the item waits its own back-off, the
+                    // destination stays up, the association (mid-data set)
+                    // is aborted.
+                    tracing::warn!(destination = dest.name(), error = %e, "forward: send abandoned");
+                    retry_later(&src.index, &dest, &settings, q, e.to_string(), None, None).await;
+                    if let Some(l) = link.take() {
+                        l.abort().await;
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(destination = dest.name(), error = %e, "forward: association lost");
                     let next = mark_down(&dest, &settings, &e.to_string());

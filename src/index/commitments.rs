@@ -41,6 +41,36 @@ impl Index {
         self.flush()
     }
 
+    /// Writes `record` only if the stored request is still the one it was
+    /// read from (same `received_at`): a modality that repeated the
+    /// N-ACTION meanwhile has replaced it, and a delivery attempt of the
+    /// old one must not write it back. Whether it was written. Blocking.
+    pub fn put_commitment_if_current(&self, record: &Record) -> Result<bool> {
+        let tree = self.commitments_tree()?;
+        let key = key(&record.requester, &record.transaction_uid);
+        let new = encode(record);
+        loop {
+            let Some(old) = tree.get(&key).map_err(db_err("read commitment"))? else {
+                // Pruned or never there: nothing to bring back.
+                return Ok(false);
+            };
+            if decode::<Record>(&key, &old)?.received_at != record.received_at {
+                return Ok(false);
+            }
+            match tree
+                .compare_and_swap(&key, Some(&old), Some(new.as_slice()))
+                .map_err(db_err("write commitment"))?
+            {
+                Ok(()) => {
+                    self.flush()?;
+                    return Ok(true);
+                }
+                // Changed between the read and the swap: look again.
+                Err(_) => continue,
+            }
+        }
+    }
+
     /// One request, by requester and Transaction UID.
     pub fn commitment(&self, requester: &str, transaction: &Uid) -> Result<Option<Record>> {
         let key = key(requester, transaction);
@@ -100,6 +130,39 @@ mod tests {
         assert_eq!(index.commitment("CT1 ", &tx).unwrap(), Some(record));
         assert_eq!(index.commitment("CT2", &tx).unwrap(), None);
         index.delete_commitment("CT1", &tx).unwrap();
+        assert!(index.commitments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_delivery_attempt_never_writes_over_a_repeated_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let tx = Uid::parse("1.2.3.98").unwrap();
+        let refs = vec![Reference {
+            class: "1.2.840.10008.5.1.4.1.1.2".into(),
+            instance: "1.2.3.4".into(),
+        }];
+        // The worker read the first request and is delivering it...
+        let mut old = Record::new("CT1".into(), tx.clone(), refs.clone(), 1_000);
+        index.put_commitment(&old).unwrap();
+        // ...when the modality repeats the N-ACTION, reported at once.
+        let mut repeated = Record::new("CT1".into(), tx.clone(), refs, 2_000);
+        repeated.state = State::Delivered;
+        index.put_commitment(&repeated).unwrap();
+        // The attempt failed: its write-back is refused, the newer stands.
+        old.attempts = 1;
+        assert!(!index.put_commitment_if_current(&old).unwrap());
+        assert_eq!(
+            index.commitment("CT1", &tx).unwrap(),
+            Some(repeated.clone())
+        );
+        // Its own version is written.
+        repeated.attempts = 2;
+        assert!(index.put_commitment_if_current(&repeated).unwrap());
+        assert_eq!(index.commitment("CT1", &tx).unwrap().unwrap().attempts, 2);
+        // A pruned request is not brought back.
+        index.delete_commitment("CT1", &tx).unwrap();
+        assert!(!index.put_commitment_if_current(&repeated).unwrap());
         assert!(index.commitments().unwrap().is_empty());
     }
 }

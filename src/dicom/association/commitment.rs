@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dicom_ul::pdu::Pdu;
 
@@ -32,27 +33,58 @@ pub struct CommitmentSession {
     next_message_id: u16,
 }
 
-/// An N-ACTION data set being received, bounded by [`MAX_DATASET_BYTES`].
+/// N-ACTION data set bytes all associations together may hold at once:
+/// `max_associations` peers each sending a 16 MiB request must not add up
+/// to gigabytes.
+const BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes held by every [`ActionBuffer`] now.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// An N-ACTION data set being received, bounded by [`MAX_DATASET_BYTES`]
+/// and by the process-wide [`BUDGET_BYTES`].
 #[derive(Debug, Default)]
 pub struct ActionBuffer {
     bytes: Vec<u8>,
     over: bool,
+    /// Over because the other associations hold the budget.
+    busy: bool,
     /// Already refused by its command: the data set is read and dropped.
     refused: Option<Refusal>,
 }
 
 impl ActionBuffer {
     pub fn append(&mut self, data: &[u8]) {
-        if self.refused.is_some() {
+        if self.refused.is_some() || self.over {
             return;
         }
-        if self.over || self.bytes.len().saturating_add(data.len()) > MAX_DATASET_BYTES {
+        if self.bytes.len().saturating_add(data.len()) > MAX_DATASET_BYTES {
             // The rest is read and dropped; the request is refused.
+            self.drop_bytes();
             self.over = true;
-            self.bytes = Vec::new();
-        } else {
-            self.bytes.extend_from_slice(data);
+            return;
         }
+        let reserved = HELD.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(data.len()).filter(|&n| n <= BUDGET_BYTES)
+        });
+        if reserved.is_err() {
+            self.drop_bytes();
+            self.over = true;
+            self.busy = true;
+            return;
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
+    fn drop_bytes(&mut self) {
+        HELD.fetch_sub(self.bytes.len(), Ordering::AcqRel);
+        self.bytes = Vec::new();
+    }
+}
+
+impl Drop for ActionBuffer {
+    fn drop(&mut self) {
+        self.drop_bytes();
     }
 }
 
@@ -77,6 +109,21 @@ where
                 status: status::MISSING_ATTRIBUTE,
                 comment: "N-ACTION without a data set".into(),
             }),
+            // PS3.7 §9.3: the request belongs on a Storage Commitment
+            // context; the report would otherwise go out on another one.
+            Some(_)
+                if self
+                    .contexts
+                    .get(&pc)
+                    .is_none_or(|c| c.abstract_syntax != crate::commitment::SOP_CLASS) =>
+            {
+                Err(Refusal {
+                    status: dimse_status::SOP_CLASS_NOT_SUPPORTED,
+                    comment: format!(
+                        "N-ACTION on presentation context {pc}, which is not Storage Commitment's"
+                    ),
+                })
+            }
             Some(_) => request::check_command(&command),
         };
         match checked {
@@ -86,10 +133,9 @@ where
                 Ok(())
             }
             Err(refusal) if command.has_dataset => {
-                let sink = Sink::Action(ActionBuffer {
-                    refused: Some(refusal),
-                    ..ActionBuffer::default()
-                });
+                let mut buffer = ActionBuffer::default();
+                buffer.refused = Some(refusal);
+                let sink = Sink::Action(buffer);
                 self.pending = Some(Pending::new(pc, command, sink));
                 Ok(())
             }
@@ -130,7 +176,11 @@ where
         let parsed = if buffer.over {
             Err(Refusal {
                 status: status::RESOURCE_LIMITATION,
-                comment: "data set larger than 16 MiB".into(),
+                comment: if buffer.busy {
+                    "too many large commitment requests at once; try again".into()
+                } else {
+                    "data set larger than 16 MiB".into()
+                },
             })
         } else {
             request::parse(&buffer.bytes, &ts)
