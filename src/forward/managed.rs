@@ -229,8 +229,14 @@ impl Forwarding {
             i.forward_config_put_destination(&key, &stored)
         })
         .await?;
-        self.state().api_nodes.insert(ae.clone(), node.clone());
+        let moved = self.state().api_nodes.insert(ae.clone(), node.clone()) != Some(node.clone());
         self.reconcile();
+        if existed && moved {
+            // Items waiting out the old address's back-off go now.
+            let key = ae.clone();
+            let now = crate::outbound::now_ms();
+            Self::index_op(index, move |i| i.forward_reschedule(&key, now)).await?;
+        }
         tracing::info!(destination = %ae, address = %node.address(), tls = node.tls,
             created = !existed, "forwarding: destination saved through the API");
         Ok((!existed, destination_view(&node, Source::Api)))

@@ -106,9 +106,14 @@ pub async fn lane(
             if let Some(l) = link.take() {
                 l.abort().await;
             }
+            // Woken early too: the operator API may have moved the
+            // destination (it is then no longer down); otherwise the
+            // lane finds it still down and sleeps on.
+            wake.borrow_and_update();
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(until - now)) => {}
+                _ = wake.changed() => {}
             }
             continue;
         }

@@ -43,6 +43,36 @@ impl Index {
         self.forward_queued();
     }
 
+    /// Makes every pending item of `destination` due at `now_ms` (its
+    /// address changed: the back-off earned at the old one does not
+    /// apply); how many. Not flushed: after a crash they only wait their
+    /// old time. Blocking.
+    pub fn forward_reschedule(&self, destination: &str, now_ms: u64) -> Result<usize> {
+        let mut moved = 0;
+        let mut prefix = destination.trim().as_bytes().to_vec();
+        prefix.push(0);
+        for kv in self.forward.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(db_err("scan forward queue"))?;
+            let mut item: ForwardItem = decode(&k, &v)?;
+            if item.state != ForwardState::Pending || item.next_attempt_ms <= now_ms {
+                continue;
+            }
+            item.next_attempt_ms = now_ms;
+            // A lane that settled it meanwhile wins.
+            let swapped = self
+                .forward
+                .compare_and_swap(&k, Some(&v), Some(encode(&item)))
+                .map_err(db_err("reschedule forward items"))?;
+            if swapped.is_ok() {
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.forward_queued();
+        }
+        Ok(moved)
+    }
+
     fn forward_config_tree(&self) -> Result<sled::Tree> {
         // sled keeps opened trees: this is a map lookup after the first.
         self.db

@@ -336,3 +336,51 @@ fn metrics_text(gw: &Gateway) -> String {
     assert_eq!(resp.status().as_u16(), 200);
     resp.body_mut().read_to_string().unwrap()
 }
+
+#[test]
+fn a_moved_destination_is_tried_at_its_new_address_at_once() {
+    // Down for ten minutes after the second failure: only the move can
+    // bring the item through within the wait below.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[forwarding]\nassociations = 1\nretry_schedule = [\"1s\", \"10m\"]\n",
+    )
+    .unwrap();
+    let gw = gateway(&["--config", cfg.to_str().unwrap()]);
+    let dead = Relay::new();
+    let (status, _) = put(
+        &gw,
+        "/api/forward/destinations/MOVED",
+        &json!({"host": "127.0.0.1", "port": dead.port}),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = put(
+        &gw,
+        "/api/forward/rules/moved",
+        &json!({"destination": "MOVED"}),
+    );
+    assert_eq!(status, 201);
+    let (sop, path) = store_single(&gw, "ts/implicit_le");
+    let down = wait_for(&gw, "MOVED", "down for the long step", |d| {
+        d["up"] == false && d["connectFailures"].as_u64() >= Some(2)
+    });
+    assert_eq!(down["pending"], 1, "{down}");
+
+    let relay = Relay::new();
+    let peer = NsPeer::storescp(&relay, "MOVED", "+xa");
+    let (status, _) = put(
+        &gw,
+        "/api/forward/destinations/MOVED",
+        &json!({"host": "127.0.0.1", "port": relay.port}),
+    );
+    assert_eq!(status, 200);
+    let d = wait_for(&gw, "MOVED", "sent to the new address", |d| {
+        d["pending"] == 0 && d["inFlight"] == 0 && d["sent"] == 1
+    });
+    assert_eq!(d["up"], true);
+    let got = arrivals(peer.dir.path());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(dataset_bytes(&got[&sop][0]) == dataset_bytes(&path));
+}
