@@ -26,6 +26,9 @@ pub const MAX_RULES: usize = 256;
 pub const MAX_LIST: usize = 256;
 /// Longest rule id.
 pub const MAX_ID: usize = 64;
+/// Path segments of `/api/forward/…` routes: a destination of that name
+/// would have its `/api/forward/{ae}/items` and `/retry` shadowed.
+const RESERVED: [&str; 2] = ["destinations", "rules"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -190,6 +193,12 @@ impl Forwarding {
         body: DestinationBody,
     ) -> Result<(bool, DestinationView)> {
         let ae = check_ae(ae)?;
+        if RESERVED.contains(&ae.as_str()) {
+            return Err(Error::Invalid(format!(
+                "{ae} cannot be an API destination's AE title: \
+                 /api/forward/{ae}/… is another route"
+            )));
+        }
         let _edit = self.edits.lock().await;
         if self.is_file_node(&ae) {
             return Err(Error::Conflict(format!(

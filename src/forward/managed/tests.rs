@@ -110,6 +110,11 @@ async fn edits_are_validated_stored_and_reloaded() {
         f.put_destination(&index, "A\\B", body("h", 1, false)).await,
         "'\\'",
     );
+    invalid(
+        f.put_destination(&index, "rules", body("h", 1, false))
+            .await,
+        "another route",
+    );
     invalid(f.put_rule(&index, "bad id", rule("AI")).await, "rule id");
     invalid(
         f.put_rule(&index, &"x".repeat(65), rule("AI")).await,
