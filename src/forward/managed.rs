@@ -356,12 +356,14 @@ impl Forwarding {
             )));
         }
         check_id(id).map_err(|_| Error::NotFound("forwarding rule".into()))?;
-        if !self.state().api_rules.contains_key(id) {
+        // Also one left out at start (its destination gone from the file):
+        // not in use, but still stored.
+        let key = id.to_owned();
+        let stored = Self::index_op(index, move |i| i.forward_config_delete_rule(&key)).await?;
+        let in_use = self.state().api_rules.remove(id).is_some();
+        if !stored && !in_use {
             return Err(Error::NotFound(format!("forwarding rule {id}")));
         }
-        let key = id.to_owned();
-        Self::index_op(index, move |i| i.forward_config_delete_rule(&key)).await?;
-        self.state().api_rules.remove(id);
         index.set_forward_routes(self.routes());
         self.reconcile();
         tracing::info!(rule = %id, "forwarding: rule deleted through the API");

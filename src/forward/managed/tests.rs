@@ -215,8 +215,8 @@ async fn a_destination_with_queued_items_needs_purge() {
     assert_eq!(index.forward_counts("AI").unwrap().pending, 0);
 }
 
-#[test]
-fn a_stored_entry_the_file_now_contradicts_is_left_out() {
+#[tokio::test]
+async fn a_stored_entry_the_file_now_contradicts_is_left_out() {
     let dir = tempfile::tempdir().unwrap();
     let index = Index::open(dir.path()).unwrap();
     let node = DicomNode {
@@ -234,4 +234,7 @@ fn a_stored_entry_the_file_now_contradicts_is_left_out() {
     assert_eq!(view.destinations.len(), 1);
     assert_eq!(view.destinations[0].host, "10.0.0.5");
     assert_eq!(view.rules.len(), 1);
+    // The rule left out can still be deleted.
+    f.delete_rule(&index, "r").await.unwrap();
+    assert!(index.forward_config().unwrap().rules.is_empty());
 }
