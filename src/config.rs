@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhook::WebhookKeys;
 
-mod forward;
+pub(crate) mod forward;
 mod journal;
-mod nodes;
+pub(crate) mod nodes;
 mod overrides;
 mod secrets;
 mod storage;

@@ -13,20 +13,23 @@
 //!   destination besides the queue itself (up or down, in flight, sent,
 //!   last error, next attempt).
 //!
-//! Rules and destinations come from the configuration only; the API can
-//! look and retry, not create them.
+//! Rules and destinations come from the configuration file (read-only) and
+//! from the operator API ([`managed`]: stored in the index, applied live).
 
 pub mod dimse;
+pub mod managed;
 pub mod scu;
 pub mod worker;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DicomNode};
-use crate::index::{ForwardKey, ForwardRoute};
+use crate::config::{Config, DicomNode, ForwardRule};
+use crate::index::{ForwardKey, ForwardRoute, Index};
 
 /// The index routes for `cfg`'s rules.
 pub fn routes(cfg: &Config) -> Vec<ForwardRoute> {
@@ -42,46 +45,244 @@ pub fn routes(cfg: &Config) -> Vec<ForwardRoute> {
         .collect()
 }
 
-/// Every destination a rule names, with its live state.
+/// The forwarding destinations with lanes, and what they are made of:
+/// the configuration file's nodes and rules (read-only) and those created
+/// through the operator API ([`managed`], kept in the index).
+///
+/// Lanes run for every API destination and for every node a rule names;
+/// [`Forwarding::reconcile`] starts and stops them as the API changes the
+/// set, so nothing waits for a restart.
 #[derive(Debug, Default)]
 pub struct Forwarding {
-    destinations: Vec<Arc<Destination>>,
+    file_nodes: Vec<DicomNode>,
+    file_rules: Vec<ForwardRule>,
+    /// `dicom_tls_ca` is set (TLS destinations can be checked).
+    tls_ca: bool,
+    state: Mutex<State>,
+    /// API edits run one at a time: check, write, apply.
+    edits: tokio::sync::Mutex<()>,
+    /// Set by [`spawn`]: how new lanes are started.
+    runner: OnceLock<Runner>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// API destinations by AE title.
+    api_nodes: BTreeMap<String, DicomNode>,
+    /// API rules by id.
+    api_rules: BTreeMap<String, ForwardRule>,
+    running: Vec<Arc<Destination>>,
+}
+
+struct Runner {
+    sources: worker::Sources,
+    settings: Arc<worker::Settings>,
+    associations: usize,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runner")
+    }
+}
+
+/// The id a file rule is shown with (1-based, in file order). The API's
+/// own ids cannot contain `:`, so the two never collide.
+pub fn file_rule_id(n: usize) -> String {
+    format!("file:{}", n + 1)
+}
+
+fn route(rule: &ForwardRule) -> ForwardRoute {
+    ForwardRoute {
+        destination: rule.destination.trim().to_owned(),
+        calling_aets: rule.calling_aets.clone(),
+        modalities: rule.modalities.clone(),
+        sop_classes: rule.sop_classes.clone(),
+        on_stable: rule.on == "study_stable",
+    }
 }
 
 impl Forwarding {
+    /// The configuration file's destinations and rules only.
     pub fn new(cfg: &Config) -> Forwarding {
-        let mut seen = HashSet::new();
-        let destinations = cfg
-            .forward
+        Forwarding {
+            file_nodes: cfg.dicom_nodes.clone(),
+            file_rules: cfg.forward.clone(),
+            tls_ca: cfg.dicom_tls_ca.is_some(),
+            ..Forwarding::default()
+        }
+    }
+
+    /// The file's entries and those stored through the API. A stored entry
+    /// the file now contradicts (an AE title the file took since, a rule
+    /// whose destination is gone) is left out with a warning; it stays in
+    /// the index and the file's entry wins.
+    pub fn load(cfg: &Config, index: &Index) -> crate::index::Result<Forwarding> {
+        let forwarding = Forwarding::new(cfg);
+        let stored = index.forward_config()?;
+        {
+            let mut state = forwarding.state();
+            for (ae, node) in stored.destinations {
+                if cfg.dicom_node(&ae).is_some() {
+                    tracing::warn!(
+                        destination = %ae,
+                        "forwarding: an API destination has the AE title of a [[dicom_nodes]] \
+                         entry; the file's entry is used"
+                    );
+                    continue;
+                }
+                state.api_nodes.insert(ae, node);
+            }
+            for (id, rule) in stored.rules {
+                let dest = rule.destination.trim();
+                if cfg.dicom_node(dest).is_none() && !state.api_nodes.contains_key(dest) {
+                    tracing::warn!(rule = %id, destination = %dest,
+                        "forwarding: an API rule names an unknown destination; left out");
+                    continue;
+                }
+                state.api_rules.insert(id, rule);
+            }
+        }
+        Ok(forwarding)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("forwarding state lock")
+    }
+
+    /// The index routes for every rule, the file's first.
+    pub fn routes(&self) -> Vec<ForwardRoute> {
+        let state = self.state();
+        self.file_rules
             .iter()
-            .filter_map(|r| cfg.dicom_node(&r.destination))
+            .chain(state.api_rules.values())
+            .map(route)
+            .collect()
+    }
+
+    /// A destination by AE title: the file's, else the API's.
+    pub fn node(&self, ae_title: &str) -> Option<DicomNode> {
+        let ae = ae_title.trim();
+        self.file_nodes
+            .iter()
+            .find(|n| n.ae_title.trim() == ae)
+            .cloned()
+            .or_else(|| self.state().api_nodes.get(ae).cloned())
+    }
+
+    /// The nodes that get lanes: every API destination, and every node a
+    /// rule names.
+    fn wanted(&self) -> Vec<DicomNode> {
+        let state = self.state();
+        let mut seen = HashSet::new();
+        let named = self
+            .file_rules
+            .iter()
+            .chain(state.api_rules.values())
+            .filter_map(|r| {
+                let ae = r.destination.trim();
+                self.file_nodes
+                    .iter()
+                    .find(|n| n.ae_title.trim() == ae)
+                    .or_else(|| state.api_nodes.get(ae))
+            });
+        state
+            .api_nodes
+            .values()
+            .chain(named)
             .filter(|n| seen.insert(n.ae_title.trim().to_owned()))
-            .map(|node| {
-                Arc::new(Destination {
-                    node: node.clone(),
-                    live: Mutex::default(),
-                    claimed: Mutex::default(),
-                })
-            })
-            .collect();
-        Forwarding { destinations }
+            .cloned()
+            .collect()
     }
 
-    pub fn destinations(&self) -> &[Arc<Destination>] {
-        &self.destinations
+    /// The destinations with lanes, as now.
+    pub fn destinations(&self) -> Vec<Arc<Destination>> {
+        self.state().running.clone()
     }
 
-    pub fn destination(&self, ae_title: &str) -> Option<&Arc<Destination>> {
-        self.destinations
+    pub fn destination(&self, ae_title: &str) -> Option<Arc<Destination>> {
+        self.state()
+            .running
             .iter()
             .find(|d| d.name() == ae_title.trim())
+            .cloned()
+    }
+
+    /// Brings the lanes in line with the destinations: new ones get lanes,
+    /// removed ones' lanes stop (each finishing the instance it is
+    /// sending), a changed address or TLS setting is used from the next
+    /// association on. Nothing before [`spawn`] or after the stop.
+    pub fn reconcile(&self) {
+        let Some(runner) = self.runner.get() else {
+            return;
+        };
+        if runner.stop.is_cancelled() {
+            return;
+        }
+        let wanted = self.wanted();
+        let mut state = self.state();
+        state.running.retain(|d| {
+            let keep = wanted.iter().any(|n| n.ae_title.trim() == d.name());
+            if !keep {
+                tracing::info!(destination = d.name(), "forwarding: destination removed");
+                d.stop.cancel();
+            }
+            keep
+        });
+        let mut changed = false;
+        for node in wanted {
+            let ae = node.ae_title.trim().to_owned();
+            if let Some(dest) = state.running.iter().find(|d| d.name() == ae) {
+                if dest.node() != node {
+                    tracing::info!(destination = %ae, address = %node.address(),
+                        tls = node.tls, "forwarding: destination changed");
+                    *dest.node.lock().expect("forward node lock") = node;
+                    // A new address deserves a try now, not after the old
+                    // one's back-off.
+                    dest.update(|l| {
+                        l.down_until_ms = None;
+                        l.connect_failures = 0;
+                    });
+                    changed = true;
+                }
+                continue;
+            }
+            let dest = Arc::new(Destination::new(node, runner.stop.child_token()));
+            crate::metrics::get().forward_preset(dest.name());
+            tracing::info!(
+                destination = dest.name(),
+                address = %dest.node().address(),
+                associations = runner.associations,
+                "forwarding"
+            );
+            for _ in 0..runner.associations {
+                runner.tracker.spawn(worker::lane(
+                    runner.sources.clone(),
+                    Arc::clone(&dest),
+                    Arc::clone(&runner.settings),
+                    dest.stop.clone(),
+                ));
+            }
+            state.running.push(dest);
+        }
+        drop(state);
+        if changed {
+            // Idle lanes look at their queue again.
+            runner.sources.index.forward_wake_all();
+        }
     }
 }
 
 /// One destination: its node and what its lanes last saw.
 #[derive(Debug)]
 pub struct Destination {
-    pub node: DicomNode,
+    name: String,
+    /// Changed in place by the API: read it for each new association.
+    node: Mutex<DicomNode>,
+    /// Its lanes' stop (a child of the gateway's).
+    stop: CancellationToken,
     live: Mutex<Live>,
     /// Items a lane has taken and not yet settled (no two lanes send one).
     claimed: Mutex<HashSet<ForwardKey>>,
@@ -113,8 +314,23 @@ pub struct Live {
 }
 
 impl Destination {
+    pub fn new(node: DicomNode, stop: CancellationToken) -> Destination {
+        Destination {
+            name: node.ae_title.trim().to_owned(),
+            node: Mutex::new(node),
+            stop,
+            live: Mutex::default(),
+            claimed: Mutex::default(),
+        }
+    }
+
     pub fn name(&self) -> &str {
-        self.node.ae_title.trim()
+        &self.name
+    }
+
+    /// Where it is now.
+    pub fn node(&self) -> DicomNode {
+        self.node.lock().expect("forward node lock").clone()
     }
 
     pub fn live(&self) -> Live {
@@ -130,12 +346,10 @@ impl Destination {
     }
 }
 
-/// Starts every destination's lanes; they stop with `stop`, each finishing
-/// the instance it is sending.
-pub fn spawn(
-    app: &crate::app::App,
-    stop: &tokio_util::sync::CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts every destination's lanes, and lets [`Forwarding::reconcile`]
+/// start more later; they stop with `stop`, each finishing the instance it
+/// is sending. The handle returned ends when every lane has.
+pub fn spawn(app: &crate::app::App, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
     let cfg = &app.cfg;
     let f = &cfg.forwarding;
     // Validated at load: the fallbacks are never used.
@@ -159,23 +373,23 @@ pub fn spawn(
         store: app.store.clone(),
         backlog: app.backlog.clone(),
     };
-    let mut tasks = Vec::new();
-    for dest in app.forward.destinations() {
-        crate::metrics::get().forward_preset(dest.name());
-        tracing::info!(
-            destination = dest.name(),
-            address = %dest.node.address(),
-            associations = f.associations,
-            "forwarding"
-        );
-        for _ in 0..f.associations {
-            tasks.push(tokio::spawn(worker::lane(
-                sources.clone(),
-                Arc::clone(dest),
-                Arc::clone(&settings),
-                stop.clone(),
-            )));
-        }
+    let tracker = TaskTracker::new();
+    let runner = Runner {
+        sources,
+        settings,
+        associations: f.associations,
+        stop: stop.clone(),
+        tracker: tracker.clone(),
+    };
+    if app.forward.runner.set(runner).is_err() {
+        tracing::error!("forwarding: lanes already started");
+        return Vec::new();
     }
-    tasks
+    app.forward.reconcile();
+    let stop = stop.clone();
+    vec![tokio::spawn(async move {
+        stop.cancelled().await;
+        tracker.close();
+        tracker.wait().await;
+    })]
 }

@@ -9,6 +9,7 @@ mod conn;
 mod error;
 mod files;
 mod forward;
+mod forward_config;
 mod limits;
 mod messages;
 mod metrics;

@@ -30,6 +30,8 @@
 //! - `v1/forward`: `<destination AE> 0x00 <sop>` → [`ForwardItem`] (JSON),
 //!   instances still to forward (or given up), queued with the instance
 //!   ([`forward`]).
+//! - `v1/forward_config`: forwarding destinations and rules created through
+//!   the operator API ([`forward_config`]).
 //! - `v1/meta`: `node` → this index's random node id (in message ids).
 //!
 //! A batch of instances is written in one transaction over the instance, SOP,
@@ -44,6 +46,7 @@
 
 mod commitments;
 mod forward;
+mod forward_config;
 mod jobs;
 mod outbox;
 mod patients;
@@ -65,6 +68,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 pub use forward::{
     Due, ForwardCounts, ForwardItem, ForwardKey, ForwardRoute, ForwardState, QueuedItem,
 };
+pub use forward_config::ForwardConfig;
 pub use jobs::StoredAnswer;
 pub use outbox::OutboxKey;
 pub use records::{

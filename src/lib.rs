@@ -112,8 +112,13 @@ pub async fn run(
         .context("the object store is unusable")?;
     tracing::info!(store = %store.describe(), "object store");
     let index = Index::open(&cfg.index_dir()).context("cannot open the index")?;
-    // Before the journal replays: replayed instances are matched too.
-    index.set_forward_routes(forward::routes(&cfg));
+    // Before the journal replays: replayed instances are matched too (the
+    // file's rules and those stored through the operator API).
+    let forwarding = Arc::new(
+        forward::Forwarding::load(&cfg, &index)
+            .context("reading the forwarding configuration stored through the API")?,
+    );
+    index.set_forward_routes(forwarding.routes());
     // S3 with `storage.ack = "journal"`: acknowledged instances wait in
     // <data_dir>/pending/ for their upload (the ingest journal feeds it).
     let backlog = match cfg.upload_backlog() {
@@ -153,7 +158,7 @@ pub async fn run(
         reports: Arc::new(tokio::sync::Notify::new()),
         activity: activity::Activity::new(),
         backlog: backlog.clone(),
-        forward: Arc::new(forward::Forwarding::new(&cfg)),
+        forward: forwarding,
     };
 
     for (service, listener) in [("dicom", &listeners.dicom), ("http", &listeners.http)] {

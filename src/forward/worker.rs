@@ -97,6 +97,8 @@ pub async fn lane(
 ) {
     let mut wake = src.index.forward_wake();
     let mut link: Option<Link> = None;
+    // Where `link` goes.
+    let mut linked_to: Option<crate::config::DicomNode> = None;
     let metrics = crate::metrics::get();
     while !stop.is_cancelled() {
         let now = now_ms();
@@ -104,9 +106,14 @@ pub async fn lane(
             if let Some(l) = link.take() {
                 l.abort().await;
             }
+            // Woken early too: the operator API may have moved the
+            // destination (it is then no longer down); otherwise the
+            // lane finds it still down and sleeps on.
+            wake.borrow_and_update();
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(until - now)) => {}
+                _ = wake.changed() => {}
             }
             continue;
         }
@@ -140,17 +147,20 @@ pub async fn lane(
             continue;
         }
         let wanted: BTreeSet<Context> = due.items.iter().map(|q| pair(&q.item)).collect();
-        if link
-            .as_ref()
-            .is_some_and(|l| !wanted.iter().all(|p| l.covers(p)))
-        {
+        // The operator API may have moved the destination since the
+        // association was opened: the next batch goes to where it is now.
+        let node = dest.node();
+        if link.as_ref().is_some_and(|l| {
+            !wanted.iter().all(|p| l.covers(p)) || linked_to.as_ref() != Some(&node)
+        }) {
             if let Some(l) = link.take() {
                 l.release().await;
             }
         }
         if link.is_none() {
+            linked_to = Some(node.clone());
             match scu::connect(
-                &dest.node,
+                &node,
                 &settings.calling_ae,
                 &wanted,
                 settings.max_pdu,

@@ -39,6 +39,13 @@ pub enum ApiError {
     TooManyConnections,
     #[error("{0}")]
     Ingest(#[source] crate::ingest::Error),
+    /// The request contradicts what exists (a read-only entry, something
+    /// still depending on it).
+    #[error("{0}")]
+    Conflict(String),
+    /// Well-formed, but not something the gateway can act on.
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("internal error")]
     Internal(#[source] BoxedError),
 }
@@ -105,6 +112,8 @@ impl ApiError {
                 ErrorKind::Duplicate => StatusCode::CONFLICT,
                 ErrorKind::OutOfResources => StatusCode::INSUFFICIENT_STORAGE,
             },
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -141,6 +150,8 @@ impl ApiError {
                 ErrorKind::Duplicate => "duplicate_instance",
                 ErrorKind::OutOfResources => "insufficient_storage",
             },
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Unprocessable(_) => "invalid",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -195,6 +206,20 @@ impl From<crate::outbound::Error> for ApiError {
                 reason,
             },
             e => ApiError::internal(e),
+        }
+    }
+}
+
+/// Forwarding configuration edits: the reason goes to the client, an
+/// index failure only to the log.
+impl From<crate::forward::managed::Error> for ApiError {
+    fn from(e: crate::forward::managed::Error) -> Self {
+        use crate::forward::managed::Error as E;
+        match e {
+            E::Invalid(reason) => ApiError::Unprocessable(reason),
+            E::Conflict(reason) => ApiError::Conflict(reason),
+            E::NotFound(what) => ApiError::NotFound(what),
+            e @ (E::Index(_) | E::Task(_)) => ApiError::internal(e),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `/api/forward`: the forwarding destinations with their queues, the items
 //! of one destination, and putting failed items back in the queue. Behind
-//! the operator guard. Destinations and rules come from the configuration;
-//! this API does not create them.
+//! the operator guard. Destinations and rules themselves are managed in
+//! `forward_config.rs`.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -53,7 +53,7 @@ fn view(dest: &Destination, counts: ForwardCounts) -> DestinationView {
     let live = dest.live();
     DestinationView {
         destination: dest.name().to_owned(),
-        address: dest.node.address(),
+        address: dest.node().address(),
         up: live.up,
         pending: counts.pending,
         failed_items: counts.failed,
@@ -79,23 +79,14 @@ pub struct Destinations {
 
 /// `GET /api/forward`
 pub async fn list(State(app): State<App>) -> Result<Json<Destinations>, ApiError> {
-    let names: Vec<String> = app
-        .forward
-        .destinations()
-        .iter()
-        .map(|d| d.name().to_owned())
-        .collect();
+    // One snapshot: the API may add or remove destinations meanwhile.
+    let all = app.forward.destinations();
+    let names: Vec<String> = all.iter().map(|d| d.name().to_owned()).collect();
     let counts: Vec<ForwardCounts> = blocking(&app, move |index| {
         names.iter().map(|n| index.forward_counts(n)).collect()
     })
     .await?;
-    let destinations = app
-        .forward
-        .destinations()
-        .iter()
-        .zip(counts)
-        .map(|(d, c)| view(d, c))
-        .collect();
+    let destinations = all.iter().zip(counts).map(|(d, c)| view(d, c)).collect();
     Ok(Json(Destinations { destinations }))
 }
 

@@ -13,7 +13,8 @@ use axum::routing::{get, post, put};
 
 use super::error::ApiError;
 use super::{
-    api, commitments, files, forward, messages, metrics, subscriptions, ui, uploads, webhook,
+    api, commitments, files, forward, forward_config, messages, metrics, subscriptions, ui,
+    uploads, webhook,
 };
 use crate::app::App;
 
@@ -55,6 +56,16 @@ pub fn router(app: App) -> Router {
         .route("/api/forward", get(forward::list))
         .route("/api/forward/{destination}/items", get(forward::items))
         .route("/api/forward/{destination}/retry", post(forward::retry))
+        // Destinations and rules managed live (src/http/forward_config.rs).
+        .route("/api/forward/config", get(forward_config::show))
+        .route(
+            "/api/forward/destinations/{ae}",
+            put(forward_config::put_destination).delete(forward_config::delete_destination),
+        )
+        .route(
+            "/api/forward/rules/{id}",
+            put(forward_config::put_rule).delete(forward_config::delete_rule),
+        )
         .route_layer(middleware::from_fn_with_state(app.clone(), operator_guard))
         .route_layer(middleware::from_fn(basic_challenge));
     let files = Router::new()

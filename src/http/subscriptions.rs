@@ -168,7 +168,10 @@ pub(super) fn not_found(id: &str) -> ApiError {
 /// must be declared JSON: a web page can make a browser on the gateway's
 /// host post a form or `text/plain` to a loopback-only API without asking,
 /// but not `application/json`.
-async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+pub(super) async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -1,5 +1,6 @@
-//! Forwarding: per destination (AE titles of the configuration only, so
-//! the label set is bounded by the operator), the queue, what was sent,
+//! Forwarding: per destination (AE titles of the configuration and of the
+//! operator API, at most 256 of those, so the label set is bounded by the
+//! operator), the queue, what was sent,
 //! failed and retried, and whether the destination is reachable.
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -5,7 +5,7 @@
 //! in the middle loses nothing; filters hold; a destination that accepts
 //! none of an instance's transfer syntaxes fails the item with the reason.
 
-mod peers;
+pub(crate) mod peers;
 mod robustness;
 mod statuses;
 

@@ -12,6 +12,7 @@ mod duplicates;
 mod durability;
 mod files;
 mod forward;
+mod forward_api;
 mod fsync_order;
 mod hostile_dicom;
 mod hostile_http;
