@@ -31,20 +31,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, DicomNode, ForwardRule};
 use crate::index::{ForwardKey, ForwardRoute, Index};
 
-/// The index routes for `cfg`'s rules.
-pub fn routes(cfg: &Config) -> Vec<ForwardRoute> {
-    cfg.forward
-        .iter()
-        .map(|r| ForwardRoute {
-            destination: r.destination.trim().to_owned(),
-            calling_aets: r.calling_aets.clone(),
-            modalities: r.modalities.clone(),
-            sop_classes: r.sop_classes.clone(),
-            on_stable: r.on == "study_stable",
-        })
-        .collect()
-}
-
 /// The forwarding destinations with lanes, and what they are made of:
 /// the configuration file's nodes and rules (read-only) and those created
 /// through the operator API ([`managed`], kept in the index).
