@@ -40,6 +40,8 @@ pub struct DicomServer {
     options: Options,
     /// The same options with the TLS listener's rustls configuration.
     tls_options: Option<Options>,
+    /// That configuration, for refusing over TLS when no slot is free.
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     ingest: Arc<Ingest>,
     activity: Activity,
     slots: Arc<Semaphore>,
@@ -77,6 +79,7 @@ impl DicomServer {
         DicomServer {
             options,
             tls_options: None,
+            tls_config: None,
             ingest,
             activity,
             slots: Arc::new(Semaphore::new(cfg.max_associations)),
@@ -96,7 +99,8 @@ impl DicomServer {
     /// Serves [`DicomServer::serve_tls`] with this rustls configuration
     /// (see src/tls.rs).
     pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> DicomServer {
-        self.tls_options = Some(self.options.clone().tls_config(config));
+        self.tls_options = Some(self.options.clone().tls_config(Arc::clone(&config)));
+        self.tls_config = Some(config);
         self
     }
 
@@ -334,8 +338,8 @@ fn rejection_reason(e: &dicom_ul::association::Error) -> &'static str {
 
 /// Answers a connection we will not serve with an A-ASSOCIATE-RJ, after
 /// reading (and discarding) its request so the peer sees the answer.
-async fn reject(
-    mut socket: TcpStream,
+async fn reject<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut socket: S,
     result: AssociationRJResult,
     source: AssociationRJSource,
     wait: Duration,

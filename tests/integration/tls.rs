@@ -444,11 +444,23 @@ fn over_tls_max_associations_holds_and_pynetdicom_is_a_tls_peer_too() {
 
     let ct = common::fixture("study1/series2/ct1.dcm");
     let skip = gw.log_len();
+    let refused = storescu_tls(&gw, &pki, Client::Cert("client"), &ct);
     assert_failed(
-        &storescu_tls(&gw, &pki, Client::Cert("client"), &ct),
+        &refused,
         "a second TLS association with max_associations = 1",
     );
-    gw.wait_for_log_after(skip, "max_associations reached; TLS association aborted");
+    // A proper transient rejection over TLS, as on the plain port: the
+    // modality retries later rather than giving up.
+    let said = String::from_utf8_lossy(&refused.stderr).to_lowercase()
+        + &String::from_utf8_lossy(&refused.stdout).to_lowercase();
+    assert!(
+        said.contains("rejected transient") && said.contains("local limit exceeded"),
+        "{said}"
+    );
+    gw.wait_for_log_after(
+        skip,
+        "max_associations reached; TLS association rejected (transient)",
+    );
     assert!(gw.studies().is_empty());
 
     drop(holder.stdin.take()); // the holder echoes, then releases

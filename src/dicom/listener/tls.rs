@@ -8,16 +8,25 @@
 //!   that has not associated) through the handshake and the request, all of
 //!   it within the ARTIM time: a peer that stalls the handshake holds
 //!   nothing else;
-//! - an association slot is taken once the association is established; with
-//!   none free, it is aborted at once (an A-ASSOCIATE-RJ is no longer
-//!   possible then; the peer sees an A-ABORT over TLS and retries, as it
-//!   would after a transient rejection).
+//! - an association slot is taken once the association is established. When
+//!   none is free as the connection arrives, the gateway does the TLS
+//!   handshake itself, reads the request and answers a transient
+//!   A-ASSOCIATE-RJ (local limit exceeded), as the plain listener does;
+//!   only when the last slot went during the handshake is the association
+//!   aborted after its A-ASSOCIATE-AC (the peer retries, as after a
+//!   transient rejection). A slot is never held through a handshake: a
+//!   peer stalling it holds nothing but its pending-connection place.
 //!
 //! A peer outside `allowed_peers` is closed before any TLS work: there is
 //! no plaintext way to tell a TLS client why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::pdu::{
+    AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource,
+};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +55,19 @@ impl DicomServer {
             tracing::error!(%peer, "TLS listener without a TLS configuration; closed");
             return;
         };
+        if self.slots.available_permits() == 0 {
+            tracing::warn!(%peer, "max_associations reached; TLS association rejected (transient)");
+            crate::metrics::get().association_rejected("max_associations");
+            let Some(config) = self.tls_config.clone() else {
+                return;
+            };
+            tokio::select! {
+                () = refuse_full(socket, config, self.artim) => {}
+                () = waiting.evicted.cancelled() => {}
+                () = cancel.cancelled() => {}
+            }
+            return;
+        }
         // Handshake, request and A-ASSOCIATE-AC, all within ARTIM.
         let established = tokio::select! {
             r = tokio::time::timeout(self.artim, options.establish_tls_async(socket)) => r,
@@ -87,4 +109,21 @@ impl DicomServer {
         };
         self.associated(assoc, peer, slot, hard_stop, names).await
     }
+}
+
+/// A transient A-ASSOCIATE-RJ (local limit exceeded) over TLS, all of it
+/// within `artim`: our own handshake (the listener's configuration, client
+/// certificates checked as usual), the request read and dropped, the
+/// rejection. A failed handshake just closes.
+async fn refuse_full(socket: TcpStream, config: Arc<rustls::ServerConfig>, artim: Duration) {
+    let work = async {
+        let Ok(tls) = tokio_rustls::TlsAcceptor::from(config).accept(socket).await else {
+            return;
+        };
+        let reason = AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        );
+        super::reject(tls, AssociationRJResult::Transient, reason, artim).await;
+    };
+    let _ = tokio::time::timeout(artim, work).await;
 }
