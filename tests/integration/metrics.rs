@@ -498,6 +498,13 @@ fn store_requests_are_timed_per_operation_on_s3() {
     let (files, study) = long_study1();
     let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
     common::assert_ok(&common::storescu(&gw, &["-xe"], &refs), "storescu");
+    // Acknowledged from the journal (storage.ack = "journal"): the access
+    // answer hands out store URLs once every upload is done, gateway
+    // `/files` URLs before.
+    common::s3::wait_until("the upload backlog drained", || {
+        let (status, health) = gw.get_json("/healthz", None);
+        status == 200 && health["upload_backlog"]["instances"] == 0
+    });
     let answer = common::avara_send(&gw, KEY, &access(&study), &[]);
     assert_eq!(answer["status"], 200, "{answer}");
 
