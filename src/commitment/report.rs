@@ -3,36 +3,21 @@
 //! maximum PDU length.
 
 use dicom_core::value::DataSetSequence;
-use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 use dicom_ul::pdu::{PDataValue, PDataValueType};
 
 use super::{Record, SOP_CLASS, SOP_INSTANCE};
-use crate::dicom::dimse::{Command, field};
+use crate::dicom::dimse::{
+    Command, encode_command, error_comment, field, ui_elem as ui, us_elem as us,
+};
 
 /// CommandDataSetType: none follows / one follows.
 const NO_DATASET: u16 = 0x0101;
 const DATASET: u16 = 0x0000;
-
-fn command_bytes(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
-    let obj = InMemDicomObject::command_from_element_iter(elements);
-    let mut out = Vec::with_capacity(200);
-    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .expect("writing a command set to memory cannot fail");
-    out
-}
-
-fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
-}
-
-fn ui(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::UI, PrimitiveValue::from(v))
-}
 
 /// The N-ACTION-RSP to `req`. `comment` (failures only) is cut to 64
 /// printable characters.
@@ -49,18 +34,9 @@ pub fn action_response(req: &Command, status: u16, comment: Option<&str>) -> Vec
         elements.push(us(tags::ACTION_TYPE_ID, action));
     }
     if let Some(comment) = comment.filter(|_| status != 0) {
-        let cut: String = comment
-            .chars()
-            .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '\\')
-            .take(64)
-            .collect();
-        elements.push(DataElement::new(
-            tags::ERROR_COMMENT,
-            VR::LO,
-            PrimitiveValue::from(cut),
-        ));
+        elements.push(error_comment(comment));
     }
-    command_bytes(elements)
+    encode_command(elements)
 }
 
 /// Event Type ID of a report: 1 when every reference was committed, else 2.
@@ -70,7 +46,7 @@ pub fn event_type(record: &Record) -> u16 {
 
 /// The N-EVENT-REPORT-RQ command set.
 pub fn event_report_command(message_id: u16, event_type: u16) -> Vec<u8> {
-    command_bytes(vec![
+    encode_command(vec![
         ui(tags::AFFECTED_SOP_CLASS_UID, SOP_CLASS),
         us(tags::COMMAND_FIELD, field::N_EVENT_REPORT_RQ),
         us(tags::MESSAGE_ID, message_id),

@@ -3,7 +3,7 @@
 //! Commands are encoded in Implicit VR Little Endian whatever the presentation
 //! context says (PS3.7 §6.3.1). Only the fields the gateway acts on are read.
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::text::{DefaultCharacterSetCodec, TextCodec};
 use dicom_object::InMemDicomObject;
@@ -207,61 +207,60 @@ fn ui(value: Option<&[u8]>) -> Result<Option<String>, Error> {
     Ok(Some(text))
 }
 
-/// The response to `req` with `status`; `comment` goes into Error Comment
-/// (0000,0902) on failures, cut to the 64 characters LO allows.
-pub fn response(req: &Command, status: u16, comment: Option<&str>) -> Vec<u8> {
-    let mut elements = Vec::with_capacity(7);
-    if let Some(class) = &req.affected_sop_class {
-        elements.push(DataElement::new(
-            tags::AFFECTED_SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(class.as_str()),
-        ));
-    }
-    elements.push(DataElement::new(
-        tags::COMMAND_FIELD,
-        VR::US,
-        PrimitiveValue::from(req.field | field::RESPONSE_BIT),
-    ));
-    elements.push(DataElement::new(
-        tags::MESSAGE_ID_BEING_RESPONDED_TO,
-        VR::US,
-        PrimitiveValue::from(req.message_id),
-    ));
-    elements.push(DataElement::new(
-        tags::COMMAND_DATA_SET_TYPE,
-        VR::US,
-        PrimitiveValue::from(NO_DATASET),
-    ));
-    elements.push(DataElement::new(
-        tags::STATUS,
-        VR::US,
-        PrimitiveValue::from(status),
-    ));
-    if let Some(instance) = &req.affected_sop_instance {
-        elements.push(DataElement::new(
-            tags::AFFECTED_SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(instance.as_str()),
-        ));
-    }
-    if let Some(comment) = comment.filter(|_| status != status::SUCCESS) {
-        let cut: String = comment
-            .chars()
-            .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '\\')
-            .take(64)
-            .collect();
-        elements.push(DataElement::new(
-            tags::ERROR_COMMENT,
-            VR::LO,
-            PrimitiveValue::from(cut),
-        ));
-    }
+/// A US element of a command set.
+pub fn us_elem(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(v))
+}
+
+/// A UI element of a command set.
+pub fn ui_elem(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::UI, PrimitiveValue::from(v))
+}
+
+/// Error Comment (0000,0902): `comment` cut to the 64 printable ASCII
+/// characters LO allows (no backslash: it would split the value).
+pub fn error_comment(comment: &str) -> DataElement<InMemDicomObject> {
+    let cut: String = comment
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '\\')
+        .take(64)
+        .collect();
+    DataElement::new(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(cut))
+}
+
+/// A command set in Implicit VR Little Endian (PS3.7 §6.3.1), group
+/// length included.
+pub fn encode_command(
+    elements: impl IntoIterator<Item = DataElement<InMemDicomObject>>,
+) -> Vec<u8> {
     let obj = InMemDicomObject::command_from_element_iter(elements);
-    let mut out = Vec::with_capacity(160);
+    let mut out = Vec::with_capacity(200);
     obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .expect("writing a command set to memory cannot fail");
     out
+}
+
+/// The response to `req` with `status`; `comment` goes into Error Comment
+/// (0000,0902) on failures.
+pub fn response(req: &Command, status: u16, comment: Option<&str>) -> Vec<u8> {
+    let mut elements = Vec::with_capacity(7);
+    if let Some(class) = &req.affected_sop_class {
+        elements.push(ui_elem(tags::AFFECTED_SOP_CLASS_UID, class));
+    }
+    elements.push(us_elem(
+        tags::COMMAND_FIELD,
+        req.field | field::RESPONSE_BIT,
+    ));
+    elements.push(us_elem(tags::MESSAGE_ID_BEING_RESPONDED_TO, req.message_id));
+    elements.push(us_elem(tags::COMMAND_DATA_SET_TYPE, NO_DATASET));
+    elements.push(us_elem(tags::STATUS, status));
+    if let Some(instance) = &req.affected_sop_instance {
+        elements.push(ui_elem(tags::AFFECTED_SOP_INSTANCE_UID, instance));
+    }
+    if let Some(comment) = comment.filter(|_| status != status::SUCCESS) {
+        elements.push(error_comment(comment));
+    }
+    encode_command(elements)
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! The SCU half of C-STORE: the request's command set out, the response's
 //! status in. Commands are Implicit VR Little Endian (PS3.7 §6.3.1).
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::InMemDicomObject;
-use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+
+use crate::dicom::dimse::{encode_command, ui_elem as ui, us_elem as us};
 
 /// The largest response command set accepted (a real one is ~200 bytes).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -12,31 +11,14 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// A C-STORE-RQ command set: medium priority, a data set follows, no Move
 /// Originator (this is not a C-MOVE sub-operation).
 pub fn store_request(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
-    let elements = [
-        DataElement::new(
-            tags::AFFECTED_SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(sop_class),
-        ),
-        DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(0x0001u16)),
-        DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(message_id)),
-        DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0x0000u16)),
-        DataElement::new(
-            tags::COMMAND_DATA_SET_TYPE,
-            VR::US,
-            PrimitiveValue::from(0x0000u16),
-        ),
-        DataElement::new(
-            tags::AFFECTED_SOP_INSTANCE_UID,
-            VR::UI,
-            PrimitiveValue::from(sop_instance),
-        ),
-    ];
-    let obj = InMemDicomObject::command_from_element_iter(elements);
-    let mut out = Vec::with_capacity(200);
-    obj.write_dataset_with_ts(&mut out, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
-        .expect("writing a command set to memory cannot fail");
-    out
+    encode_command([
+        ui(tags::AFFECTED_SOP_CLASS_UID, sop_class),
+        us(tags::COMMAND_FIELD, 0x0001),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::PRIORITY, 0x0000),
+        us(tags::COMMAND_DATA_SET_TYPE, 0x0000),
+        ui(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance),
+    ])
 }
 
 /// What a C-STORE-RSP said.

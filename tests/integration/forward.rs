@@ -49,6 +49,24 @@ fn config(dir: &Path, dests: &[Dest<'_>]) -> PathBuf {
     path
 }
 
+/// storescp as `ae` (every transfer syntax) behind a relay, and a config
+/// file forwarding to it with `rule`: the relay, the peer, the config's
+/// directory and the config file.
+fn one_storescp(ae: &str, rule: &str) -> (Relay, NsPeer, tempfile::TempDir, PathBuf) {
+    let relay = Relay::new();
+    let peer = NsPeer::storescp(&relay, ae, "+xa");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        &[Dest {
+            ae,
+            port: relay.port,
+            rule,
+        }],
+    );
+    (relay, peer, tmp, cfg)
+}
+
 fn start(cfg: &Path, opts: Opts) -> Gateway {
     Gateway::start_with(opts.args(&["--config", cfg.to_str().unwrap()]))
 }
@@ -354,17 +372,7 @@ for i in range(n):
 #[test]
 fn a_kill_during_forwarding_loses_nothing() {
     const N: usize = 200;
-    let relay = Relay::new();
-    let peer = NsPeer::storescp(&relay, "PACS", "+xa");
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        &[Dest {
-            ae: "PACS",
-            port: relay.port,
-            rule: "",
-        }],
-    );
+    let (_relay, peer, _tmp, cfg) = one_storescp("PACS", "");
     let set = tempfile::tempdir().unwrap();
     let files = generate(set.path(), N);
     // Each send waits 20 ms first: forwarding outlasts the storing, and
@@ -491,17 +499,7 @@ fn a_rule_naming_an_unknown_node_refuses_the_start() {
 
 #[test]
 fn a_study_stable_rule_sends_the_whole_study_once_it_is_quiet() {
-    let relay = Relay::new();
-    let peer = NsPeer::storescp(&relay, "ARCHIVE", "+xa");
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        &[Dest {
-            ae: "ARCHIVE",
-            port: relay.port,
-            rule: "on = \"study_stable\"",
-        }],
-    );
+    let (_relay, peer, _tmp, cfg) = one_storescp("ARCHIVE", "on = \"study_stable\"");
     let gw = start(&cfg, Opts::default().args(&["--stable-after", "3"]));
     let study = fixture_study("study1/");
     store_as(&gw, "DCMTKSCU", &["-xe"], &study.files);

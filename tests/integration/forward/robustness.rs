@@ -3,23 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use super::peers::{NsPeer, Relay, received};
-use super::{Dest, arrivals, config, settled, start, store_as, wait_for};
+use super::peers::received;
+use super::{arrivals, one_storescp, settled, start, store_as, wait_for};
 use crate::common::{Opts, dataset_bytes, fixture_study};
 
 #[test]
 fn a_large_instance_is_forwarded_in_bounded_memory() {
-    let relay = Relay::new();
-    let peer = NsPeer::storescp(&relay, "PACS", "+xa");
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        &[Dest {
-            ae: "PACS",
-            port: relay.port,
-            rule: "",
-        }],
-    );
+    let (_relay, peer, _tmp, cfg) = one_storescp("PACS", "");
     let gw = start(&cfg, Opts::default());
     let (_dir, big) = crate::common::send_big(&gw, 120);
     wait_for(&gw, "PACS", "delivered", |d| settled(d) && d["sent"] == 1);
@@ -36,17 +26,7 @@ fn a_large_instance_is_forwarded_in_bounded_memory() {
 
 #[test]
 fn a_graceful_stop_finishes_the_send_in_flight_and_loses_or_repeats_nothing() {
-    let relay = Relay::new();
-    let peer = NsPeer::storescp(&relay, "PACS", "+xa");
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(
-        tmp.path(),
-        &[Dest {
-            ae: "PACS",
-            port: relay.port,
-            rule: "",
-        }],
-    );
+    let (_relay, peer, _tmp, cfg) = one_storescp("PACS", "");
     // Slow sends, so the stop comes with most of the queue left.
     let mut gw = start(
         &cfg,
