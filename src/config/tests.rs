@@ -427,3 +427,37 @@ fn dicom_nodes_are_read_and_bad_ones_refused() {
         }
     }
 }
+
+#[test]
+fn absurd_commitment_retry_schedules_are_refused_naming_the_setting() {
+    let load = |schedule: Vec<String>| {
+        Config::load(
+            &Overrides {
+                storage_commitment_retry: Some(schedule),
+                ..Overrides::default()
+            },
+            &SecretEnv::default(),
+        )
+    };
+    let many = vec!["1s".to_owned(); 33];
+    for bad in [
+        many,
+        vec!["soon".to_owned()],
+        vec!["2d".to_owned()],
+        vec!["1s".to_owned(), "-1s".to_owned()],
+        vec![format!("{}s", u64::MAX)],
+    ] {
+        match load(bad.clone()) {
+            Err(Error::Invalid { name, .. }) => {
+                assert_eq!(name, "storage_commitment_retry", "{bad:?}")
+            }
+            other => panic!("{bad:?} accepted: {other:?}"),
+        }
+    }
+    let cfg = load(vec!["1s".into(), "1h".into()]).unwrap();
+    assert_eq!(cfg.storage_commitment_retry, ["1s", "1h"]);
+    assert!(
+        !Config::default().storage_commitment_retry.is_empty(),
+        "a default schedule"
+    );
+}

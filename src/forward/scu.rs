@@ -132,6 +132,17 @@ pub async fn connect(
     // that accepts the TCP connection and never answers must not hold the
     // worker).
     let late = |_| connect_error(format!("no answer within {timeout:?}"));
+    // dicom-ul's own read time-out on a silent peer surfaces as an odd
+    // error ("peer seems to be sending TLS data"); past the time-out, say
+    // what happened.
+    let started = std::time::Instant::now();
+    let failed = |detail: String| {
+        if started.elapsed() >= timeout {
+            connect_error(format!("no answer within {timeout:?} ({detail})"))
+        } else {
+            connect_error(detail)
+        }
+    };
     let (transport, negotiated, acceptor) = if node.tls {
         let Some(tls) = tls else {
             return Err(connect_error(
@@ -145,7 +156,7 @@ pub async fn connect(
                 crate::tls::Error::Associate { source, .. } if refused_all(&source) => {
                     none_accepted()
                 }
-                other => connect_error(other.to_string()),
+                other => failed(other.to_string()),
             })?;
         // Without it every C-STORE round trip waits on delayed ACK.
         let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
@@ -160,7 +171,7 @@ pub async fn connect(
                 if refused_all(&e) {
                     none_accepted()
                 } else {
-                    connect_error(e.to_string())
+                    failed(e.to_string())
                 }
             })?;
         let _ = assoc.inner_stream().set_nodelay(true);

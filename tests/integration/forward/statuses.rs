@@ -96,6 +96,53 @@ fn statuses_decide_retry_or_failure_and_associations_carry_many_instances() {
     drop(scp);
 }
 
+#[test]
+fn a_destination_that_accepts_and_never_answers_is_marked_down_and_ingest_goes_on() {
+    // A peer that takes the TCP connection and never says a word (a hung
+    // PACS, a half-open firewall): every association attempt must end at
+    // the time-out, not hold a lane for ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = std::sync::Arc::clone(&held);
+        std::thread::spawn(move || {
+            for socket in silent.incoming().flatten() {
+                held.lock().unwrap().push(socket);
+            }
+        });
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[dicom_nodes]]\nae_title = \"SILENT\"\nhost = \"127.0.0.1\"\nport = {port}\n\n\
+             [[forward]]\ndestination = \"SILENT\"\n\n\
+             [forwarding]\nretry_schedule = [\"1s\"]\ntimeout = 1\n"
+        ),
+    )
+    .unwrap();
+    let gw = start(&cfg, Opts::default());
+    let study = fixture_study("study1/");
+    // Ingest does not wait for forwarding.
+    store_as(&gw, "DCMTKSCU", &["-xe"], &study.files);
+    let d = wait_for(&gw, "SILENT", "down after time-outs", |d| {
+        d["up"] == false && d["connectFailures"].as_u64() >= Some(2)
+    });
+    assert!(
+        d["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within"),
+        "{d}"
+    );
+    assert_eq!(d["pending"], 6, "nothing lost, nothing failed: {d}");
+    assert_eq!(d["inFlight"], 0, "{d}");
+    assert!(held.lock().unwrap().len() >= 2, "it did connect, and again");
+    assert_eq!(gw.studies().len(), 1);
+}
+
 /// Kills a child process when dropped (also when a test fails).
 struct Killed(std::process::Child);
 
