@@ -48,6 +48,7 @@ mod commitments;
 mod forward;
 mod forward_config;
 mod jobs;
+mod journaled;
 mod outbox;
 mod patients;
 mod prune;
@@ -159,19 +160,88 @@ pub struct Index {
     /// that caches the outbox reads it whole again when it moved.
     outbox_rev: Arc<AtomicU64>,
     stamps: Arc<Stamps>,
+    /// Held by every write of instances and studies: the journal's apply
+    /// writes them one operation at a time (write.rs), and nothing may
+    /// come between its reads and its writes.
+    writing: Arc<Mutex<()>>,
 }
 
-/// The trees one write transaction spans.
-pub(crate) struct Tx<'a> {
-    pub instances: &'a TransactionalTree,
-    pub sops: &'a TransactionalTree,
-    pub studies: &'a TransactionalTree,
-    pub media: &'a TransactionalTree,
-    pub patients: &'a TransactionalTree,
-    pub unstable: &'a TransactionalTree,
-    pub outbox: &'a TransactionalTree,
+/// The trees one write spans: inside a sled transaction (`T =
+/// TransactionalTree`), or, for the ingest journal's apply, the trees
+/// themselves (`T = Plain`, see write.rs).
+pub(crate) struct Tx<'a, T = TransactionalTree> {
+    pub instances: &'a T,
+    pub sops: &'a T,
+    pub studies: &'a T,
+    pub media: &'a T,
+    pub patients: &'a T,
+    pub unstable: &'a T,
+    pub outbox: &'a T,
     /// Only when forwarding rules exist.
-    pub forward: Option<&'a TransactionalTree>,
+    pub forward: Option<&'a T>,
+}
+
+/// What an index write does with a tree: the same code writes inside a
+/// transaction or, one operation at a time, outside one.
+pub(crate) trait Kv {
+    fn get(&self, key: &[u8]) -> TxResult<Option<sled::IVec>>;
+    fn insert(&self, key: &[u8], value: impl Into<sled::IVec>) -> TxResult<Option<sled::IVec>>;
+    fn remove(&self, key: &[u8]) -> TxResult<Option<sled::IVec>>;
+    fn generate_id(&self) -> TxResult<u64>;
+}
+
+impl Kv for TransactionalTree {
+    fn get(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(TransactionalTree::get(self, key)?)
+    }
+    fn insert(&self, key: &[u8], value: impl Into<sled::IVec>) -> TxResult<Option<sled::IVec>> {
+        Ok(TransactionalTree::insert(self, key, value.into())?)
+    }
+    fn remove(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(TransactionalTree::remove(self, key)?)
+    }
+    fn generate_id(&self) -> TxResult<u64> {
+        Ok(TransactionalTree::generate_id(self)?)
+    }
+}
+
+/// A tree written outside a transaction (each operation atomic on its
+/// own), with its database for ids.
+pub(crate) struct Plain<'a> {
+    tree: &'a sled::Tree,
+    db: &'a sled::Db,
+}
+
+impl Kv for Plain<'_> {
+    fn get(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        self.tree
+            .get(key)
+            .map_err(ConflictableTransactionError::Storage)
+    }
+    fn insert(&self, key: &[u8], value: impl Into<sled::IVec>) -> TxResult<Option<sled::IVec>> {
+        // A crash in the middle of a journaled write, with what came
+        // before the instance's own entry on disk (the crash tests).
+        #[cfg(feature = "failpoints")]
+        if &*self.tree.name() == b"v1/instances" {
+            fail::fail_point!("index::instance_entry", |_| {
+                let _ = self.db.flush();
+                std::process::abort()
+            });
+        }
+        self.tree
+            .insert(key, value.into())
+            .map_err(ConflictableTransactionError::Storage)
+    }
+    fn remove(&self, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        self.tree
+            .remove(key)
+            .map_err(ConflictableTransactionError::Storage)
+    }
+    fn generate_id(&self) -> TxResult<u64> {
+        self.db
+            .generate_id()
+            .map_err(ConflictableTransactionError::Storage)
+    }
 }
 
 /// In-memory change stamps, one per study written since the index was
@@ -278,6 +348,7 @@ impl Index {
             outbox_wake: Arc::default(),
             outbox_rev: Arc::default(),
             stamps: Arc::default(),
+            writing: Arc::default(),
             db,
         })
         .and_then(|index| {

@@ -129,9 +129,9 @@ fn key(destination: &str, sop: &Uid) -> Vec<u8> {
 /// transaction; called before the record is written, so a replayed journal
 /// record (`record_id` set) that finds the very same record indexed queues
 /// nothing. How many entries were written.
-pub(super) fn enqueue(
-    tx: &Tx<'_>,
-    forward: &TransactionalTree,
+pub(super) fn enqueue<K: super::Kv>(
+    tx: &Tx<'_, K>,
+    forward: &K,
     routes: &[ForwardRoute],
     rec: &InstanceRecord,
     record_id: Option<&str>,
@@ -185,7 +185,7 @@ pub(super) fn enqueue_stable(
 }
 
 fn put(
-    forward: &TransactionalTree,
+    forward: &impl super::Kv,
     wanted: &[&ForwardRoute],
     rec: &InstanceRecord,
     version: String,
@@ -212,7 +212,7 @@ fn put(
         // Two rules for one destination queue it once.
         if seen.insert(route.destination.trim()) {
             forward.insert(
-                key(&route.destination, &rec.sop_instance_uid),
+                &key(&route.destination, &rec.sop_instance_uid),
                 value.clone(),
             )?;
         }

@@ -87,7 +87,7 @@ pub(super) fn emit(
 /// receivers deduplicate it. Its place in the outbox is still the next
 /// sequence number.
 pub(super) fn emit_as(
-    outbox: &TransactionalTree,
+    outbox: &impl super::Kv,
     node: &str,
     subscriptions: &[Subscription],
     mut event: Event,

@@ -8,9 +8,7 @@
 //! key could then be read two ways): such a study is simply not listed,
 //! which can only hide a prior, never show a stranger's.
 
-use sled::transaction::TransactionalTree;
-
-use super::{Index, Result, StudyRecord, TxResult, db_err, decode, tx_decode};
+use super::{Index, Kv, Result, StudyRecord, TxResult, db_err, decode, tx_decode};
 use crate::uid::Uid;
 
 /// Marks a tree that was filled from the study records (indexes from
@@ -44,7 +42,7 @@ fn study_key(study: &StudyRecord) -> Option<Vec<u8>> {
 /// writes it: `previous` is the record's old encoding (if any), `now` the
 /// record written (`None` when it was removed).
 pub(super) fn track(
-    patients: &TransactionalTree,
+    patients: &impl Kv,
     previous: Option<&[u8]>,
     now: Option<&StudyRecord>,
 ) -> TxResult<()> {
@@ -55,7 +53,7 @@ pub(super) fn track(
     let new = now.and_then(study_key);
     if old != new {
         if let Some(old) = old {
-            patients.remove(old)?;
+            patients.remove(&old)?;
         }
         if let Some(new) = &new {
             patients.insert(new.as_slice(), &[] as &[u8])?;

@@ -23,8 +23,8 @@ pub enum StableOutcome {
 }
 
 /// Marks `study` as changed at `now_ms`.
-pub(super) fn touch(unstable: &TransactionalTree, study: &Uid, now_ms: u64) -> TxResult<()> {
-    unstable.insert(study.as_str().as_bytes(), &now_ms.to_be_bytes())?;
+pub(super) fn touch(unstable: &impl Kv, study: &Uid, now_ms: u64) -> TxResult<()> {
+    unstable.insert(study.as_str().as_bytes(), &now_ms.to_be_bytes()[..])?;
     Ok(())
 }
 

@@ -2,11 +2,11 @@
 
 use super::*;
 
-fn uid(s: &str) -> Uid {
+pub(super) fn uid(s: &str) -> Uid {
     Uid::parse(s).unwrap()
 }
 
-fn new_instance(study: &str, series: &str, sop: &str, size: u64) -> NewEntry {
+pub(super) fn new_instance(study: &str, series: &str, sop: &str, size: u64) -> NewEntry {
     NewEntry::Instance(Box::new(NewInstance {
         record: InstanceRecord {
             size,
@@ -151,7 +151,7 @@ fn a_second_opener_is_told_the_index_is_in_use() {
     );
 }
 
-fn media(study: &str, name: &str, mime: &str) -> NewEntry {
+pub(super) fn media(study: &str, name: &str, mime: &str) -> NewEntry {
     let st = uid(study);
     NewEntry::Media(MediaRecord {
         object_key: ObjectKey::media(&st, name),

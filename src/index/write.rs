@@ -17,85 +17,59 @@ impl Index {
         self.put_batch_with(batch, None)
     }
 
-    /// Like [`Index::put_batch`] for one entry of the ingest journal, whose
-    /// record (at `lsn`) is already durable and replayed after a crash: no
-    /// flush (the checkpoint flushes), and its events' ids derive from
-    /// `record_id` (hex: the journal's id and the record's LSN), so replay
-    /// queues them with the ids they were delivered with. Such ids are
-    /// longer than the sequence-based ones (`msg_` + node + 16 hex), so the
-    /// two never collide; both stay `msg_` + hex. Blocking.
-    pub fn put_journaled(&self, entry: &NewEntry, record_id: &str) -> Result<PutOutcome> {
-        let outcomes = self.put_batch_with(std::slice::from_ref(entry), Some(record_id))?;
-        Ok(outcomes.into_iter().next().expect("one outcome per entry"))
-    }
-
-    fn put_batch_with(
+    /// `batch` in one transaction; with `record_ids` (one per entry: the
+    /// ingest journal's replay) its events get ids derived from them and
+    /// nothing is flushed (the checkpoint flushes).
+    pub(super) fn put_batch_with(
         &self,
         batch: &[NewEntry],
-        record_id: Option<&str>,
+        record_ids: Option<&[String]>,
     ) -> Result<Vec<PutOutcome>> {
-        let subscriptions = self.subscriptions_snapshot();
-        let routes = self.forward_routes_snapshot();
-        let now = outbox::now_ms();
-        let mut queued = false;
-        let mut forwarded = false;
-        let outcomes = self
-            .transact_with(Index::forwards_instances(&routes), |tx| {
-                let mut emitted = 0;
-                let mut to_forward = 0;
-                let mut nth = 0u8;
-                let mut emit = |event| -> TxResult<()> {
-                    let id = record_id.map(|r| format!("msg_{}{r}{nth:02x}", self.node));
-                    nth = nth.wrapping_add(1);
-                    emitted += outbox::emit_as(tx.outbox, &self.node, &subscriptions, event, id)?;
-                    Ok(())
-                };
+        let ctx = self.write_context();
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let (outcomes, queued, forwarded) =
+            self.transact_with(Index::forwards_instances(&ctx.routes), |tx| {
+                let (mut queued, mut forwarded) = (false, false);
                 let outcomes = batch
                     .iter()
-                    .map(|entry| match entry {
-                        NewEntry::Instance(new) => {
-                            let rec = &new.record;
-                            let study = rec.study_instance_uid.as_str().as_bytes();
-                            let first = tx.studies.get(study)?.is_none();
-                            if let Some(fwd) = tx.forward {
-                                to_forward +=
-                                    forward::enqueue(tx, fwd, &routes, rec, record_id, now)?;
-                            }
-                            let outcome = put_one(tx, new)?;
-                            stable::touch(tx.unstable, &rec.study_instance_uid, now)?;
-                            // An instance moved out of another study changed
-                            // that study too.
-                            if let PutOutcome::Replaced {
-                                previous_key: Some(key),
-                            } = &outcome
-                            {
-                                if let Some(old) = key.study() {
-                                    stable::touch(tx.unstable, &old, now)?;
-                                }
-                            }
-                            if first {
-                                emit(Event::study_received(now, rec, &new.study))?;
-                            }
-                            if rec.source == UPLOAD_SOURCE {
-                                emit(Event::secondary_capture_stored(now, rec, &new.study))?;
-                            }
-                            Ok(outcome)
-                        }
-                        NewEntry::Media(record) => {
-                            let outcome = put_media(tx.media, record)?;
-                            emit(Event::media_stored(now, record))?;
-                            Ok(outcome)
-                        }
+                    .enumerate()
+                    .map(|(i, entry)| {
+                        let record_id = record_ids.map(|ids| ids[i].as_str());
+                        let written = write_entry(tx, &ctx, entry, record_id)?;
+                        queued |= written.emitted > 0;
+                        forwarded |= written.forwarded > 0;
+                        Ok(written.outcome)
                     })
                     .collect::<TxResult<Vec<_>>>()?;
-                Ok((outcomes, emitted, to_forward))
-            })
-            .map(|(outcomes, emitted, to_forward)| {
-                queued = emitted > 0;
-                forwarded = to_forward > 0;
-                outcomes
+                Ok((outcomes, queued, forwarded))
             })?;
-        // After the commit, so a view built from what a reader saw before
+        self.written(batch, &outcomes, queued, forwarded);
+        if record_ids.is_none() {
+            self.flush()?;
+        }
+        Ok(outcomes)
+    }
+
+    /// What every write of entries needs to know besides the entries.
+    pub(super) fn write_context(&self) -> WriteContext {
+        WriteContext {
+            subscriptions: self.subscriptions_snapshot(),
+            routes: self.forward_routes_snapshot(),
+            now: outbox::now_ms(),
+            node: Arc::clone(&self.node),
+        }
+    }
+
+    /// After entries were written: views of their studies are stale, and
+    /// the outbox and forwarding workers may have work.
+    pub(super) fn written(
+        &self,
+        batch: &[NewEntry],
+        outcomes: &[PutOutcome],
+        queued: bool,
+        forwarded: bool,
+    ) {
+        // After the write, so a view built from what a reader saw before
         // it carries an older stamp and is not reused.
         let moved_from = outcomes.iter().filter_map(|o| match o {
             PutOutcome::Replaced {
@@ -105,16 +79,12 @@ impl Index {
         });
         self.stamps
             .bump(batch.iter().map(entry_study).chain(moved_from));
-        if record_id.is_none() {
-            self.flush()?;
-        }
         if queued {
             self.outbox_wake.notify_one();
         }
         if forwarded {
             self.forward_queued();
         }
-        Ok(outcomes)
     }
 
     /// Like [`Index::put_batch`], but never replaces anything: an instance
@@ -124,6 +94,7 @@ impl Index {
     /// transaction, so an instance ingest stores (or moves) meanwhile is
     /// never overwritten with what an older listing saw. Blocking.
     pub fn put_missing(&self, batch: &[NewEntry]) -> Result<Vec<FillOutcome>> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let outcomes = self.transact(|tx| {
             batch
                 .iter()
@@ -163,6 +134,7 @@ impl Index {
     /// an ingest that stored the instance again meanwhile. Returns whether
     /// it moved. Blocking.
     pub fn move_if_at(&self, new: &NewInstance, from: &ObjectKey) -> Result<bool> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let moved = self.transact(|tx| {
             match indexed_key(tx.instances, tx.sops, &new.record.sop_instance_uid)? {
                 Some(key) if key == *from => put_one(tx, new).map(|_| true),
@@ -179,6 +151,83 @@ impl Index {
     }
 }
 
+pub(super) struct WriteContext {
+    pub subscriptions: Arc<Vec<Subscription>>,
+    pub routes: Arc<Vec<forward::ForwardRoute>>,
+    pub now: u64,
+    pub node: Arc<str>,
+}
+
+/// What writing one entry did.
+pub(super) struct Written {
+    pub outcome: PutOutcome,
+    /// Messages queued for subscriptions, and forwarding entries.
+    pub emitted: usize,
+    pub forwarded: usize,
+}
+
+/// Writes one entry: its forwarding entries, its events, its study's
+/// "changed" marks, then the entry itself, the instance's own entry last.
+///
+/// That order is what makes the journal's apply safe outside a
+/// transaction (journaled.rs): after a crash sled holds a prefix of the
+/// operations, so an instance entry equal to its record's means that
+/// everything before it was written too; anything less is written again
+/// at the replay, which then counts the study again from its instances.
+pub(super) fn write_entry<K: Kv>(
+    tx: &Tx<'_, K>,
+    ctx: &WriteContext,
+    entry: &NewEntry,
+    record_id: Option<&str>,
+) -> TxResult<Written> {
+    let now = ctx.now;
+    let mut emitted = 0;
+    let mut forwarded = 0;
+    // A journaled entry's events are numbered within it.
+    let mut nth = 0u8;
+    let mut emit = |event| -> TxResult<()> {
+        let id = record_id.map(|r| format!("msg_{}{r}{nth:02x}", ctx.node));
+        nth = nth.wrapping_add(1);
+        emitted += outbox::emit_as(tx.outbox, &ctx.node, &ctx.subscriptions, event, id)?;
+        Ok(())
+    };
+    let outcome = match entry {
+        NewEntry::Instance(new) => {
+            let rec = &new.record;
+            let study = rec.study_instance_uid.as_str().as_bytes();
+            let first = tx.studies.get(study)?.is_none();
+            if let Some(fwd) = tx.forward {
+                forwarded += forward::enqueue(tx, fwd, &ctx.routes, rec, record_id, now)?;
+            }
+            if first {
+                emit(Event::study_received(now, rec, &new.study))?;
+            }
+            if rec.source == UPLOAD_SOURCE {
+                emit(Event::secondary_capture_stored(now, rec, &new.study))?;
+            }
+            stable::touch(tx.unstable, &rec.study_instance_uid, now)?;
+            // An instance moving out of another study changes that study too.
+            if let Some(old) = indexed_key(tx.instances, tx.sops, &rec.sop_instance_uid)? {
+                if let Some(old_study) = old.study() {
+                    if old_study != rec.study_instance_uid {
+                        stable::touch(tx.unstable, &old_study, now)?;
+                    }
+                }
+            }
+            put_one(tx, new)?
+        }
+        NewEntry::Media(record) => {
+            emit(Event::media_stored(now, record))?;
+            put_media(tx.media, record)?
+        }
+    };
+    Ok(Written {
+        outcome,
+        emitted,
+        forwarded,
+    })
+}
+
 pub(super) fn entry_study(entry: &NewEntry) -> Uid {
     match entry {
         NewEntry::Instance(i) => i.record.study_instance_uid.clone(),
@@ -192,8 +241,8 @@ pub(super) fn media_key(record: &MediaRecord) -> String {
 
 /// Where the index has `sop`, if anywhere.
 pub(super) fn indexed_key(
-    instances: &TransactionalTree,
-    sops: &TransactionalTree,
+    instances: &impl Kv,
+    sops: &impl Kv,
     sop: &Uid,
 ) -> TxResult<Option<ObjectKey>> {
     let Some(place) = sops.get(sop.as_str().as_bytes())? else {
@@ -205,7 +254,7 @@ pub(super) fn indexed_key(
     }
 }
 
-pub(super) fn put_media(media: &TransactionalTree, record: &MediaRecord) -> TxResult<PutOutcome> {
+pub(super) fn put_media(media: &impl Kv, record: &MediaRecord) -> TxResult<PutOutcome> {
     let key = media_key(record);
     let old = media.insert(key.as_bytes(), encode(record))?;
     Ok(match old {
@@ -214,7 +263,10 @@ pub(super) fn put_media(media: &TransactionalTree, record: &MediaRecord) -> TxRe
     })
 }
 
-pub(super) fn put_one(tx: &Tx<'_>, new: &NewInstance) -> TxResult<PutOutcome> {
+/// Writes an instance's entry, its SOP Instance UID's place and its
+/// study's (and patient's) records, the instance's own entry last (see
+/// [`write_entry`]).
+pub(super) fn put_one<K: Kv>(tx: &Tx<'_, K>, new: &NewInstance) -> TxResult<PutOutcome> {
     let Tx {
         instances,
         sops,
@@ -256,9 +308,6 @@ pub(super) fn put_one(tx: &Tx<'_>, new: &NewInstance) -> TxResult<PutOutcome> {
         }
     }
 
-    instances.insert(key.as_slice(), encode(rec))?;
-    sops.insert(sop_key, key)?;
-
     let study_key = rec.study_instance_uid.as_str().as_bytes();
     let study = match studies.get(study_key)? {
         Some(v) => {
@@ -288,5 +337,7 @@ pub(super) fn put_one(tx: &Tx<'_>, new: &NewInstance) -> TxResult<PutOutcome> {
     let previous = studies.insert(study_key, encode(&study))?;
     // The patient tree follows the study record's patient.
     patients::track(patients, previous.as_deref(), Some(&study))?;
+    sops.insert(sop_key, key.as_slice())?;
+    instances.insert(&key, encode(rec))?;
     Ok(outcome)
 }

@@ -258,6 +258,14 @@ fn crash_after_placement_before_indexing() {
     crash_at("journal::placed", 5);
 }
 
+/// Killed in the middle of an index write, outside a transaction: the
+/// study's counts and the SOP's place on disk, the instance's own entry
+/// not. The replay writes it again and counts the study again.
+#[test]
+fn crash_in_the_middle_of_an_index_write() {
+    crash_at("index::instance_entry", 5);
+}
+
 #[test]
 fn crash_after_indexing_before_the_answer() {
     crash_at("journal::indexed", 5);

@@ -120,6 +120,8 @@ pub fn open(
 
     let mut dirs = Vec::new();
     let mut inline_written = false;
+    // Studies whose counts the replay may have to correct.
+    let mut touched = std::collections::BTreeSet::new();
     for (lsn, payload, at, record) in live {
         if last.get(&identity(&payload.entry)) != Some(&lsn) {
             done.superseded += 1;
@@ -185,7 +187,9 @@ pub fn open(
             done.already += 1;
             continue;
         }
-        let outcome = index.put_journaled(&new, &super::writer::record_id(slot.journal_id, lsn))?;
+        let outcome =
+            index.replay_journaled(&new, &super::writer::record_id(slot.journal_id, lsn))?;
+        touched.extend(studies_of(&new, &outcome));
         if let (
             PutOutcome::Replaced {
                 previous_key: Some(old),
@@ -217,6 +221,8 @@ pub fn open(
         }
         done.replayed += 1;
     }
+    // An interrupted live write may have counted its instance already.
+    index.recount_studies(&touched)?;
     fail::fail_point!("recover::replayed", |_| std::process::abort());
     if inline_written {
         runtime::sync_filesystem(root)?;
@@ -301,6 +307,23 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Whether the index already holds exactly this record's entry.
+/// The studies an instance's entry changed: its own and, if it moved, the
+/// one it left.
+fn studies_of(new: &crate::index::NewEntry, outcome: &PutOutcome) -> Vec<crate::uid::Uid> {
+    let crate::index::NewEntry::Instance(i) = new else {
+        return Vec::new();
+    };
+    let moved_from = match outcome {
+        PutOutcome::Replaced {
+            previous_key: Some(old),
+        } => old.study(),
+        _ => None,
+    };
+    std::iter::once(i.record.study_instance_uid.clone())
+        .chain(moved_from)
+        .collect()
+}
+
 fn indexed(index: &Index, entry: &Entry) -> Result<bool, runtime::Error> {
     Ok(match entry {
         Entry::Instance(i) => {

@@ -4,8 +4,9 @@
 //! Commit, per instance, on the blocking thread that finished its spool
 //! file: append its record (one `fdatasync` shared with whoever is ready,
 //! see writer.rs), then apply — rename the spool file onto its key (no
-//! sync), write the index entry and its events in one sled transaction (no
-//! flush) — and only then answer. The index therefore shows an
+//! sync), write the index entry and its events (no transaction and no
+//! flush: the record makes them atomic across a crash, see
+//! index/journaled.rs) — and only then answer. The index therefore shows an
 //! acknowledged instance at once; the journal makes it durable, the
 //! checkpoint makes the placement and the index durable in the background
 //! and lets the journal go.
@@ -21,10 +22,12 @@
 //!
 //! Simplifications against the design (docs/ingest-journal.md): the
 //! referenced spool file is synced before its record, not at the same
-//! time; each instance is applied in its own sled transaction (records of
-//! one key are still applied in LSN order: the instance lock is held from
-//! admission to the answer); replay decides "already indexed" by comparing
-//! the entry with the record's instead of an applied marker.
+//! time; each instance is applied on its own, one sled operation at a time
+//! under the index's write lock (records of one key are still applied in
+//! LSN order: the instance lock is held from admission to the answer);
+//! replay decides "already indexed" by comparing the entry with the
+//! record's instead of an applied marker, and counts the studies it wrote
+//! to again.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
