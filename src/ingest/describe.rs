@@ -20,7 +20,13 @@ pub(super) fn describe(
 ) -> Result<(InstanceRecord, NewEntry)> {
     let header = std::panic::catch_unwind(|| {
         fail::fail_point!("ingest::describe");
-        header::read_header_with(spooled.path(), limits)
+        match &spooled.bytes {
+            // A small instance is still in memory: no need to read it back.
+            Some(bytes) => {
+                header::read_header_from_sized(&bytes[..], Some(bytes.len() as u64), limits)
+            }
+            None => header::read_header_with(spooled.path(), limits),
+        }
     })
     .map_err(|_| Error::Panicked("reading its header"))??;
     check(&header.study, &expected.study, "Study Instance UID")?;
