@@ -264,8 +264,7 @@ impl SpoolWriter {
     }
 
     /// Writes what is left, makes it durable as `how` says, and hands the
-    /// file to `then`, all on one blocking thread (one hop off the runtime
-    /// per instance).
+    /// file to `then`, all in one blocking call (see [`off_the_runtime`]).
     pub async fn finish<T, F>(mut self, how: Finish, then: F) -> std::io::Result<T>
     where
         F: FnOnce(Spooled) -> T + Send + 'static,
@@ -275,7 +274,7 @@ impl SpoolWriter {
         let rest = std::mem::take(&mut self.buf);
         let (len, written) = (self.len, self.written);
         let guard = self.guard;
-        tokio::task::spawn_blocking(move || {
+        off_the_runtime(move || {
             use std::io::Write;
             file.write_all(&rest)?;
             let bytes = match how {
@@ -312,8 +311,25 @@ impl SpoolWriter {
             Ok(then(Spooled { guard, len, bytes }))
         })
         .await
-        .map_err(std::io::Error::other)?
     }
+}
+
+/// Runs blocking `work` for a task. On the multi-threaded runtime the
+/// task's own thread does it (`block_in_place`: the runtime hands the
+/// thread's other tasks to another one), so the answer that follows needs
+/// no hop back; an acknowledgement no longer waits for a blocking-pool
+/// thread to wake and then for the runtime's. Elsewhere (tests on the
+/// current-thread runtime) on the blocking pool.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(work);
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// How a finished spool file is made durable.

@@ -410,8 +410,16 @@ pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path) -> Result<PathBuf
         move |source| Error::Place { path, source }
     };
     let dir = dest.parent().expect("keys have a parent").to_path_buf();
-    std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-    std::fs::rename(spool, &dest).map_err(err(&dest))?;
+    // Most instances go to a series directory that exists already: the
+    // rename is tried first, and the directories made only when it says
+    // they are missing.
+    match std::fs::rename(spool, &dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && spool.exists() => {
+            std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+            std::fs::rename(spool, &dest).map_err(err(&dest))?;
+        }
+        renamed => renamed.map_err(err(&dest))?,
+    }
     Ok(dir)
 }
 
