@@ -70,6 +70,10 @@ struct State {
     synced: u64,
     /// Open segment files by number: the current one and the free ones.
     segments: BTreeMap<u64, Arc<File>>,
+    /// Threads waiting on `changed`: with none, a change wakes nobody (a
+    /// notification is a system call whether or not anyone waits, and with
+    /// one association nobody ever does).
+    waiting: usize,
 }
 
 pub struct Writer {
@@ -155,6 +159,7 @@ impl Writer {
                 synced: 0,
                 failed: false,
                 segments,
+                waiting: 0,
             }),
             changed: Condvar::new(),
         })
@@ -249,8 +254,9 @@ impl Writer {
             file.write_all_at(&header.encode(), 0)?;
             file.sync_data()?;
             segment::sync_dir(&self.dir)?;
-            self.lock().segments.insert(next, Arc::new(file));
-            self.changed.notify_all();
+            let mut st = self.lock();
+            st.segments.insert(next, Arc::new(file));
+            self.notify(&st);
             recycled += 1;
         }
         Ok(recycled)
@@ -268,7 +274,7 @@ impl Writer {
             );
         }
         st.failed = true;
-        self.changed.notify_all();
+        self.notify(&st);
     }
 
     /// Whether the journal stopped (a failed write, sync or apply).
@@ -298,10 +304,10 @@ impl Writer {
             st.in_flight.remove(&res.lsn);
             if let Err(e) = written {
                 st.failed = true;
-                self.changed.notify_all();
+                self.notify(&st);
                 return Err(e.into());
             }
-            self.changed.notify_all();
+            self.notify(&st);
             self.wait_durable(st, end)?;
         }
         Ok(Appended { lsn: res.lsn, end })
@@ -384,7 +390,7 @@ impl Writer {
                 return Err(Error::Failed);
             }
             if st.syncing {
-                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = self.wait(st);
                 continue;
             }
             st = self.lead(st)?;
@@ -420,12 +426,12 @@ impl Writer {
         let settled = settled(&st);
         let pad_file = st.segments.get(&n).cloned();
         while st.in_flight.range(..open_end).next().is_some() {
-            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait(st);
         }
         if st.failed {
             // A write of this group failed: nothing of it may be published.
             st.syncing = false;
-            self.changed.notify_all();
+            self.notify(&st);
             return Ok(st);
         }
         let files: Vec<Arc<File>> = st
@@ -458,8 +464,24 @@ impl Writer {
                 tracing::error!(error = %e, "journal sync failed; ingest stops until a restart");
             }
         }
-        self.changed.notify_all();
+        self.notify(&st);
         Ok(st)
+    }
+
+    /// Waits for a change, counted in `waiting`.
+    fn wait<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.waiting += 1;
+        let mut st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        st.waiting -= 1;
+        st
+    }
+
+    /// Wakes whoever waits for a change (called with the lock held, so no
+    /// waiter can come between the change and the check).
+    fn notify(&self, st: &State) {
+        if st.waiting > 0 {
+            self.changed.notify_all();
+        }
     }
 }
 
