@@ -4,6 +4,7 @@
     python3 bench/ingest.py                       # all sets, 3 runs each (~5 min)
     python3 bench/ingest.py --sets small9 --quick # one set, one run
     python3 bench/ingest.py --receivers gateway,gateway-s3   # local disk vs S3 (SeaweedFS)
+    python3 bench/ingest.py --receivers gateway,gateway-garage --sets small9,ct512   # local disk vs S3 (Garage)
     python3 bench/ingest.py --receivers dcmtk,gateway,orthanc --runs 3   # with Orthanc (apt-get install orthanc)
     python3 bench/ingest.py --receivers gateway,gateway-subs --sets ct512,small9 --runs 3   # outbound webhooks
     python3 bench/ingest.py --gateway-arg=--journal --gateway-arg=true   # extra `serve` arguments
@@ -28,6 +29,20 @@ Method
   ready once a signed PUT went through; its CPU shares the 2 cores with the
   gateway and the senders and is counted as the benchmark's own, not as
   interference.  Peak RSS is the gateway's alone.
+* S3 on Garage (--receivers gateway,gateway-garage): "gateway-garage" is
+  gateway-s3 with Garage 2.5.0 (~/.cargo/bin/garage, installed by
+  scripts/test.sh) as the store instead of SeaweedFS: one node
+  (bench/garage_store.py) set up as docker/garage-init.sh does (layout role,
+  key, bucket, the key's rights) with docker/garage.toml's settings (SQLite
+  metadata, replication_factor 1, Garage's default fsync settings) on
+  127.0.0.1 ports 13900 (S3), 13901 (RPC) and 13903 (admin), its metadata and
+  data directories under the run's output directory, started fresh for every
+  run, ready once a signed PUT went through, stopped and its directories
+  removed after the run.  The gateway gets gateway-s3's arguments with
+  Garage's endpoint, region ("garage") and key.  Its CPU counts as the
+  benchmark's own, its upload backlog is measured as gateway-s3's (below).
+  Garage ignores If-None-Match, so the gateway's start-up WARN "the store
+  does not honour conditional create" is expected and not counted.
 * Webhook subscriptions (--receivers gateway,gateway-subs): "gateway-subs"
   is the same gateway with three active subscriptions to every event type,
   created through POST /api/webhooks after it listens and before the
@@ -70,13 +85,13 @@ Method
   1000 / that median (ms), of a "4 parallel" row the 4-thread group-commit
   rate; "r/floor" is the receiver's inst/s divided by it. The report lists the
   raw figures per set; the .json has them under "floors".
-* Upload backlog (gateway-s3): when the senders are done (the timed window
-  ends as for every receiver), the script polls GET /healthz every 50 ms
-  until its JSON's `upload_backlog.instances` (instances acknowledged but not
-  yet uploaded) reads 0, and reports the time from the end of the window
-  ("backlog drained after", median over runs; per run in the .json). A
-  gateway whose answer has no such field acknowledges only after the upload:
-  0, "(no backlog reported)".
+* Upload backlog (gateway-s3, gateway-garage): when the senders are done
+  (the timed window ends as for every receiver), the script polls GET
+  /healthz every 50 ms until its JSON's `upload_backlog.instances`
+  (instances acknowledged but not yet uploaded) reads 0, and reports the
+  time from the end of the window ("backlog drained after", median over
+  runs; per run in the .json). A gateway whose answer has no such field
+  acknowledges only after the upload: 0, "(no backlog reported)".
 * Receivers: DCMTK `/usr/bin/storescp --fork -od OUT PORT` (always --fork, as
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
@@ -152,6 +167,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fsync_floor  # noqa: E402 (bench/fsync_floor.py, next to this script)
+import garage_store  # noqa: E402 (bench/garage_store.py: Garage for gateway-garage)
 
 REPO = Path(__file__).resolve().parent.parent
 STORESCU = "/usr/bin/storescu"
@@ -777,9 +793,13 @@ class GatewayS3Receiver(GatewayReceiver):
     name = "gateway-s3"
 
     def start(self) -> None:
-        self.s3 = SeaweedFS(self.out_dir / "s3", self.log_path.with_name("seaweedfs.log"))
+        self.s3 = self.make_store()
         self.s3.start()
         super().start()
+
+    def make_store(self):
+        """This run's store, not started yet (gateway-garage: Garage)."""
+        return SeaweedFS(self.out_dir / "s3", self.log_path.with_name("seaweedfs.log"))
 
     def helper_pids(self) -> list[int]:
         s3 = getattr(self, "s3", None)
@@ -818,6 +838,21 @@ class GatewayS3Receiver(GatewayReceiver):
         if getattr(self, "s3", None) is not None:
             self.s3.stop()
         return problems
+
+
+class GatewayGarageReceiver(GatewayS3Receiver):
+    """gateway-s3 with Garage 2.5.0 (bench/garage_store.py) instead of
+    SeaweedFS; its metadata and data live in the run's output directory."""
+
+    name = "gateway-garage"
+
+    def make_store(self) -> garage_store.Garage:
+        return garage_store.Garage(self.out_dir / "garage", self.log_path.with_name("garage.log"), bucket=S3_BUCKET)
+
+    def log_problems(self) -> list[str]:
+        """Garage ignores If-None-Match (a known limitation): the gateway's
+        start-up probe warns once about it, which is expected here."""
+        return [line for line in super().log_problems() if "does not honour conditional create" not in line]
 
 
 HOOK_PORT = 18098  # the local webhook receiver of gateway-subs
@@ -988,6 +1023,7 @@ RECEIVER_CLASSES = {
     "gateway": GatewayReceiver,
     "gateway-tls": GatewayTlsReceiver,
     "gateway-s3": GatewayS3Receiver,
+    "gateway-garage": GatewayGarageReceiver,
     "gateway-subs": GatewaySubsReceiver,
     "orthanc": OrthancReceiver,
 }
@@ -1176,7 +1212,7 @@ def results_table(summaries: dict, floors: dict) -> str:
     gateway-s3, when its upload backlog was empty after the window."""
     receivers = list(next(iter(summaries.values())))
     first, others = receivers[0], receivers[1:]
-    drained = [r for r in receivers if r == "gateway-s3"]
+    drained = [r for r in receivers if issubclass(RECEIVER_CLASSES[r], GatewayS3Receiver)]
     header = (
         "| set | mode | "
         + " | ".join(f"{r} inst/s" for r in receivers)
@@ -1396,6 +1432,7 @@ def parse_args() -> argparse.Namespace:
 
 def check_tools(receivers: list[str]) -> None:
     tools = [STORESCU, STORESCP, GATEWAY_BUILD] + ([WEED, "/usr/bin/curl"] if "gateway-s3" in receivers else [])
+    tools += [garage_store.GARAGE, "/usr/bin/curl"] if "gateway-garage" in receivers else []
     tools += ["/usr/bin/openssl"] if any(r.endswith("-tls") for r in receivers) else []
     for tool in tools:
         if not os.access(tool, os.X_OK):
