@@ -3,9 +3,8 @@
 //! commit, so an acknowledgement waits for one sync shared by every instance
 //! ready at that moment.
 //!
-//! Selected by `journal.enabled` (off by default while issue 11 is under
-//! way) for a local store; runtime.rs lists what this first version
-//! simplifies against the design.
+//! Selected by `journal.enabled` (on by default); runtime.rs lists what
+//! this version simplifies against the design (docs/ingest-journal.md).
 
 pub mod control;
 pub mod entry;
