@@ -141,8 +141,11 @@ class Garage:
             raise RuntimeError("Garage took the probe PUT but did not delete it")
 
     def stop(self) -> None:
-        """Stops the node (SIGTERM, then SIGKILL after STOP_TIMEOUT) and
-        removes its directories."""
+        """Stops the node (SIGTERM, then SIGKILL after STOP_TIMEOUT). Its
+        directories stay: the benchmark deletes them with the run's outputs,
+        after all runs of a set and 65 s before the next set (deleting
+        thousands of files slows every file creation on ext4 without a
+        journal for a minute; see bench/ingest.py, "Deleting outputs")."""
         if self.process is not None:
             self.process.terminate()
             try:
@@ -154,7 +157,6 @@ class Garage:
         if self.log is not None:
             self.log.close()
             self.log = None
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def main() -> None:
@@ -174,6 +176,7 @@ def main() -> None:
             sys.exit(1)
     finally:
         store.stop()
+        shutil.rmtree(store.directory, ignore_errors=True)
     print(f"stopped; {store.directory} removed: {not store.directory.exists()}")
 
 
