@@ -61,7 +61,9 @@ Method
   `rustc -O --edition 2021` into WORK/floor_scp (again whenever the source
   is newer), a minimal C-STORE SCP on 127.0.0.1 (thread per association,
   TCP_NODELAY, max PDU announced 256 KiB like the gateway's default, so
-  storescu sends 128 KiB PDUs to both; DCMTK storescp announces 16 KiB).
+  storescu sends 128 KiB PDUs, its own maximum, to both; DCMTK storescp
+  announces 16 KiB, which alone costs null ~40 % on ct512: --floor-max-pdu
+  16384 shows the limits at DCMTK's fragmenting).
   "null" is the peer alone: it receives every data set, drops it as it
   arrives and acknowledges at once. No receiver can be faster with storescu
   as the sender on this loopback; it bounds every receiver's rate from
@@ -1037,11 +1039,14 @@ class FloorScpReceiver(Receiver):
 
     called_ae = FLOOR_AE
     mode = ""
+    max_pdu_default = 262144
+    max_pdu = max_pdu_default  # --floor-max-pdu
 
     def command(self) -> list[str]:
         if FLOOR_SCP is None:
             raise RuntimeError("floor_scp was not built (main builds it)")
-        return [str(FLOOR_SCP), "--listen", f"127.0.0.1:{self.port}", "--mode", self.mode, "--ae", FLOOR_AE]
+        return [str(FLOOR_SCP), "--listen", f"127.0.0.1:{self.port}", "--mode", self.mode,
+                "--ae", FLOOR_AE, "--max-pdu", str(self.max_pdu)]  # fmt: skip
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
@@ -1393,7 +1398,10 @@ def machine_info(receivers: list[str]) -> dict[str, str]:
         )
     if FLOOR_SCP is not None:
         digest = hashlib.sha256(FLOOR_SCP.read_bytes()).hexdigest()[:12]
-        info["floor_scp (null, floor)"] = f"{FLOOR_SCP} from bench/floor_scp.rs, rustc -O, sha256 {digest}…"
+        info["floor_scp (null, floor)"] = (
+            f"{FLOOR_SCP} from bench/floor_scp.rs, rustc -O, sha256 {digest}…, "
+            f"max PDU announced {FloorScpReceiver.max_pdu}"
+        )
     return info
 
 
@@ -1446,6 +1454,8 @@ def write_report(results, summaries, floors, info, command, elapsed, args, resul
     suffix = "-quick" if args.runs == 1 else ""
     if args.receivers != list(RECEIVERS):
         suffix = "-" + "-".join(args.receivers) + suffix
+    if {"null", "floor"} & set(args.receivers) and args.floor_max_pdu != FloorScpReceiver.max_pdu_default:
+        suffix = f"-pdu{args.floor_max_pdu}" + suffix
     md_path = results_dir / f"ingest-{date}{suffix}.md"
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     method = __doc__.split("Method\n------\n", 1)[1].strip()
@@ -1514,6 +1524,13 @@ def parse_args() -> argparse.Namespace:
         metavar="ARG",
         help="one more argument for every `dicom-gateway serve` (gateway, gateway-s3, gateway-subs); "
         "repeatable, written with = when it starts with a dash: --gateway-arg=--journal --gateway-arg=true",
+    )
+    parser.add_argument(
+        "--floor-max-pdu",
+        type=int,
+        default=FloorScpReceiver.max_pdu_default,
+        help="max PDU that null and floor announce (default %(default)s, the gateway's default; "
+        "DCMTK storescp announces 16384, and storescu sends at most 131072)",
     )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
     parser.add_argument(
@@ -1591,6 +1608,7 @@ def main() -> None:
         snapshot_gateway(args.work_dir)
     if {"null", "floor"} & set(args.receivers):
         FLOOR_SCP = build_floor_scp(args.work_dir)
+        FloorScpReceiver.max_pdu = args.floor_max_pdu
     if any(r.endswith("-tls") for r in args.receivers):
         TLS_DIR = make_pki(args.work_dir)
     GatewayReceiver.stable_after = args.stable_after
