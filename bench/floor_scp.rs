@@ -34,7 +34,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -194,8 +194,9 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Reads one PDU into `body` (reused); returns its type, or None at a clean EOF.
-fn read_pdu(stream: &mut TcpStream, body: &mut Vec<u8>) -> io::Result<Option<u8>> {
+/// Reads one PDU into `body` (reused); returns its type, or None at a clean
+/// EOF. Buffered, so a PDU header costs no read(2) of its own.
+fn read_pdu(stream: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> io::Result<Option<u8>> {
     let mut head = [0u8; 6];
     match stream.read_exact(&mut head[..1]) {
         Ok(()) => {}
@@ -205,7 +206,7 @@ fn read_pdu(stream: &mut TcpStream, body: &mut Vec<u8>) -> io::Result<Option<u8>
     stream.read_exact(&mut head[1..])?;
     let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
     if len > MAX_PDU_BODY {
-        let _ = stream.write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0]); // A-ABORT, provider, invalid PDU parameter
+        let _ = stream.get_mut().write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0]); // A-ABORT, provider, invalid PDU parameter
         return Err(bad("PDU longer than 1 MiB"));
     }
     let len = usize::try_from(len).map_err(|_| bad("PDU length"))?;
@@ -444,17 +445,18 @@ fn p_data(body: &[u8], a: &mut Assoc, cfg: &Config, out: &mut TcpStream) -> io::
     Ok(())
 }
 
-fn association(mut stream: TcpStream, cfg: &Config) -> io::Result<u64> {
+fn association(stream: TcpStream, cfg: &Config) -> io::Result<u64> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut stream = BufReader::with_capacity(256 * 1024, stream);
     let mut body = Vec::new();
     let mut a = Assoc { command: Vec::new(), pending: None, data: Vec::new(), end: 0, stores: 0 };
     match read_pdu(&mut stream, &mut body)? {
         Some(0x01) => match associate(&body, cfg) {
-            Ok(ac) => stream.write_all(&ac)?,
+            Ok(ac) => stream.get_mut().write_all(&ac)?,
             Err(e) => {
-                let _ = stream.write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+                let _ = stream.get_mut().write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
                 return Err(e);
             }
         },
@@ -463,18 +465,18 @@ fn association(mut stream: TcpStream, cfg: &Config) -> io::Result<u64> {
     loop {
         match read_pdu(&mut stream, &mut body)? {
             Some(0x04) => {
-                if let Err(e) = p_data(&body, &mut a, cfg, &mut stream) {
-                    let _ = stream.write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0]);
+                if let Err(e) = p_data(&body, &mut a, cfg, stream.get_mut()) {
+                    let _ = stream.get_mut().write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0]);
                     return Err(e);
                 }
             }
             Some(0x05) => {
-                stream.write_all(&pdu(0x06, &[0, 0, 0, 0])?)?; // A-RELEASE-RP
+                stream.get_mut().write_all(&pdu(0x06, &[0, 0, 0, 0])?)?; // A-RELEASE-RP
                 return Ok(a.stores);
             }
             Some(0x07) | None => return Ok(a.stores),
             Some(_) => {
-                let _ = stream.write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 1]); // unrecognized PDU
+                let _ = stream.get_mut().write_all(&[0x07, 0, 0, 0, 0, 4, 0, 0, 2, 1]); // unrecognized PDU
                 return Err(bad("unexpected PDU"));
             }
         }
