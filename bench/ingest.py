@@ -56,32 +56,33 @@ Method
   with `+tls client.key client.pem +cf ca.pem` (the server's certificate
   checked against the CA). Everything else (sets, modes, timing, checks) is
   as for the plain receivers, so TLS and plain rows of one run compare.
-* The limits, as two real receivers in the same run (--receivers ...,null,floor):
-  bench/floor_scp.rs, one std-only Rust file compiled by this script with
-  `rustc -O --edition 2021` into WORK/floor_scp (again whenever the source
-  is newer), a minimal C-STORE SCP on 127.0.0.1 (thread per association,
-  TCP_NODELAY, max PDU announced 256 KiB like the gateway's default, so
-  storescu sends 128 KiB PDUs, its own maximum, to both; DCMTK storescp
-  announces 16 KiB, which alone costs null ~40 % on ct512: --floor-max-pdu
-  16384 shows the limits at DCMTK's fragmenting).
-  "null" is the peer alone: it receives every data set, drops it as it
-  arrives and acknowledges at once. No receiver can be faster with storescu
-  as the sender on this loopback; it bounds every receiver's rate from
-  above, durable or not. "floor" is the durable floor: the same SCP, but
-  each data set is pwritten at a 4 KiB-aligned offset of WORK/floor.journal
-  (256 MiB of zeros, written and fsynced once, reused, wrapping at its end,
-  so no fdatasync has metadata to commit) and an fdatasync covering it
-  completes before its C-STORE-RSP; associations share syncs by group
-  commit (leader/follower with a Mutex and a Condvar, like the gateway's
-  journal writer: whoever finds no sync under way syncs everything written
-  so far). No index, no per-instance file: it bounds from above any
-  receiver that acknowledges only durable data on this disk, and
-  "gateway/floor" is how close the gateway gets. Their stored count is the
-  number of C-STORE-RSP 0x0000 sent (the SCP prints its running total after
-  every association); an association that ended in an abort is a problem.
-  Peak RSS is VmHWM and CPU the process's own, as for the gateway. The
-  results table shows, when both ran, gateway/dcmtk, gateway/floor,
-  floor/dcmtk and floor/null besides every receiver against the first.
+* The limits, as two real receivers in the same run (--receivers
+  ...,null,floor): bench/floor_scp.rs, one std-only Rust file compiled by this
+  script with `rustc -O --edition 2021` into WORK/floor_scp (again whenever
+  the source is newer), a minimal C-STORE SCP on 127.0.0.1 (thread per
+  association, TCP_NODELAY, max PDU announced 256 KiB like the gateway's
+  default, so storescu sends 128 KiB PDUs, its own maximum, to both; DCMTK
+  storescp announces 16 KiB, which alone costs null ~40 % on ct512:
+  --floor-max-pdu 16384 shows the limits at DCMTK's fragmenting). "null" is
+  the peer alone: it receives every data set, drops it as it arrives and
+  acknowledges at once. No receiver can be faster with storescu as the sender
+  on this loopback; it bounds every receiver's rate from above, durable or
+  not. "floor" is the durable floor: the same SCP, but each data set is
+  pwritten as it arrives, in whole 4 KiB pages (64 KiB or more at a time, the
+  last page zero-padded) at aligned offsets of WORK/floor.journal (256 MiB of
+  zeros, written and fsynced once, reused, wrapping at its end, so no
+  fdatasync has metadata to commit) and an fdatasync covering it completes
+  before its C-STORE-RSP; associations share syncs by group commit
+  (leader/follower with a Mutex and a Condvar, like the gateway's journal
+  writer: whoever finds no sync under way syncs everything written so far). No
+  index, no per-instance file: it bounds from above any receiver that
+  acknowledges only durable data on this disk, and "gateway/floor" is how
+  close the gateway gets. Their stored count is the number of C-STORE-RSP
+  0x0000 sent (the SCP prints its running total after every association); an
+  association that ended in an abort is a problem. Peak RSS is VmHWM and CPU
+  the process's own, as for the gateway. The results table shows, when both
+  ran, gateway/dcmtk, gateway/floor, floor/dcmtk and floor/null besides every
+  receiver against the first.
 * Gateway arguments: every --gateway-arg ARG (repeatable; `--gateway-arg=--flag`
   for one that starts with a dash) is appended, in order, to every
   `dicom-gateway serve` command (gateway, gateway-s3, gateway-subs), and
