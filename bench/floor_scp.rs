@@ -175,6 +175,11 @@ struct Config {
     report: Mutex<()>,
 }
 
+/// `at + delta`, for positions inside a PDU (checked: they come from wire lengths).
+fn plus(at: usize, delta: usize) -> io::Result<usize> {
+    at.checked_add(delta).ok_or_else(|| bad("offset overflow"))
+}
+
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
@@ -248,7 +253,7 @@ fn associate(rq: &[u8], cfg: &Config) -> io::Result<Vec<u8>> {
     let mut at = 68usize;
     while at < rq.len() {
         let kind = rq[at];
-        let len = usize::from(be16(rq, at + 2).ok_or_else(|| bad("item header"))?);
+        let len = usize::from(be16(rq, plus(at, 2)?).ok_or_else(|| bad("item header"))?);
         let start = at.checked_add(4).ok_or_else(|| bad("item"))?;
         let end = start.checked_add(len).ok_or_else(|| bad("item"))?;
         let value = rq.get(start..end).ok_or_else(|| bad("item past the PDU"))?;
@@ -259,7 +264,7 @@ fn associate(rq: &[u8], cfg: &Config) -> io::Result<Vec<u8>> {
                 let mut proposed = Vec::new();
                 let mut sub = 4usize;
                 while sub < value.len() {
-                    let slen = usize::from(be16(value, sub + 2).ok_or_else(|| bad("sub-item"))?);
+                    let slen = usize::from(be16(value, plus(sub, 2)?).ok_or_else(|| bad("sub-item"))?);
                     let s0 = sub.checked_add(4).ok_or_else(|| bad("sub-item"))?;
                     let s1 = s0.checked_add(slen).ok_or_else(|| bad("sub-item"))?;
                     let sval = value.get(s0..s1).ok_or_else(|| bad("sub-item past the item"))?;
@@ -314,8 +319,8 @@ fn parse_command(b: &[u8]) -> io::Result<Command> {
     let mut at = 0usize;
     while at < b.len() {
         let group = le16(b, at).ok_or_else(|| bad("command element"))?;
-        let elem = le16(b, at + 2).ok_or_else(|| bad("command element"))?;
-        let len = usize::try_from(le32(b, at + 4).ok_or_else(|| bad("command element"))?)
+        let elem = le16(b, plus(at, 2)?).ok_or_else(|| bad("command element"))?;
+        let len = usize::try_from(le32(b, plus(at, 4)?).ok_or_else(|| bad("command element"))?)
             .map_err(|_| bad("command length"))?;
         let v0 = at.checked_add(8).ok_or_else(|| bad("command"))?;
         let v1 = v0.checked_add(len).ok_or_else(|| bad("command"))?;
@@ -334,15 +339,16 @@ fn parse_command(b: &[u8]) -> io::Result<Command> {
     Ok(c)
 }
 
-fn push_elem(out: &mut Vec<u8>, elem: u16, value: &[u8]) {
-    let padded = value.len() + value.len() % 2;
+fn push_elem(out: &mut Vec<u8>, elem: u16, value: &[u8]) -> io::Result<()> {
+    let padded = u32::try_from(plus(value.len(), value.len() % 2)?).map_err(|_| bad("element too long"))?;
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&elem.to_le_bytes());
-    out.extend_from_slice(&(padded as u32).to_le_bytes());
+    out.extend_from_slice(&padded.to_le_bytes());
     out.extend_from_slice(value);
     if value.len() % 2 == 1 {
         out.push(0);
     }
+    Ok(())
 }
 
 /// C-STORE-RSP / C-ECHO-RSP, status 0x0000, as one P-DATA-TF PDU.
@@ -350,19 +356,19 @@ fn response(pcid: u8, rq: &Command, field: u16) -> io::Result<Vec<u8>> {
     let sop_class = rq.sop_class.strip_suffix(b"\0").unwrap_or(&rq.sop_class);
     let sop_instance = rq.sop_instance.strip_suffix(b"\0").unwrap_or(&rq.sop_instance);
     let mut rest = Vec::with_capacity(200);
-    push_elem(&mut rest, 0x0002, sop_class);
-    push_elem(&mut rest, 0x0100, &field.to_le_bytes());
-    push_elem(&mut rest, 0x0120, &rq.message_id.to_le_bytes());
-    push_elem(&mut rest, 0x0800, &0x0101u16.to_le_bytes());
-    push_elem(&mut rest, 0x0900, &0u16.to_le_bytes());
+    push_elem(&mut rest, 0x0002, sop_class)?;
+    push_elem(&mut rest, 0x0100, &field.to_le_bytes())?;
+    push_elem(&mut rest, 0x0120, &rq.message_id.to_le_bytes())?;
+    push_elem(&mut rest, 0x0800, &0x0101u16.to_le_bytes())?;
+    push_elem(&mut rest, 0x0900, &0u16.to_le_bytes())?;
     if field == 0x8001 {
-        push_elem(&mut rest, 0x1000, sop_instance);
+        push_elem(&mut rest, 0x1000, sop_instance)?;
     }
     let group_len = u32::try_from(rest.len()).map_err(|_| bad("command too long"))?;
     let mut command = Vec::with_capacity(rest.len() + 12);
-    push_elem(&mut command, 0x0000, &group_len.to_le_bytes());
+    push_elem(&mut command, 0x0000, &group_len.to_le_bytes())?;
     command.extend_from_slice(&rest);
-    let pdv_len = u32::try_from(command.len() + 2).map_err(|_| bad("PDV too long"))?;
+    let pdv_len = u32::try_from(plus(command.len(), 2)?).map_err(|_| bad("PDV too long"))?;
     let mut body = Vec::with_capacity(command.len() + 6);
     body.extend_from_slice(&pdv_len.to_be_bytes());
     body.extend_from_slice(&[pcid, 0x03]); // command, last fragment
