@@ -9,6 +9,7 @@
     python3 bench/ingest.py --receivers gateway,gateway-subs --sets ct512,small9 --runs 3   # outbound webhooks
     python3 bench/ingest.py --gateway-arg=--journal --gateway-arg=true   # extra `serve` arguments
     python3 bench/ingest.py --receivers dcmtk,dcmtk-tls,gateway,gateway-tls --sets ct512,small9 --runs 3   # TLS
+    python3 bench/ingest.py --receivers dcmtk,gateway,null,floor --sets small9,ct512 --runs 3   # the limits
 
 Must run as root (it creates a private network namespace).  Python 3.11,
 standard library only; the test data generator is run with .venv/bin/python.
@@ -70,6 +71,33 @@ Method
   with `+tls client.key client.pem +cf ca.pem` (the server's certificate
   checked against the CA). Everything else (sets, modes, timing, checks) is
   as for the plain receivers, so TLS and plain rows of one run compare.
+* The limits, as two real receivers in the same run (--receivers
+  ...,null,floor): bench/floor_scp.rs, one std-only Rust file compiled by this
+  script with `rustc -O --edition 2021` into WORK/floor_scp (again whenever
+  the source is newer), a minimal C-STORE SCP on 127.0.0.1 (thread per
+  association, TCP_NODELAY, max PDU announced 256 KiB like the gateway's
+  default, so storescu sends 128 KiB PDUs, its own maximum, to both; DCMTK
+  storescp announces 16 KiB, which alone costs null ~40 % on ct512:
+  --floor-max-pdu 16384 shows the limits at DCMTK's fragmenting). "null" is
+  the peer alone: it receives every data set, drops it as it arrives and
+  acknowledges at once. No receiver can be faster with storescu as the sender
+  on this loopback; it bounds every receiver's rate from above, durable or
+  not. "floor" is the durable floor: the same SCP, but each data set is
+  pwritten as it arrives, in whole 4 KiB pages (64 KiB or more at a time, the
+  last page zero-padded) at aligned offsets of WORK/floor.journal (256 MiB of
+  zeros, written and fsynced once, reused, wrapping at its end, so no
+  fdatasync has metadata to commit) and an fdatasync covering it completes
+  before its C-STORE-RSP; associations share syncs by group commit
+  (leader/follower with a Mutex and a Condvar, like the gateway's journal
+  writer: whoever finds no sync under way syncs everything written so far). No
+  index, no per-instance file: it bounds from above any receiver that
+  acknowledges only durable data on this disk, and "gateway/floor" is how
+  close the gateway gets. Their stored count is the number of C-STORE-RSP
+  0x0000 sent (the SCP prints its running total after every association); an
+  association that ended in an abort is a problem. Peak RSS is VmHWM and CPU
+  the process's own, as for the gateway. The results table shows, when both
+  ran, gateway/dcmtk, gateway/floor, floor/dcmtk and floor/null besides every
+  receiver against the first.
 * Gateway arguments: every --gateway-arg ARG (repeatable; `--gateway-arg=--flag`
   for one that starts with a dash) is appended, in order, to every
   `dicom-gateway serve` command (gateway, gateway-s3, gateway-subs), and
@@ -81,9 +109,11 @@ Method
   a preallocated, already-written file and fdatasynced, repeatedly for 1 s
   (median latency), then 4 threads append such records to it sharing
   fdatasyncs by leader/follower group commit for 1 s (records/s); this is
-  bench/fsync_floor.py's `record_floor`. "floor inst/s" of a "1 assoc" row is
-  1000 / that median (ms), of a "4 parallel" row the 4-thread group-commit
-  rate; "r/floor" is the receiver's inst/s divided by it. The report lists the
+  bench/fsync_floor.py's `record_floor`. "fsync floor inst/s" of a "1 assoc"
+  row is 1000 / that median (ms), of a "4 parallel" row the 4-thread
+  group-commit rate; "r/fsync floor" is the receiver's inst/s divided by it.
+  (A synthetic figure from Python, without the network; the "floor"
+  receiver above measures the same limit with storescu in the loop.) The report lists the
   raw figures per set; the .json has them under "floors".
 * Upload backlog (gateway-s3, gateway-garage): when the senders are done
   (the timed window ends as for every receiver), the script polls GET
@@ -118,8 +148,8 @@ Method
   one.  storescu exits only after every C-STORE response (and the release), so
   this is the time until all instances were acknowledged.  inst/s = N / wall;
   MB/s = bytes of the Part-10 files sent / wall, MB = 10^6 bytes.
-* Peak RSS: gateway = VmHWM of its single process, read after the senders
-  exit.  storescp --fork = maximum over time of the summed VmRSS of the parent
+* Peak RSS: gateway, null and floor = VmHWM of their single process, read
+  after the senders exit.  storescp --fork = maximum over time of the summed VmRSS of the parent
   and all its children, sampled every 20 ms (pages shared copy-on-write
   between parent and children are counted once per process, so this slightly
   overstates; very short peaks between samples are missed).  The same sampler
@@ -136,8 +166,9 @@ Method
   "other", so a few percent is normal; runs with much more were disturbed by
   other work on the (shared) machine.
 * Correctness: any storescu exit code other than 0 fails the run; afterwards
-  the DCMTK output directory must hold N files, and the gateway's
-  GET /api/studies must report sum(instanceCount) == N.
+  the DCMTK output directory must hold N files, the gateway's
+  GET /api/studies must report sum(instanceCount) == N, and null and floor
+  must have sent N successful C-STORE-RSPs.
 * Each (set, mode, receiver) runs --runs times (default 3, --quick = 1);
   receivers alternate which goes first.  Reported: the median wall time (and
   throughput derived from it), median peak RSS, and every run's wall time.
@@ -181,6 +212,12 @@ MAKE_CERTS = REPO / "tests" / "peers" / "make-test-certs.sh"
 TLS_DIR: Path | None = None  # WORK/tls once a TLS receiver is selected (main)
 GATEWAY_DICOM_PORT = 11112
 GATEWAY_HTTP_PORT = 18080
+FLOOR_SCP_SOURCE = REPO / "bench" / "floor_scp.rs"
+FLOOR_SCP: Path | None = None  # WORK/floor_scp once null or floor is selected (main)
+NULL_PORT = 11114
+FLOOR_PORT = 11115
+FLOOR_AE = "FLOORSCP"
+FLOOR_JOURNAL_MIB = 256  # floor's journal, WORK/floor.journal, made once and reused
 
 # name -> (instance count, approximate set size in bytes, for the disk check)
 SETS = {
@@ -1017,6 +1054,83 @@ class OrthancReceiver(Receiver):
         return [] if code == 0 else [f"Orthanc exited with {code} after SIGTERM"]
 
 
+def build_floor_scp(work_dir: Path) -> Path:
+    """bench/floor_scp.rs compiled with rustc (std only, no cargo) into
+    WORK/floor_scp, again whenever the source is newer than the binary."""
+    binary = work_dir / "floor_scp"
+    if not binary.exists() or FLOOR_SCP_SOURCE.stat().st_mtime > binary.stat().st_mtime:
+        log(f"compiling {FLOOR_SCP_SOURCE.relative_to(REPO)} into {binary}")
+        subprocess.run(
+            ["rustc", "-O", "--edition", "2021", str(FLOOR_SCP_SOURCE), "-o", str(binary)], check=True
+        )
+    return binary
+
+
+class FloorScpReceiver(Receiver):
+    """bench/floor_scp.rs: a minimal C-STORE SCP, one thread per association,
+    acknowledging each data set as soon as it is complete (null) or once an
+    fdatasync covers it in a preallocated journal (floor). It prints the
+    running total of acknowledged instances after every association; that
+    is its stored count."""
+
+    called_ae = FLOOR_AE
+    mode = ""
+    max_pdu_default = 262144
+    max_pdu = max_pdu_default  # --floor-max-pdu
+
+    def command(self) -> list[str]:
+        if FLOOR_SCP is None:
+            raise RuntimeError("floor_scp was not built (main builds it)")
+        return [str(FLOOR_SCP), "--listen", f"127.0.0.1:{self.port}", "--mode", self.mode,
+                "--ae", FLOOR_AE, "--max-pdu", str(self.max_pdu)]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def stored_count(self) -> int:
+        """The last "total stored N" the SCP printed (C-STORE-RSP 0x0000 sent)."""
+        count = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "total stored " in line:
+                count = int(line.split("total stored ", 1)[1].split()[0])
+        return count
+
+    def peak_rss(self, sampled: int) -> int:
+        return proc_status_field(self.process.pid, "VmHWM") or sampled
+
+    def check_exit(self, code: int) -> list[str]:
+        return [] if code in (0, -signal.SIGTERM) else [f"floor_scp exited with {code}"]
+
+    def log_problems(self) -> list[str]:
+        """Associations that ended in an abort, and anything on stderr."""
+        text = self.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if ": aborted: " in line or line.startswith("floor_scp:")]
+
+
+class NullReceiver(FloorScpReceiver):
+    """The peer alone: receives every data set, stores nothing, acknowledges at once."""
+
+    name = "null"
+    port = NULL_PORT
+    mode = "null"
+
+
+class FloorReceiver(FloorScpReceiver):
+    """The durable floor: each data set pwritten into WORK/floor.journal
+    (4 KiB-aligned, wrapping) and fdatasynced, group commit across
+    associations, before its C-STORE-RSP."""
+
+    name = "floor"
+    port = FLOOR_PORT
+    mode = "floor"
+
+    def command(self) -> list[str]:
+        if FLOOR_SCP is None:
+            raise RuntimeError("floor_scp was not built (main builds it)")
+        journal = FLOOR_SCP.parent / "floor.journal"
+        return super().command() + ["--journal", str(journal), "--journal-mib", str(FLOOR_JOURNAL_MIB)]
+
+
 RECEIVER_CLASSES = {
     "dcmtk": DcmtkReceiver,
     "dcmtk-tls": DcmtkTlsReceiver,
@@ -1026,6 +1140,8 @@ RECEIVER_CLASSES = {
     "gateway-garage": GatewayGarageReceiver,
     "gateway-subs": GatewaySubsReceiver,
     "orthanc": OrthancReceiver,
+    "null": NullReceiver,
+    "floor": FloorReceiver,
 }
 
 
@@ -1206,35 +1322,50 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return "FAIL" if value is None else f"{value:,.{digits}f}"
 
 
+# Ratios every results row shows when both receivers ran: the gateway against
+# DCMTK and against the durable floor (how far from the disk's limit), the
+# floor against DCMTK (what one sync per acknowledgement costs against a
+# receiver that never syncs) and against the peer alone (null).
+KEY_RATIOS = (("gateway", "dcmtk"), ("gateway", "floor"), ("floor", "dcmtk"), ("floor", "null"))
+
+
+def ratio_pairs(receivers: list[str]) -> list[tuple[str, str]]:
+    """(numerator, denominator) receivers: each against the first, then KEY_RATIOS."""
+    pairs = [(r, receivers[0]) for r in receivers[1:]]
+    return pairs + [p for p in KEY_RATIOS if set(p) <= set(receivers) and p not in pairs]
+
+
+def ratio(by_rx: dict, a: str, b: str) -> float | None:
+    top, bottom = by_rx[a].get("inst_per_s"), by_rx[b].get("inst_per_s")
+    return top / bottom if top and bottom else None
+
+
 def results_table(summaries: dict, floors: dict) -> str:
-    """One column group per receiver; ratios against the first receiver;
-    the fsync floor of each row and every receiver's fraction of it; for
-    gateway-s3, when its upload backlog was empty after the window."""
+    """One column group per receiver; ratios against the first receiver and
+    KEY_RATIOS; the fsync floor of each row and every receiver's fraction of
+    it; for gateway-s3, when its upload backlog was empty after the window."""
     receivers = list(next(iter(summaries.values())))
-    first, others = receivers[0], receivers[1:]
+    pairs = ratio_pairs(receivers)
     drained = [r for r in receivers if issubclass(RECEIVER_CLASSES[r], GatewayS3Receiver)]
     header = (
         "| set | mode | "
         + " | ".join(f"{r} inst/s" for r in receivers)
-        + "".join(f" | {r}/{first}" for r in others)
-        + " | floor inst/s | "
-        + " | ".join(f"{r}/floor" for r in receivers)
+        + "".join(f" | {a}/{b}" for a, b in pairs)
+        + " | fsync floor inst/s | "
+        + " | ".join(f"{r}/fsync floor" for r in receivers)
         + "".join(f" | {r} backlog drained after (s)" for r in drained)
         + " | "
         + " | ".join(f"{r} MB/s" for r in receivers)
         + " | "
         + " | ".join(f"{r} peak RSS MiB" for r in receivers)
         + " |\n|---|---|"
-        + "--:|" * (4 * len(receivers) + len(others) + 1 + len(drained))
+        + "--:|" * (4 * len(receivers) + len(pairs) + 1 + len(drained))
         + "\n"
     )
     rows = []
     for (set_name, mode), by_rx in summaries.items():
-        base = by_rx[first].get("inst_per_s")
         cells = [fmt(by_rx[r].get("inst_per_s"), 1) for r in receivers]
-        cells += [
-            fmt(by_rx[r]["inst_per_s"] / base if base and "inst_per_s" in by_rx[r] else None, 2) for r in others
-        ]
+        cells += [fmt(ratio(by_rx, a, b), 2) for a, b in pairs]
         cells.append(fmt(floor_inst_per_s(floors[set_name], mode)))
         cells += [fmt(by_rx[r].get("fraction_of_floor"), 2) for r in receivers]
         cells += [drain_cell(by_rx[r]) for r in drained]
@@ -1268,7 +1399,11 @@ def load_average() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
 
-def machine_info() -> dict[str, str]:
+def uses_gateway(receivers: list[str]) -> bool:
+    return any(r.startswith("gateway") for r in receivers)
+
+
+def machine_info(receivers: list[str]) -> dict[str, str]:
     df = subprocess.run(["df", "-T", "/work"], capture_output=True, text=True).stdout.splitlines()
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -1279,9 +1414,7 @@ def machine_info() -> dict[str, str]:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    binary = GatewayReceiver.binary
-    digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:12]
-    return {
+    info = {
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "memory": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB",
@@ -1291,10 +1424,22 @@ def machine_info() -> dict[str, str]:
         "DCMTK": command_output(STORESCP, "--version").strip("$ "),
         "gateway commit": command_output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
         + (" (src/Cargo.* modified)" if dirty else ""),
-        "gateway binary": f"{GATEWAY_BUILD} built "
-        f"{datetime.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(timespec='seconds')}, "
-        f"sha256 {digest}… (run from a copy taken at start)",
     }
+    if uses_gateway(receivers):
+        binary = GatewayReceiver.binary
+        digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:12]
+        info["gateway binary"] = (
+            f"{GATEWAY_BUILD} built "
+            f"{datetime.datetime.fromtimestamp(binary.stat().st_mtime).isoformat(timespec='seconds')}, "
+            f"sha256 {digest}… (run from a copy taken at start)"
+        )
+    if FLOOR_SCP is not None:
+        digest = hashlib.sha256(FLOOR_SCP.read_bytes()).hexdigest()[:12]
+        info["floor_scp (null, floor)"] = (
+            f"{FLOOR_SCP} from bench/floor_scp.rs, rustc -O, sha256 {digest}…, "
+            f"max PDU announced {FloorScpReceiver.max_pdu}"
+        )
+    return info
 
 
 def problems_section(results: list[RunResult]) -> str:
@@ -1333,7 +1478,7 @@ def floors_section(floors: dict) -> str:
         f"{FLOOR_SECONDS:g} s each). The floor of a \"1 assoc\" row is 1000 / median ms (each "
         f"acknowledgement waits for its own sync); of a \"4 parallel\" row, the rate of {PARTS} "
         "threads sharing syncs by group commit (Python threads: it understates what Rust reaches). "
-        "\"r/floor\" is the receiver's inst/s over that floor: above 1 only for a receiver that "
+        "\"r/fsync floor\" is the receiver's inst/s over that floor: above 1 only for a receiver that "
         "does not sync (DCMTK) or shares syncs better than the Python threads.\n\n"
         "| set | record KiB | median ms | p10 ms | syncs timed | 1 assoc floor inst/s "
         f"| group commit x{PARTS} inst/s | records per sync |\n"
@@ -1346,6 +1491,8 @@ def write_report(results, summaries, floors, info, command, elapsed, args, resul
     suffix = "-quick" if args.runs == 1 else ""
     if args.receivers != list(RECEIVERS):
         suffix = "-" + "-".join(args.receivers) + suffix
+    if {"null", "floor"} & set(args.receivers) and args.floor_max_pdu != FloorScpReceiver.max_pdu_default:
+        suffix = f"-pdu{args.floor_max_pdu}" + suffix
     md_path = results_dir / f"ingest-{date}{suffix}.md"
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     method = __doc__.split("Method\n------\n", 1)[1].strip()
@@ -1373,7 +1520,13 @@ def write_report(results, summaries, floors, info, command, elapsed, args, resul
         "machine": info,
         "floors": floors,
         "summaries": [
-            {"set": s, "mode": m, "floor_inst_per_s": floor_inst_per_s(floors[s], m), **{rx: pair[rx] for rx in pair}}
+            {
+                "set": s,
+                "mode": m,
+                "floor_inst_per_s": floor_inst_per_s(floors[s], m),
+                "ratios": {f"{a}/{b}": ratio(pair, a, b) for a, b in ratio_pairs(list(pair))},
+                **{rx: pair[rx] for rx in pair},
+            }
             for (s, m), pair in summaries.items()
         ],
         "runs": [asdict(r) for r in results],
@@ -1409,6 +1562,13 @@ def parse_args() -> argparse.Namespace:
         help="one more argument for every `dicom-gateway serve` (gateway, gateway-s3, gateway-subs); "
         "repeatable, written with = when it starts with a dash: --gateway-arg=--journal --gateway-arg=true",
     )
+    parser.add_argument(
+        "--floor-max-pdu",
+        type=int,
+        default=FloorScpReceiver.max_pdu_default,
+        help="max PDU that null and floor announce (default %(default)s, the gateway's default; "
+        "DCMTK storescp announces 16384, and storescu sends at most 131072)",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
     parser.add_argument(
         "--gateway-binary", type=Path, default=GATEWAY_BUILD, help="release build to run (default %(default)s)"
@@ -1431,7 +1591,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def check_tools(receivers: list[str]) -> None:
-    tools = [STORESCU, STORESCP, GATEWAY_BUILD] + ([WEED, "/usr/bin/curl"] if "gateway-s3" in receivers else [])
+    tools = [STORESCU, STORESCP] + ([GATEWAY_BUILD] if uses_gateway(receivers) else [])
+    tools += [WEED, "/usr/bin/curl"] if "gateway-s3" in receivers else []
     tools += [garage_store.GARAGE, "/usr/bin/curl"] if "gateway-garage" in receivers else []
     tools += ["/usr/bin/openssl"] if any(r.endswith("-tls") for r in receivers) else []
     for tool in tools:
@@ -1440,6 +1601,8 @@ def check_tools(receivers: list[str]) -> None:
                 f"missing {tool} (build the gateway with `cargo build --release`; "
                 "SeaweedFS: scripts/test.sh installs tests/requirements.txt into .venv)"
             )
+    if not uses_gateway(receivers):
+        return
     newest_src = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.rs"))
     if newest_src > GATEWAY_BUILD.stat().st_mtime:
         log("warning: src/ is newer than target/release/dicom-gateway; results are for the old build")
@@ -1474,17 +1637,21 @@ def run_set(bench_set: BenchSet, runs: int, work_dir: Path, receivers: list[str]
 def main() -> None:
     command = shlex.join([sys.executable, *sys.argv])
     args = parse_args()
-    global GATEWAY_BUILD, TLS_DIR
+    global GATEWAY_BUILD, TLS_DIR, FLOOR_SCP
     GATEWAY_BUILD = args.gateway_binary.resolve()
     enter_private_netns()
     check_tools(args.receivers)
     check_disk(args.work_dir, args.sets, args.runs)
-    snapshot_gateway(args.work_dir)
+    if uses_gateway(args.receivers):
+        snapshot_gateway(args.work_dir)
+    if {"null", "floor"} & set(args.receivers):
+        FLOOR_SCP = build_floor_scp(args.work_dir)
+        FloorScpReceiver.max_pdu = args.floor_max_pdu
     if any(r.endswith("-tls") for r in args.receivers):
         TLS_DIR = make_pki(args.work_dir)
     GatewayReceiver.stable_after = args.stable_after
     GatewayReceiver.extra_args = args.gateway_arg
-    info = machine_info()
+    info = machine_info(args.receivers)
     options = ([] if args.stable_after is None else ["--stable-after", str(args.stable_after)]) + args.gateway_arg
     if options:
         info["gateway options (every gateway receiver)"] = shlex.join(options)
