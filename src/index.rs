@@ -426,6 +426,7 @@ impl Index {
     /// pairings stay (the store does not have them). Not atomic: if it is
     /// interrupted, run it again. For a stopped gateway. Blocking.
     pub fn clear_rebuildable(&self) -> Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let studies = self.indexed_studies()?;
         for tree in [
             &self.instances,

@@ -123,7 +123,7 @@ mod tests {
             record.state = State::Delivered;
             index.put_commitment(&record).unwrap();
         }
-        let index = Index::open(dir.path()).unwrap();
+        let index = crate::index::tests::reopen(dir.path());
         let all = index.commitments().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], record);
@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn a_delivery_attempt_never_writes_over_a_repeated_request() {
         let dir = tempfile::tempdir().unwrap();
-        let index = Index::open(dir.path()).unwrap();
+        let index = crate::index::tests::reopen(dir.path());
         let tx = Uid::parse("1.2.3.98").unwrap();
         let refs = vec![Reference {
             class: "1.2.840.10008.5.1.4.1.1.2".into(),

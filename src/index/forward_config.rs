@@ -200,7 +200,7 @@ mod tests {
             assert!(index.forward_config_delete_rule("all").unwrap());
             assert!(!index.forward_config_delete_rule("all").unwrap());
         }
-        let index = Index::open(dir.path()).unwrap();
+        let index = crate::index::tests::reopen(dir.path());
         let cfg = index.forward_config().unwrap();
         assert_eq!(cfg.destinations, vec![("PACS".to_owned(), node("b"))]);
         assert_eq!(cfg.rules, vec![("ct".to_owned(), rule("PACS"))]);

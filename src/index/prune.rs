@@ -68,7 +68,7 @@ mod tests {
         assert_eq!(index.report_jobs().unwrap().len(), 1);
         // Survives reopening: the removal was flushed.
         drop(index);
-        let index = Index::open(dir.path()).unwrap();
+        let index = crate::index::tests::reopen(dir.path());
         assert_eq!(
             index.report_jobs().unwrap()[0].report.report_id,
             "old_pending"

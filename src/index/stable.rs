@@ -158,7 +158,7 @@ mod tests {
             unstable[0].1
         };
         // Across a restart.
-        let index = Index::open(dir.path()).unwrap();
+        let index = crate::index::tests::reopen(dir.path());
         let unstable = index.unstable_studies().unwrap();
         assert_eq!(unstable, vec![(study.clone(), changed)]);
         assert_eq!(

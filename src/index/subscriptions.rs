@@ -139,7 +139,7 @@ mod tests {
             assert_eq!(changed.secret(), &new_secret);
             assert_eq!(index.update_subscription("wh_none", |_| {}).unwrap(), None);
         }
-        let index = Index::open(dir.path()).unwrap();
+        let index = crate::index::tests::reopen(dir.path());
         let kept = index.subscription(&s.id).unwrap().unwrap();
         assert!(!kept.active);
         assert_eq!(kept.signing_secrets(now).len(), 2);

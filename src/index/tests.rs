@@ -277,6 +277,22 @@ fn entries_survive_reopening() {
             .put_batch(&[new_instance("1.2.3", "1.2.3.1", "1.2.3.1.1", 10)])
             .unwrap();
     }
-    let index = Index::open(dir.path()).unwrap();
+    let index = reopen(dir.path());
     assert!(index.instance(&uid("1.2.3.1.1")).unwrap().is_some());
+}
+
+/// Opens an index this process just dropped. sled's I/O threads may still
+/// hold its file lock for a moment (a log buffer being written after the
+/// last transaction), so `Locked` is retried for a while; a separate
+/// process, as at a restart, does not meet this.
+pub(super) fn reopen(path: &std::path::Path) -> Index {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Index::open(path) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            opened => return opened.unwrap(),
+        }
+    }
 }

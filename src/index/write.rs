@@ -26,7 +26,7 @@ impl Index {
         record_ids: Option<&[String]>,
     ) -> Result<Vec<PutOutcome>> {
         let ctx = self.write_context();
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let (outcomes, queued, forwarded) =
             self.transact_with(Index::forwards_instances(&ctx.routes), |tx| {
                 let (mut queued, mut forwarded) = (false, false);
@@ -43,6 +43,8 @@ impl Index {
                     .collect::<TxResult<Vec<_>>>()?;
                 Ok((outcomes, queued, forwarded))
             })?;
+        // The flush below waits for the disk: not under the lock.
+        drop(writing);
         self.written(batch, &outcomes, queued, forwarded);
         if record_ids.is_none() {
             self.flush()?;
@@ -94,7 +96,7 @@ impl Index {
     /// transaction, so an instance ingest stores (or moves) meanwhile is
     /// never overwritten with what an older listing saw. Blocking.
     pub fn put_missing(&self, batch: &[NewEntry]) -> Result<Vec<FillOutcome>> {
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let outcomes = self.transact(|tx| {
             batch
                 .iter()
@@ -118,6 +120,7 @@ impl Index {
                 })
                 .collect::<TxResult<Vec<_>>>()
         })?;
+        drop(writing);
         let added = batch
             .iter()
             .zip(&outcomes)
@@ -134,13 +137,14 @@ impl Index {
     /// an ingest that stored the instance again meanwhile. Returns whether
     /// it moved. Blocking.
     pub fn move_if_at(&self, new: &NewInstance, from: &ObjectKey) -> Result<bool> {
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let moved = self.transact(|tx| {
             match indexed_key(tx.instances, tx.sops, &new.record.sop_instance_uid)? {
                 Some(key) if key == *from => put_one(tx, new).map(|_| true),
                 _ => Ok(false),
             }
         })?;
+        drop(writing);
         if moved {
             let old_study = from.study();
             self.stamps

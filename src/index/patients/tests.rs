@@ -130,6 +130,6 @@ fn the_tree_is_rebuilt_by_reindexing_and_backfilled_at_open() {
         index.flush().unwrap();
         assert!(of(&index, Some("A"), "P1").is_empty());
     }
-    let index = Index::open(dir.path()).unwrap();
+    let index = crate::index::tests::reopen(dir.path());
     assert_eq!(of(&index, Some("A"), "P1"), ["1.1"]);
 }
