@@ -306,7 +306,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Whether the index already holds exactly this record's entry.
 /// The studies an instance's entry changed: its own and, if it moved, the
 /// one it left.
 fn studies_of(new: &crate::index::NewEntry, outcome: &PutOutcome) -> Vec<crate::uid::Uid> {
@@ -324,6 +323,7 @@ fn studies_of(new: &crate::index::NewEntry, outcome: &PutOutcome) -> Vec<crate::
         .collect()
 }
 
+/// Whether the index already holds exactly this record's entry.
 fn indexed(index: &Index, entry: &Entry) -> Result<bool, runtime::Error> {
     Ok(match entry {
         Entry::Instance(i) => {
