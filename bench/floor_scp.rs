@@ -14,6 +14,12 @@
 //!                  gateway's src/ingest/journal/writer.rs). No index, no
 //!                  per-instance file: the fastest any receiver that
 //!                  acknowledges only durable data can be on this disk.
+//!   --mode files   the floor of a receiver that keeps one file per
+//!                  instance (as the gateway and storescp do): as floor,
+//!                  and each data set is also written, as it arrives, into
+//!                  a new file in --files DIR (created, written, closed;
+//!                  not synced: the journal makes it durable, as the
+//!                  gateway's inline records do).
 //!
 //! Build and try by hand (bench/ingest.py does the same build):
 //!
@@ -26,7 +32,7 @@
 //!   /usr/bin/storescu -v -aec X +sd +r 127.0.0.1 11301 bench/out/sets/small9/part0 2>&1 | grep -c 'Received Store Response (Success)'
 //!   kill %1 %2       # each printed "... stored N ..." after every association
 //!
-//! Usage: floor_scp --listen ADDR --mode null|floor [--journal PATH]
+//! Usage: floor_scp --listen ADDR --mode null|floor|files [--journal PATH] [--files DIR]
 //!        [--journal-mib N (256)] [--ae AE (any)] [--max-pdu N (262144)]
 //!
 //! The announced max PDU defaults to the gateway's (max_pdu_length, 256 KiB),
@@ -168,6 +174,9 @@ impl Journal {
 
 struct Config {
     floor: Option<Journal>,
+    /// files: where each data set gets its own new file.
+    files: Option<PathBuf>,
+    named: AtomicU64,
     ae: Option<String>,
     max_pdu: u32,
     stores: AtomicU64,
@@ -381,6 +390,7 @@ struct Assoc {
     command: Vec<u8>,
     pending: Option<(u8, Command)>, // a C-STORE-RQ whose data set is arriving
     data: Vec<u8>,                  // floor: data set bytes not yet in the journal
+    file: Option<File>,             // files: the data set's own file
     end: u64,                       // floor: journal end of the data set so far
     stores: u64,
 }
@@ -441,6 +451,16 @@ fn p_data(body: &[u8], a: &mut Assoc, cfg: &Config, out: &mut TcpStream) -> io::
                 return Err(bad("data set without a C-STORE-RQ"));
             }
             if cfg.floor.is_some() {
+                if let Some(dir) = &cfg.files {
+                    if a.file.is_none() {
+                        let n = cfg.named.fetch_add(1, Ordering::Relaxed);
+                        let path = dir.join(format!("{}-{n}.dcm", std::process::id()));
+                        a.file = Some(OpenOptions::new().write(true).create_new(true).open(path)?);
+                    }
+                    if let Some(f) = a.file.as_mut() {
+                        f.write_all(value)?;
+                    }
+                }
                 a.data.extend_from_slice(value);
                 if a.data.len() >= FLUSH_AT {
                     flush_data(a, cfg, false)?;
@@ -448,6 +468,7 @@ fn p_data(body: &[u8], a: &mut Assoc, cfg: &Config, out: &mut TcpStream) -> io::
             } // null: dropped as it arrives
             if last {
                 flush_data(a, cfg, true)?;
+                a.file = None; // closed
                 if let Some(j) = &cfg.floor {
                     j.wait_durable(a.end)?;
                 }
@@ -468,7 +489,7 @@ fn association(stream: TcpStream, cfg: &Config) -> io::Result<u64> {
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut stream = BufReader::with_capacity(256 * 1024, stream);
     let mut body = Vec::new();
-    let mut a = Assoc { command: Vec::new(), pending: None, data: Vec::new(), end: 0, stores: 0 };
+    let mut a = Assoc { command: Vec::new(), pending: None, data: Vec::new(), file: None, end: 0, stores: 0 };
     match read_pdu(&mut stream, &mut body)? {
         Some(0x01) => match associate(&body, cfg) {
             Ok(ac) => stream.get_mut().write_all(&ac)?,
@@ -504,13 +525,14 @@ fn association(stream: TcpStream, cfg: &Config) -> io::Result<u64> {
 
 fn usage(why: &str) -> ! {
     eprintln!("floor_scp: {why}");
-    eprintln!("usage: floor_scp --listen ADDR --mode null|floor [--journal PATH] [--journal-mib N] [--ae AE] [--max-pdu N]");
+    eprintln!("usage: floor_scp --listen ADDR --mode null|floor|files [--journal PATH] [--files DIR] [--journal-mib N] [--ae AE] [--max-pdu N]");
     exit(2)
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut listen, mut mode, mut journal, mut ae) = (None, None, None::<PathBuf>, None);
+    let mut files = None::<PathBuf>;
     let (mut journal_mib, mut max_pdu) = (256u64, 262_144u32);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -518,6 +540,7 @@ fn main() {
             "--listen" => listen = Some(value),
             "--mode" => mode = Some(value),
             "--journal" => journal = Some(PathBuf::from(value)),
+            "--files" => files = Some(PathBuf::from(value)),
             "--ae" => ae = Some(value),
             "--journal-mib" => journal_mib = value.parse().unwrap_or_else(|_| usage("--journal-mib: a number")),
             "--max-pdu" => max_pdu = value.parse().unwrap_or_else(|_| usage("--max-pdu: a number")),
@@ -528,10 +551,21 @@ fn main() {
     if !(4096..=MAX_PDU_BODY).contains(&max_pdu) {
         usage("--max-pdu must be 4096..=1048576");
     }
+    let files = match mode.as_deref() {
+        Some("files") => {
+            let dir = files.unwrap_or_else(|| usage("--mode files needs --files"));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("floor_scp: files {}: {e}", dir.display());
+                exit(1)
+            }
+            Some(dir)
+        }
+        _ => None,
+    };
     let floor = match mode.as_deref() {
         Some("null") => None,
-        Some("floor") => {
-            let path = journal.unwrap_or_else(|| usage("--mode floor needs --journal"));
+        Some("floor") | Some("files") => {
+            let path = journal.unwrap_or_else(|| usage("--mode floor|files needs --journal"));
             let size = journal_mib.checked_mul(1 << 20).filter(|s| *s >= 16 << 20).unwrap_or_else(|| usage("--journal-mib: 16 or more"));
             match Journal::open(&path, size) {
                 Ok(j) => Some(j),
@@ -541,11 +575,17 @@ fn main() {
                 }
             }
         }
-        _ => usage("--mode null|floor"),
+        _ => usage("--mode null|floor|files"),
     };
-    let what = if floor.is_some() { "floor" } else { "null" };
+    let what = match (&floor, &files) {
+        (_, Some(_)) => "files",
+        (Some(_), None) => "floor",
+        (None, None) => "null",
+    };
     let cfg = Arc::new(Config {
         floor,
+        files,
+        named: AtomicU64::new(0),
         ae,
         max_pdu,
         stores: AtomicU64::new(0),

@@ -92,7 +92,11 @@ Method
   writer: whoever finds no sync under way syncs everything written so far). No
   index, no per-instance file: it bounds from above any receiver that
   acknowledges only durable data on this disk, and "gateway/floor" is how
-  close the gateway gets. Their stored count is the number of C-STORE-RSP
+  close the gateway gets. "floor-files" is the floor of a receiver that keeps
+  one file per instance, as the gateway and storescp do: as "floor", and each
+  data set is also written, as it arrives, into a new file of its own under
+  the run's output directory (created, written, closed, not synced: the
+  journal makes it durable, as the gateway's inline records do). Their stored count is the number of C-STORE-RSP
   0x0000 sent (the SCP prints its running total after every association); an
   association that ended in an abort is a problem. Peak RSS is VmHWM and CPU
   the process's own, as for the gateway. The results table shows, when both
@@ -216,6 +220,7 @@ FLOOR_SCP_SOURCE = REPO / "bench" / "floor_scp.rs"
 FLOOR_SCP: Path | None = None  # WORK/floor_scp once null or floor is selected (main)
 NULL_PORT = 11114
 FLOOR_PORT = 11115
+FLOOR_FILES_PORT = 11116
 FLOOR_AE = "FLOORSCP"
 FLOOR_JOURNAL_MIB = 256  # floor's journal, WORK/floor.journal, made once and reused
 
@@ -1131,6 +1136,20 @@ class FloorReceiver(FloorScpReceiver):
         return super().command() + ["--journal", str(journal), "--journal-mib", str(FLOOR_JOURNAL_MIB)]
 
 
+class FloorFilesReceiver(FloorReceiver):
+    """The floor of a receiver that keeps one file per instance: as
+    `floor`, and each data set also written, as it arrives, into a new file
+    of its own under the run's output directory (not synced: the journal
+    makes it durable)."""
+
+    name = "floor-files"
+    port = FLOOR_FILES_PORT
+    mode = "files"
+
+    def command(self) -> list[str]:
+        return super().command() + ["--files", str(self.out_dir / "files")]
+
+
 RECEIVER_CLASSES = {
     "dcmtk": DcmtkReceiver,
     "dcmtk-tls": DcmtkTlsReceiver,
@@ -1142,6 +1161,7 @@ RECEIVER_CLASSES = {
     "orthanc": OrthancReceiver,
     "null": NullReceiver,
     "floor": FloorReceiver,
+    "floor-files": FloorFilesReceiver,
 }
 
 
@@ -1326,7 +1346,14 @@ def fmt(value: float | None, digits: int = 0) -> str:
 # DCMTK and against the durable floor (how far from the disk's limit), the
 # floor against DCMTK (what one sync per acknowledgement costs against a
 # receiver that never syncs) and against the peer alone (null).
-KEY_RATIOS = (("gateway", "dcmtk"), ("gateway", "floor"), ("floor", "dcmtk"), ("floor", "null"))
+KEY_RATIOS = (
+    ("gateway", "dcmtk"),
+    ("gateway", "floor"),
+    ("floor", "dcmtk"),
+    ("floor", "null"),
+    ("gateway", "floor-files"),
+    ("floor-files", "dcmtk"),
+)
 
 
 def ratio_pairs(receivers: list[str]) -> list[tuple[str, str]]:
@@ -1491,7 +1518,7 @@ def write_report(results, summaries, floors, info, command, elapsed, args, resul
     suffix = "-quick" if args.runs == 1 else ""
     if args.receivers != list(RECEIVERS):
         suffix = "-" + "-".join(args.receivers) + suffix
-    if {"null", "floor"} & set(args.receivers) and args.floor_max_pdu != FloorScpReceiver.max_pdu_default:
+    if {"null", "floor", "floor-files"} & set(args.receivers) and args.floor_max_pdu != FloorScpReceiver.max_pdu_default:
         suffix = f"-pdu{args.floor_max_pdu}" + suffix
     md_path = results_dir / f"ingest-{date}{suffix}.md"
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
@@ -1644,7 +1671,7 @@ def main() -> None:
     check_disk(args.work_dir, args.sets, args.runs)
     if uses_gateway(args.receivers):
         snapshot_gateway(args.work_dir)
-    if {"null", "floor"} & set(args.receivers):
+    if {"null", "floor", "floor-files"} & set(args.receivers):
         FLOOR_SCP = build_floor_scp(args.work_dir)
         FloorScpReceiver.max_pdu = args.floor_max_pdu
     if any(r.endswith("-tls") for r in args.receivers):
