@@ -172,18 +172,9 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, Error, Overrides, SecretEnv};
+    use super::super::Error;
 
-    fn load(text: &str) -> super::super::Result<Config> {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("gateway.toml");
-        std::fs::write(&file, text).unwrap();
-        let over = Overrides {
-            config: Some(file),
-            ..Overrides::default()
-        };
-        Config::load(&over, &SecretEnv::default())
-    }
+    use super::super::tests::load_toml as load;
 
     const NODES: &str = "[[dicom_nodes]]\nae_title = \"PACS\"\nhost = \"10.0.0.5\"\nport = 104\n\n\
                          [[dicom_nodes]]\nae_title = \"SECURE\"\nhost = \"h\"\nport = 2762\ntls = true\n\n";

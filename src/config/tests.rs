@@ -391,18 +391,21 @@ fn bad_journal_settings_are_refused_naming_the_setting() {
     assert!(cfg.journal.enabled, "the journal is on by default");
 }
 
+/// The configuration a file with `text` gives, nothing else set.
+pub(super) fn load_toml(text: &str) -> Result<Config> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, text).unwrap();
+    let over = Overrides {
+        config: Some(file),
+        ..Overrides::default()
+    };
+    Config::load(&over, &SecretEnv::default())
+}
+
 #[test]
 fn dicom_nodes_are_read_and_bad_ones_refused() {
-    let load = |text: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("gateway.toml");
-        std::fs::write(&file, text).unwrap();
-        let over = Overrides {
-            config: Some(file),
-            ..Overrides::default()
-        };
-        Config::load(&over, &SecretEnv::default())
-    };
+    let load = load_toml;
     let cfg = load(
         "[[dicom_nodes]]\nae_title = \"PACS\"\nhost = \"10.0.0.5\"\nport = 104\n\n\
          [[dicom_nodes]]\nae_title = \"CT1\"\nhost = \"::1\"\nport = 11112\ntls = true\n",

@@ -86,17 +86,21 @@ fn store_as(gw: &Gateway, aet: &str, flags: &[&str], files: &[PathBuf]) {
     assert_ok(&out, "storescu");
 }
 
-/// `/api/forward`'s entry for `ae`.
-fn destination(gw: &Gateway, ae: &str) -> Value {
-    let (status, body) = call(gw, "GET", "/api/forward", None, None);
-    assert_eq!(status, 200, "{body}");
-    body["destinations"]
+/// The entry for `ae` in an `/api/forward` answer, if listed.
+pub(crate) fn entry_of(forward: &Value, ae: &str) -> Option<Value> {
+    forward["destinations"]
         .as_array()
         .unwrap()
         .iter()
         .find(|d| d["destination"] == ae)
-        .unwrap_or_else(|| panic!("{ae} not in {body}"))
-        .clone()
+        .cloned()
+}
+
+/// `/api/forward`'s entry for `ae`.
+fn destination(gw: &Gateway, ae: &str) -> Value {
+    let (status, body) = call(gw, "GET", "/api/forward", None, None);
+    assert_eq!(status, 200, "{body}");
+    entry_of(&body, ae).unwrap_or_else(|| panic!("{ae} not in {body}"))
 }
 
 /// Polls `/api/forward` until `ready` holds for `ae`'s entry (a bound

@@ -15,6 +15,7 @@ use crate::common::{
     Gateway, Opts, assert_ok, dataset_bytes, fixture, fixture_study, fixtures_dir, storescu,
     storescu_flags,
 };
+use crate::forward::entry_of;
 use crate::forward::peers::{NsPeer, Relay, received};
 
 mod refusals;
@@ -93,12 +94,7 @@ pub(super) fn delete(gw: &Gateway, path: &str) -> (u16, Value) {
 fn listed(gw: &Gateway, ae: &str) -> Option<Value> {
     let (status, body) = get(gw, "/api/forward");
     assert_eq!(status, 200, "{body}");
-    body["destinations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["destination"] == ae)
-        .cloned()
+    entry_of(&body, ae)
 }
 
 /// Polls `/api/forward` until `ready` holds for `ae` (a bound against
