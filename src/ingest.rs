@@ -192,7 +192,7 @@ impl Ingest {
             &expected.sop_instance,
             source_ae,
         )?;
-        let mut writer = self.spool.create().await.map_err(Error::Spool)?;
+        let mut writer = self.spool.create();
         writer.write(&prefix).await.map_err(Error::Spool)?;
         Ok(Receiving::new(
             writer,
@@ -205,7 +205,7 @@ impl Ingest {
     /// Starts receiving an uploaded Part-10 object (it brings its own header).
     pub async fn begin_upload(&self, source: &str) -> Result<Receiving> {
         self.check_free_space()?;
-        let writer = self.spool.create().await.map_err(Error::Spool)?;
+        let writer = self.spool.create();
         Ok(Receiving::new(
             writer,
             self.max_instance_size,

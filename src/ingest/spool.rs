@@ -84,6 +84,40 @@ impl Pool {
         crate::store::sync_dir(&self.dir)?;
         Ok(created)
     }
+
+    /// A ready file, if there is one; starts a refill when few are left.
+    fn pop(self: &Arc<Pool>) -> Option<(PathBuf, std::fs::File)> {
+        let (ready, left) = {
+            let mut ready = self.ready.lock().expect("pool lock");
+            (ready.pop(), ready.len())
+        };
+        if left < POOL_LOW && !self.refilling.swap(true, Ordering::AcqRel) {
+            let pool = Arc::clone(self);
+            tokio::task::spawn_blocking(move || pool.refill());
+        }
+        ready
+    }
+
+    /// A file for a writer, from a blocking thread.
+    fn take_blocking(self: &Arc<Pool>) -> std::io::Result<(PathBuf, std::fs::File)> {
+        match self.pop() {
+            Some(fresh) => Ok(fresh),
+            None => self.create_synced(),
+        }
+    }
+
+    /// A file for a writer, from the runtime.
+    async fn take(self: &Arc<Pool>) -> std::io::Result<(PathBuf, std::fs::File)> {
+        match self.pop() {
+            Some(fresh) => Ok(fresh),
+            None => {
+                let pool = Arc::clone(self);
+                tokio::task::spawn_blocking(move || pool.create_synced())
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        }
+    }
 }
 
 impl Drop for Pool {
@@ -123,36 +157,23 @@ impl Spool {
         &self.pool.dir
     }
 
-    /// A new, empty spool file.
-    pub async fn create(&self) -> std::io::Result<SpoolWriter> {
-        let (ready, left) = {
-            let mut ready = self.pool.ready.lock().expect("pool lock");
-            (ready.pop(), ready.len())
-        };
-        let (path, file) = match ready {
-            Some(fresh) => fresh,
-            None => {
-                let pool = Arc::clone(&self.pool);
-                tokio::task::spawn_blocking(move || pool.create_synced())
-                    .await
-                    .map_err(std::io::Error::other)??
-            }
-        };
-        if left < POOL_LOW && !self.pool.refilling.swap(true, Ordering::AcqRel) {
-            let pool = Arc::clone(&self.pool);
-            tokio::task::spawn_blocking(move || pool.refill());
-        }
-        Ok(SpoolWriter::new(path, file))
+    /// A new writer. Its spool file is taken from the pool only when
+    /// bytes must go to a file: at the first write behind, or at the
+    /// finish unless the instance is handed over in memory
+    /// ([`Finish::Inline`]); a small instance never has one.
+    pub fn create(&self) -> SpoolWriter {
+        SpoolWriter::new(Arc::clone(&self.pool))
     }
 }
 
-/// Removes the spool file it names when dropped, unless disarmed.
+/// Removes the spool file it names when dropped, unless disarmed (or
+/// there is none).
 #[derive(Debug)]
 pub struct SpoolGuard(Option<PathBuf>);
 
 impl SpoolGuard {
-    pub fn path(&self) -> &Path {
-        self.0.as_deref().expect("armed guard")
+    pub fn path(&self) -> Option<&Path> {
+        self.0.as_deref()
     }
     /// The file has been moved into the store; nothing to clean up.
     pub fn disarm(mut self) {
@@ -175,7 +196,9 @@ impl Drop for SpoolGuard {
     }
 }
 
-/// A spool file being written.
+/// An instance being spooled: in memory first, in a spool file once it
+/// outgrows the first buffer (or at the finish, unless handed over in
+/// memory).
 ///
 /// Double-buffered: while one buffer is written to the file on a blocking
 /// thread, the association fills the other, so receiving and writing overlap
@@ -184,8 +207,10 @@ impl Drop for SpoolGuard {
 /// while the network does and the final fsync has little left to do.
 #[derive(Debug)]
 pub struct SpoolWriter {
+    pool: Arc<Pool>,
     buf: Vec<u8>,
     spare: Vec<u8>,
+    /// The spool file when taken and not in flight (`guard` names it).
     file: Option<std::fs::File>,
     inflight: Option<InFlight>,
     guard: SpoolGuard,
@@ -198,14 +223,15 @@ pub struct SpoolWriter {
 type InFlight = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
 
 impl SpoolWriter {
-    fn new(path: PathBuf, file: std::fs::File) -> SpoolWriter {
+    fn new(pool: Arc<Pool>) -> SpoolWriter {
         SpoolWriter {
+            pool,
             buf: Vec::with_capacity(FIRST_BUFFER),
             // Made at the first write behind.
             spare: Vec::new(),
-            file: Some(file),
+            file: None,
             inflight: None,
-            guard: SpoolGuard(Some(path)),
+            guard: SpoolGuard(None),
             len: 0,
             written: 0,
         }
@@ -228,25 +254,30 @@ impl SpoolWriter {
         self.len == 0
     }
 
-    /// Waits for the write in flight, if any, and takes the file back.
-    async fn settle(&mut self) -> std::io::Result<std::fs::File> {
+    /// Waits for the write in flight, if any, and takes the file back
+    /// (none before the first write behind).
+    async fn settle(&mut self) -> std::io::Result<Option<std::fs::File>> {
         match self.inflight.take() {
             Some(handle) => {
                 let (file, mut spare) = handle.await.map_err(std::io::Error::other)??;
                 spare.clear();
                 self.spare = spare;
-                Ok(file)
+                Ok(Some(file))
             }
-            None => Ok(self
-                .file
-                .take()
-                .expect("file is here when nothing is in flight")),
+            None => Ok(self.file.take()),
         }
     }
 
     /// Hands the full buffer to a blocking thread and carries on with the other.
     async fn write_behind(&mut self) -> std::io::Result<()> {
-        let mut file = self.settle().await?;
+        let mut file = match self.settle().await? {
+            Some(file) => file,
+            None => {
+                let (path, file) = self.pool.take().await?;
+                self.guard = SpoolGuard(Some(path));
+                file
+            }
+        };
         let next = match std::mem::take(&mut self.spare) {
             spare if spare.capacity() > 0 => spare,
             _ => Vec::with_capacity(WRITE_BUFFER),
@@ -264,18 +295,32 @@ impl SpoolWriter {
     }
 
     /// Writes what is left, makes it durable as `how` says, and hands the
-    /// file to `then`, all in one blocking call (see [`off_the_runtime`]).
+    /// file (or, for a small instance finished [`Finish::Inline`], the
+    /// bytes alone) to `then`, all in one blocking call (see
+    /// [`off_the_runtime`]).
     pub async fn finish<T, F>(mut self, how: Finish, then: F) -> std::io::Result<T>
     where
         F: FnOnce(Spooled) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let mut file = self.settle().await?;
+        let file = self.settle().await?;
         let rest = std::mem::take(&mut self.buf);
-        let (len, written) = (self.len, self.written);
-        let guard = self.guard;
+        let len = self.len;
+        let (guard, pool) = (self.guard, self.pool);
         off_the_runtime(move || {
             use std::io::Write;
+            let (mut file, guard) = match (file, how) {
+                // All of it is still in memory: no file at all.
+                (None, Finish::Inline { max }) if len <= max => {
+                    let bytes = Some(rest);
+                    return Ok(then(Spooled { guard, len, bytes }));
+                }
+                (Some(file), _) => (file, guard),
+                (None, _) => {
+                    let (path, file) = pool.take_blocking()?;
+                    (file, SpoolGuard(Some(path)))
+                }
+            };
             file.write_all(&rest)?;
             let bytes = match how {
                 Finish::Buffered => None,
@@ -285,22 +330,20 @@ impl SpoolWriter {
                 }
                 Finish::Inline { max } if len <= max => {
                     // Not synced: the journal record carries the bytes.
-                    if written == 0 {
-                        Some(rest)
-                    } else {
-                        // The start was written behind: read it back (from
-                        // the page cache). `len` is at most `max`.
-                        let mut bytes = Vec::with_capacity(len as usize);
-                        use std::io::Read;
-                        std::fs::File::open(guard.path())?.read_to_end(&mut bytes)?;
-                        if bytes.len() as u64 != len {
-                            return Err(std::io::Error::other(format!(
-                                "spool file holds {} bytes, {len} were written",
-                                bytes.len()
-                            )));
-                        }
-                        Some(bytes)
+                    // Its start was written behind (`max` is above the
+                    // write-behind buffer): read it all back, from the
+                    // page cache. `len` is at most `max`.
+                    let mut bytes = Vec::with_capacity(len as usize);
+                    use std::io::Read;
+                    let path = guard.path().expect("a file was taken");
+                    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+                    if bytes.len() as u64 != len {
+                        return Err(std::io::Error::other(format!(
+                            "spool file holds {} bytes, {len} were written",
+                            bytes.len()
+                        )));
                     }
+                    Some(bytes)
                 }
                 Finish::Inline { .. } => {
                     file.sync_data()?;
@@ -340,7 +383,9 @@ pub enum Finish {
     /// `fdatasync`: the spool file becomes the object itself.
     Durable,
     /// Up to `max` bytes, not synced but handed over in memory (the ingest
-    /// journal's record carries them); a larger one is synced.
+    /// journal's record carries them, and whoever places the object
+    /// writes it from them): without a spool file when it never left
+    /// memory. A larger one is synced.
     Inline { max: u64 },
 }
 
@@ -359,21 +404,30 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     }
 }
 
-/// A complete spool file waiting to be placed in the store (fsynced when it
-/// is to become the object itself, in a local store, unless its bytes are
-/// carried along for the journal).
+/// A complete instance waiting to be placed in the store: a spool file
+/// (fsynced when it is to become the object itself, in a local store,
+/// unless its bytes are carried along for the journal), or for a small
+/// one finished [`Finish::Inline`] only its bytes.
 #[derive(Debug)]
 pub struct Spooled {
     pub guard: SpoolGuard,
     pub len: u64,
-    /// The whole file, when it was finished [`Finish::Inline`] and not
+    /// The whole instance, when it was finished [`Finish::Inline`] and not
     /// synced: whoever makes it durable must write these bytes durably.
     pub bytes: Option<Vec<u8>>,
 }
 
 impl Spooled {
-    pub fn path(&self) -> &Path {
+    /// The spool file; `None` only for an instance finished
+    /// [`Finish::Inline`] that never left memory.
+    pub fn file(&self) -> Option<&Path> {
         self.guard.path()
+    }
+
+    /// The spool file of an instance finished any other way than
+    /// [`Finish::Inline`], which always has one.
+    pub fn path(&self) -> &Path {
+        self.file().expect("finished with a spool file")
     }
 }
 
@@ -386,7 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, swept) = Spool::open(dir.path()).unwrap();
         assert_eq!(swept, 0);
-        let mut w = spool.create().await.unwrap();
+        let mut w = spool.create();
         w.write(b"abc").await.unwrap();
         let done = w.finish(Finish::Durable, |s| s).await.unwrap();
         assert_eq!(std::fs::read(done.path()).unwrap(), b"abc");
@@ -394,7 +448,7 @@ mod tests {
         drop(done);
         assert!(!path.exists());
 
-        let mut w = spool.create().await.unwrap();
+        let mut w = spool.create();
         w.write(b"partial").await.unwrap();
         w.write_behind().await.unwrap();
         w.settle().await.unwrap();

@@ -198,10 +198,11 @@ fn traced_run(extra: &[&str]) -> (Vec<String>, Vec<Call>, Gateway, tempfile::Tem
 /// With the ingest journal (`--journal true`) an acknowledgement waits for
 /// one durable write, and this pins it: before each C-STORE response, the
 /// record naming the instance was written to a journal segment and that
-/// segment `fdatasync`ed after the write, and the object under the
-/// instance's key is its spool file, renamed. A small instance travels
-/// inside its record, so its spool file is **not** synced before the
-/// answer (that would be a second sync round trip); with
+/// segment `fdatasync`ed after the write. A small instance travels inside
+/// its record, so its object — written straight under its key after the
+/// record when it never left memory, else its spool file renamed there —
+/// is **not** synced before the answer (that would be a second sync
+/// round trip); with
 /// `--journal-inline-max-kib 0` every record refers to its spool file
 /// instead, and then the spool file was written, then `fdatasync`ed, and
 /// the spool directory synced, all before the record. What the old
@@ -254,11 +255,48 @@ fn check_journal_order(args: &[&str], inline: bool) {
                 .any(|c| matches!(c, Call::Sync(p) if p == segment)),
             "{sop}: its record in {segment} was not synced before the acknowledgement"
         );
-        // The object under its key is its spool file, renamed.
-        let r = before
+        let key = |p: &str| p.starts_with(&objects) && p.ends_with(&format!("/{sop}.dcm"));
+        let renamed = before
             .iter()
-            .rposition(|c| matches!(c, Call::Rename { to, .. } if to.starts_with(&objects) && to.ends_with(&format!("/{sop}.dcm"))))
-            .unwrap_or_else(|| panic!("{sop}: not placed before its acknowledgement"));
+            .rposition(|c| matches!(c, Call::Rename { to, .. } if key(to)));
+        if inline {
+            // The object under its key: its spool file renamed (an instance
+            // that outgrew the first buffer), or written straight there
+            // from the bytes its record carries (one that never left
+            // memory); either way not synced before the answer.
+            let object = match renamed.map(|r| &calls[r]) {
+                Some(Call::Rename { from, .. }) => {
+                    assert!(
+                        from.starts_with(&spool_dir),
+                        "{sop}: placed from {from}, not from a spool file"
+                    );
+                    from.clone()
+                }
+                _ => {
+                    let written = before
+                        .iter()
+                        .rposition(|c| matches!(c, Call::Write(p, _) if key(p)))
+                        .unwrap_or_else(|| panic!("{sop}: not placed before its acknowledgement"));
+                    let Call::Write(object, _) = &calls[written] else {
+                        unreachable!()
+                    };
+                    assert!(
+                        written > w,
+                        "{sop}: its object was written before its record"
+                    );
+                    object.clone()
+                }
+            };
+            assert!(
+                !before
+                    .iter()
+                    .any(|c| matches!(c, Call::Sync(p) if *p == object)),
+                "{sop}: {object} was synced before the answer: two sync round trips"
+            );
+            continue;
+        }
+        // By reference: the object under its key is its spool file, renamed.
+        let r = renamed.unwrap_or_else(|| panic!("{sop}: not placed before its acknowledgement"));
         let Call::Rename { from: spool, .. } = &calls[r] else {
             unreachable!()
         };
@@ -269,13 +307,6 @@ fn check_journal_order(args: &[&str], inline: bool) {
         let sync = before[..w]
             .iter()
             .rposition(|c| matches!(c, Call::Sync(p) if p == spool));
-        if inline {
-            assert!(
-                sync.is_none(),
-                "{sop}: its spool file {spool} was synced before the answer: two sync round trips"
-            );
-            continue;
-        }
         let sync = sync.unwrap_or_else(|| panic!("{sop}: {spool} not synced before its record"));
         let last_write = before[..w]
             .iter()

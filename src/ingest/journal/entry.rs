@@ -30,7 +30,8 @@ pub enum Error {
 #[serde(deny_unknown_fields)]
 pub struct Payload {
     pub entry: Entry,
-    /// The spool file's name in the spool directory (a reference record).
+    /// The spool file's name in the spool directory (a reference record);
+    /// in an inline record, empty when the instance never had one.
     pub spool: String,
     /// The object's length, checked against the spool file in replay.
     pub len: u64,
@@ -82,6 +83,16 @@ impl Payload {
         check_spool_name(&payload.spool)?;
         Ok(payload)
     }
+
+    /// An inline record's metadata: its spool name may be empty (a small
+    /// instance never had a spool file; its bytes are in the record).
+    fn decode_meta(bytes: &[u8]) -> Result<Payload, Error> {
+        let payload: Payload = serde_json::from_slice(bytes)?;
+        if !payload.spool.is_empty() {
+            check_spool_name(&payload.spool)?;
+        }
+        Ok(payload)
+    }
 }
 
 impl Payload {
@@ -107,7 +118,7 @@ impl Payload {
             return Err(Error::Inline("length field past the end"));
         }
         let (meta, bytes) = rest.split_at(len);
-        let payload = Payload::decode(meta)?;
+        let payload = Payload::decode_meta(meta)?;
         if payload.len != bytes.len() as u64 {
             return Err(Error::Inline(
                 "object length differs from the bytes carried",

@@ -143,7 +143,7 @@ pub fn open(
             // (a page cache that lost a writeback error still shows the
             // bytes the disk does not have), and synced with the
             // filesystem below.
-            write_object(root, &new, bytes, lsn)?;
+            runtime::write_replacing(root, &new, bytes, lsn)?;
             inline_written = true;
         } else if !same_file(&spool, &dest) {
             match std::fs::metadata(&spool) {
@@ -251,28 +251,6 @@ fn identity(entry: &Entry) -> String {
         Entry::Instance(i) => format!("i {}", i.record.sop_instance_uid.as_str()),
         Entry::Media(m) => format!("m {} {}", m.study_instance_uid.as_str(), m.file_name),
     }
-}
-
-/// Writes an inline record's bytes as the object of `new`: a temporary
-/// file in the key's directory, renamed onto the key (synced later, with
-/// the filesystem).
-fn write_object(
-    root: &Path,
-    new: &crate::index::NewEntry,
-    bytes: &[u8],
-    lsn: u64,
-) -> Result<(), Error> {
-    let dest = root.join(new.object_key().as_str());
-    let dir = dest.parent().expect("keys have a parent");
-    let tmp = dir.join(format!(".journal-{lsn}.tmp"));
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(err(dir))?;
-    std::fs::write(&tmp, bytes).map_err(err(&tmp))?;
-    std::fs::rename(&tmp, &dest).map_err(err(&dest))?;
-    Ok(())
 }
 
 /// How many instance and media records the journal in `dir` holds past its

@@ -95,8 +95,9 @@ struct Placed {
     /// Its bytes were carried in the record, not synced in the spool file:
     /// the checkpoint must sync the object's data too.
     inline: bool,
-    /// The spool name: renamed onto the key when placed; a record whose
-    /// apply failed may have left it, and the checkpoint removes it then.
+    /// The spool name (empty for an instance that had none): renamed onto
+    /// the key when placed; a record whose apply failed may have left it,
+    /// and the checkpoint removes it then.
     spool: PathBuf,
     /// The key's directory.
     dir: PathBuf,
@@ -179,30 +180,45 @@ impl Journal {
     /// unless it carries its bytes for an inline record.)
     pub fn commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome, Error> {
         let inner = &*self.inner;
-        let name = spooled
-            .path()
+        let Spooled { guard, len, bytes } = spooled;
+        // A small instance has no spool file (its bytes are in the record):
+        // an empty name.
+        let (source, carried) = match (guard.path(), bytes) {
+            (Some(path), bytes) => (Source::Spool(path.to_path_buf()), bytes),
+            (None, Some(bytes)) => (Source::Bytes(bytes), None),
+            (None, None) => {
+                return Err(Error::Damaged(
+                    "an instance with neither a spool file nor its bytes".into(),
+                ));
+            }
+        };
+        let name = source
+            .spool()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let payload = Payload {
             entry: Entry::from_new(&new),
             spool: name,
-            len: spooled.len,
+            len,
         };
         let kind = match new {
             NewEntry::Instance(_) => Kind::Instance,
             NewEntry::Media(_) => Kind::Media,
         };
-        let inline = spooled.bytes.is_some();
+        // The bytes the record carries, if any.
+        let inline_bytes = match &source {
+            Source::Bytes(bytes) => Some(bytes.as_slice()),
+            Source::Spool(_) => carried.as_deref(),
+        };
+        let inline = inline_bytes.is_some();
         // Room in the upload backlog is taken before the record exists: a
         // refusal must not leave a durable record behind.
         let admitted = match &inner.target {
             Target::Local => None,
-            Target::Backlog { backlog, patience } => {
-                Some(backlog.admit_blocking(spooled.len, *patience)?)
-            }
+            Target::Backlog { backlog, patience } => Some(backlog.admit_blocking(len, *patience)?),
         };
-        let appended = match &spooled.bytes {
+        let appended = match inline_bytes {
             Some(bytes) => inner.writer.append(
                 kind,
                 super::format::FLAG_INLINE,
@@ -210,19 +226,14 @@ impl Journal {
             )?,
             None => inner.writer.append(kind, 0, &payload.encode())?,
         };
+        drop(carried);
         // From here on the record is durable: a restart replays it, so the
         // spool name stays until a checkpoint covers it.
-        let spool = spooled.path().to_path_buf();
-        spooled.guard.disarm();
+        guard.disarm();
         fail::fail_point!("journal::durable", |_| std::process::abort());
-        // A failure before the placement changed nothing: the record is
-        // aborted (durably, before the sender hears 0xA700) and the journal
-        // goes on. A failure or a panic after it (the object is replaced,
-        // the index entry is not written) cannot be undone here: the record
-        // stays unapplied and the journal stops, so the next start replays
-        // it and the index describes what the store holds.
+        let spool = source.spool().to_path_buf();
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inner.apply(&new, &spool, appended.lsn, inline, admitted)
+            inner.apply(&new, &source, appended.lsn, inline, admitted)
         }))
         .unwrap_or(Err(Applied::After(Error::Damaged(
             "applying the record panicked".into(),
@@ -238,8 +249,8 @@ impl Journal {
                     Ok(a) => {
                         inner.writer.applied(a.lsn);
                         // Nothing replays the record now: its spool file
-                        // can go at once.
-                        if let Err(e) = std::fs::remove_file(&spool) {
+                        // (if it has one) can go at once.
+                        if let Err(e) = remove_spool(&spool) {
                             if e.kind() != std::io::ErrorKind::NotFound {
                                 inner.remember(appended.lsn, spool, None, inline);
                             }
@@ -281,7 +292,7 @@ impl Inner {
     fn apply(
         &self,
         new: &NewEntry,
-        spool: &Path,
+        source: &Source,
         lsn: u64,
         inline: bool,
         admitted: Option<crate::store::backlog::Admitted>,
@@ -290,15 +301,19 @@ impl Inner {
             (Target::Backlog { backlog, .. }, Some(admitted)) => {
                 let key = new.object_key().clone();
                 let dest = backlog.local_path(&key);
-                backlog
-                    .enqueue_file(
+                let queued = match source {
+                    Source::Spool(spool) => backlog.enqueue_file(
                         admitted,
                         key,
                         spool,
                         crate::store::backlog::Place::Rename,
                         Box::new(|| {}),
-                    )
-                    .map_err(|e| Applied::Before(e.into()))?;
+                    ),
+                    Source::Bytes(bytes) => {
+                        backlog.enqueue_bytes(admitted, key, bytes, Box::new(|| {}))
+                    }
+                };
+                queued.map_err(|e| Applied::Before(e.into()))?;
                 // The pending copy must be durable before the checkpoint
                 // releases its record (it is what the upload reads after a
                 // restart): as for the local store, an inline one's data
@@ -306,10 +321,13 @@ impl Inner {
                 let dir = dest.parent().expect("keys have a parent").to_path_buf();
                 (dir, inline)
             }
-            _ => (
-                place(&self.root, new, spool).map_err(Applied::Before)?,
-                inline,
-            ),
+            _ => {
+                let placed = match source {
+                    Source::Spool(spool) => place(&self.root, new, spool),
+                    Source::Bytes(bytes) => write_new(&self.root, new, bytes, lsn),
+                };
+                (placed.map_err(Applied::Before)?, inline)
+            }
         };
         fail::fail_point!("journal::placed", |_| std::process::abort());
         fail::fail_point!("journal::index", |_| Err(Applied::After(Error::Damaged(
@@ -320,7 +338,7 @@ impl Inner {
             .put_journaled(new, &self.writer.record_id(lsn))
             .map_err(|e| Applied::After(e.into()))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
-        self.remember(lsn, spool.to_path_buf(), Some(dir), data_unsynced);
+        self.remember(lsn, source.spool().to_path_buf(), Some(dir), data_unsynced);
         Ok(outcome)
     }
 
@@ -386,7 +404,7 @@ impl Inner {
             return Err(e);
         }
         for p in taken.iter().filter(|p| p.dir.as_os_str().is_empty()) {
-            if let Err(e) = std::fs::remove_file(&p.spool) {
+            if let Err(e) = remove_spool(&p.spool) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %p.spool.display(), error = %e, "could not remove a checkpointed spool file");
                 }
@@ -396,6 +414,101 @@ impl Inner {
         self.writer.recycle_below(c)?;
         Ok(c)
     }
+}
+
+/// Where a journaled instance's bytes are, once its record is durable.
+enum Source {
+    /// Its spool file (synced, or carried inline too).
+    Spool(PathBuf),
+    /// Only in memory and in its inline record: a small instance.
+    Bytes(Vec<u8>),
+}
+
+impl Source {
+    /// The spool file, or an empty path.
+    fn spool(&self) -> &Path {
+        match self {
+            Source::Spool(path) => path,
+            Source::Bytes(_) => Path::new(""),
+        }
+    }
+}
+
+/// Removes a spool file left by a record that was not placed (an empty
+/// path: there was none).
+fn remove_spool(spool: &Path) -> std::io::Result<()> {
+    if spool.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::remove_file(spool)
+}
+
+/// Writes a small instance's bytes (its record carries them) as the
+/// object of `new`, not synced: straight into a new file under its key,
+/// which no reader sees before the index entry that follows; a key that
+/// exists already (a replacement) gets a complete new file by rename, so
+/// a reader of the old one is not cut short. Nothing is left behind on
+/// an error. Returns the key's directory.
+pub(super) fn write_new(
+    root: &Path,
+    new: &NewEntry,
+    bytes: &[u8],
+    lsn: u64,
+) -> Result<PathBuf, Error> {
+    use std::io::Write;
+    let dest = root.join(new.object_key().as_str());
+    let dir = dest.parent().expect("keys have a parent").to_path_buf();
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Place { path, source }
+    };
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir).map_err(err(&dir))?;
+            create().map_err(err(&dest))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            write_replacing(root, new, bytes, lsn)?;
+            return Ok(dir);
+        }
+        created => created.map_err(err(&dest))?,
+    };
+    if let Err(e) = file.write_all(bytes) {
+        let _ = std::fs::remove_file(&dest);
+        return Err(err(&dest)(e));
+    }
+    Ok(dir)
+}
+
+/// Writes `bytes` as the object of `new` into a fresh inode: a temporary
+/// file in the key's directory, renamed onto the key (not synced).
+pub(super) fn write_replacing(
+    root: &Path,
+    new: &NewEntry,
+    bytes: &[u8],
+    lsn: u64,
+) -> Result<(), Error> {
+    let dest = root.join(new.object_key().as_str());
+    let dir = dest.parent().expect("keys have a parent");
+    let tmp = dir.join(format!(".journal-{lsn}.tmp"));
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Place { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(err(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, &dest).map_err(err(&dest)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Renames the spool file onto the entry's key (no sync: the record makes
