@@ -8,5 +8,6 @@ pub mod dimse;
 mod listener;
 mod pending;
 pub mod sop_classes;
+mod wire;
 
 pub use listener::DicomServer;

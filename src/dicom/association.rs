@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::wire::{self, Incoming, Pdv};
 use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 use tokio::net::TcpStream;
@@ -79,11 +80,13 @@ impl Pending {
 }
 
 /// The slowest a data set may arrive: `min_rate` bytes/s on average once it
-/// has taken longer than `grace`.
+/// has taken longer than `grace`; and the longest one PDU may take to
+/// arrive whole (`read_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     pub min_rate: u64,
     pub grace: Duration,
+    pub read_timeout: Duration,
 }
 
 impl Pace {
@@ -161,18 +164,20 @@ where
         session: crate::activity::Session,
     ) -> (End, u64) {
         self.session = Some(session);
+        let max_pdu = self.assoc.acceptor_max_pdu_length();
+        let read_timeout = self.pace.read_timeout;
         let end = loop {
             let pdu = tokio::select! {
-                pdu = self.assoc.receive() => pdu,
+                pdu = wire::receive(&mut self.assoc, max_pdu, read_timeout) => pdu,
                 () = hard_stop.cancelled() => break End::Aborted("shutdown grace period over".into()),
             };
             match pdu {
-                Ok(Pdu::PData { data }) => {
-                    if let Err(reason) = self.on_pdata(data).await {
+                Ok(Incoming::PData(pdvs)) => {
+                    if let Err(reason) = self.on_pdata(pdvs).await {
                         break End::Aborted(reason);
                     }
                 }
-                Ok(Pdu::ReleaseRQ) => {
+                Ok(Incoming::Other(Pdu::ReleaseRQ)) => {
                     if self.pending.is_some() {
                         tracing::warn!(
                             "release requested in the middle of a data set; it is discarded"
@@ -182,16 +187,12 @@ where
                     let _ = self.assoc.send(&Pdu::ReleaseRP).await;
                     break End::Released;
                 }
-                Ok(Pdu::AbortRQ { source }) => {
+                Ok(Incoming::Other(Pdu::AbortRQ { source })) => {
                     tracing::debug!(?source, "peer aborted");
                     break End::AbortedByPeer;
                 }
-                Ok(other) => break End::Aborted(format!("unexpected {} PDU", pdu_name(&other))),
-                Err(dicom_ul::association::Error::Timeout { .. }) => {
-                    break End::Aborted("peer silent past read_timeout".into());
-                }
-                Err(dicom_ul::association::Error::ConnectionClosed { .. }) => {
-                    break End::Aborted("connection closed without release".into());
+                Ok(Incoming::Other(other)) => {
+                    break End::Aborted(format!("unexpected {} PDU", pdu_name(&other)));
                 }
                 Err(e) => break End::Aborted(e.to_string()),
             }
@@ -208,38 +209,36 @@ where
         (end, stored)
     }
 
-    async fn on_pdata(&mut self, pdvs: Vec<PDataValue>) -> Result<(), String> {
+    async fn on_pdata(&mut self, pdvs: Vec<Pdv>) -> Result<(), String> {
         for pdv in pdvs {
-            if !self.contexts.contains_key(&pdv.presentation_context_id) {
+            if !self.contexts.contains_key(&pdv.pc) {
                 return Err(format!(
                     "PDV on presentation context {} which was not accepted",
-                    pdv.presentation_context_id
+                    pdv.pc
                 ));
             }
-            match pdv.value_type {
-                PDataValueType::Command => self.on_command_fragment(pdv).await?,
-                PDataValueType::Data => self.on_data(pdv).await?,
+            if pdv.command {
+                self.on_command_fragment(pdv).await?;
+            } else {
+                self.on_data(pdv).await?;
             }
         }
         Ok(())
     }
 
-    async fn on_command_fragment(&mut self, pdv: PDataValue) -> Result<(), String> {
+    async fn on_command_fragment(&mut self, pdv: Pdv) -> Result<(), String> {
         if self.pending.is_some() {
             return Err("command PDV while a data set was expected".into());
         }
-        if self
-            .command_pc
-            .is_some_and(|pc| pc != pdv.presentation_context_id)
-        {
+        if self.command_pc.is_some_and(|pc| pc != pdv.pc) {
             return Err("command fragments on different presentation contexts".into());
         }
         if self.command_buf.len() + pdv.data.len() > MAX_COMMAND_BYTES {
             return Err("command set larger than 64 KiB".into());
         }
-        self.command_pc = Some(pdv.presentation_context_id);
+        self.command_pc = Some(pdv.pc);
         self.command_buf.extend_from_slice(&pdv.data);
-        if !pdv.is_last {
+        if !pdv.last {
             return Ok(());
         }
         let pc = self.command_pc.take().expect("set above");
@@ -331,12 +330,12 @@ where
         }
     }
 
-    async fn on_data(&mut self, pdv: PDataValue) -> Result<(), String> {
+    async fn on_data(&mut self, pdv: Pdv) -> Result<(), String> {
         let arrived = Instant::now(); // for the ingest latency metric
         let Some(pending) = self.pending.as_mut() else {
             return Err("data PDV without a command".into());
         };
-        if pending.pc != pdv.presentation_context_id {
+        if pending.pc != pdv.pc {
             return Err("data PDV on another presentation context than its command".into());
         }
         pending.received = pending.received.saturating_add(pdv.data.len() as u64);
@@ -362,7 +361,7 @@ where
         if let Sink::Action(buffer) = &mut pending.sink {
             buffer.append(&pdv.data);
         }
-        if !pdv.is_last {
+        if !pdv.last {
             return Ok(());
         }
         let Pending {

@@ -91,6 +91,7 @@ impl DicomServer {
             pace: Pace {
                 min_rate: cfg.min_data_rate,
                 grace: cfg.read_timeout(),
+                read_timeout: cfg.read_timeout(),
             },
             commitments: None,
         }

@@ -204,3 +204,72 @@ fn a_data_set_trickled_below_min_data_rate_is_aborted() {
     // The slot is free.
     store_one(&gw);
 }
+
+/// An associated connection (A-ASSOCIATE-AC read).
+fn associated(gw: &Gateway) -> TcpStream {
+    let mut conn = TcpStream::connect(gw.dicom).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(&associate_rq()).unwrap();
+    let mut head = [0u8; 6];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x02, "not an A-ASSOCIATE-AC: {head:?}");
+    let len = u32::from_be_bytes(head[2..6].try_into().unwrap());
+    let mut body = vec![0u8; len as usize];
+    conn.read_exact(&mut body).unwrap();
+    conn
+}
+
+/// Whether the gateway answers `conn` with an A-ABORT and closes it.
+fn aborted(conn: &mut TcpStream) -> bool {
+    let mut head = [0u8; 10];
+    conn.read_exact(&mut head).is_ok()
+        && head[0] == 0x07
+        && closed_by_gateway(conn, Duration::from_secs(30))
+}
+
+/// After association, P-DATA-TF PDUs are read by the gateway's own reader
+/// (src/dicom/wire.rs): a length field above the maximum it announced is
+/// refused before anything of the PDU is buffered, malformed PDV items and
+/// PDVs on a context never accepted end the association, and none of it
+/// touches another association.
+#[test]
+fn hostile_p_data_after_association_is_aborted_in_bounded_memory() {
+    let gw = Gateway::start();
+    // Claims 4 GiB, then sends 8 MiB of it.
+    let mut huge = associated(&gw);
+    huge.write_all(&[0x04, 0, 0xFF, 0xFF, 0xFF, 0xF0]).unwrap();
+    // (The gateway may close with some of it unread: a reset, which may
+    // also discard its A-ABORT on our side.)
+    let _ = huge.write_all(&vec![0u8; 8 << 20]);
+    if let Err(e) = huge.read_to_end(&mut Vec::new()) {
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        assert!(
+            !matches!(e.kind(), TimedOut | WouldBlock),
+            "not closed: {e}"
+        );
+    }
+    gw.wait_for_log("above the maximum of");
+    // A PDV item of length 1 (shorter than its own header).
+    let mut short = associated(&gw);
+    short
+        .write_all(&[0x04, 0, 0, 0, 0, 6, 0, 0, 0, 1, 1, 0])
+        .unwrap();
+    assert!(aborted(&mut short));
+    gw.wait_for_log("malformed P-DATA-TF: a PDV item shorter than its header");
+    // A PDV item longer than its PDU.
+    let mut long = associated(&gw);
+    long.write_all(&[0x04, 0, 0, 0, 0, 8, 0, 0, 0, 9, 1, 3, 0, 0])
+        .unwrap();
+    assert!(aborted(&mut long));
+    gw.wait_for_log("malformed P-DATA-TF: a PDV item longer than its PDU");
+    // A command fragment on presentation context 3, which was never proposed.
+    let mut stranger = associated(&gw);
+    stranger
+        .write_all(&[0x04, 0, 0, 0, 0, 7, 0, 0, 0, 3, 3, 3, 0])
+        .unwrap();
+    assert!(aborted(&mut stranger));
+    gw.wait_for_log("PDV on presentation context 3 which was not accepted");
+    store_one(&gw);
+    assert!(gw.peak_rss() < RSS_BOUND, "peak RSS {}", gw.peak_rss());
+}
