@@ -141,6 +141,7 @@ impl Ingest {
         let finish_local = match &journal {
             Some(journal) => Finish::Inline {
                 max: journal.inline_max(cfg.journal.inline_max_kib.saturating_mul(1024)),
+                file: !journal.places_from_memory(),
             },
             None => Finish::Durable,
         };

@@ -305,13 +305,13 @@ impl SpoolWriter {
     {
         let file = self.settle().await?;
         let rest = std::mem::take(&mut self.buf);
-        let len = self.len;
+        let (len, written) = (self.len, self.written);
         let (guard, pool) = (self.guard, self.pool);
         off_the_runtime(move || {
             use std::io::Write;
             let (mut file, guard) = match (file, how) {
                 // All of it is still in memory: no file at all.
-                (None, Finish::Inline { max }) if len <= max => {
+                (None, Finish::Inline { max, file: false }) if len <= max => {
                     let bytes = Some(rest);
                     return Ok(then(Spooled { guard, len, bytes }));
                 }
@@ -328,7 +328,11 @@ impl SpoolWriter {
                     file.sync_data()?;
                     None
                 }
-                Finish::Inline { max } if len <= max => {
+                Finish::Inline { max, .. } if len <= max && written == 0 => {
+                    // Not synced: the journal record carries the bytes.
+                    Some(rest)
+                }
+                Finish::Inline { max, .. } if len <= max => {
                     // Not synced: the journal record carries the bytes.
                     // Its start was written behind (`max` is above the
                     // write-behind buffer): read it all back, from the
@@ -383,10 +387,10 @@ pub enum Finish {
     /// `fdatasync`: the spool file becomes the object itself.
     Durable,
     /// Up to `max` bytes, not synced but handed over in memory (the ingest
-    /// journal's record carries them, and whoever places the object
-    /// writes it from them): without a spool file when it never left
-    /// memory. A larger one is synced.
-    Inline { max: u64 },
+    /// journal's record carries them): unless `file`, without a spool file
+    /// when it never left memory (whoever places the object writes it from
+    /// them). A larger one is synced.
+    Inline { max: u64, file: bool },
 }
 
 /// Asks the kernel to start writing a range back to disk, without waiting.

@@ -343,7 +343,10 @@ impl Backlog {
         how: Place,
         on_uploaded: OnUploaded,
     ) -> Result<()> {
-        self.note_arrival();
+        // A live arrival: uploads yield to receiving for a while.
+        let now = (self.born.elapsed().as_millis() as u64).max(1);
+        self.last_arrival
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         let len = std::fs::metadata(from).map_err(io("stat", from))?.len();
         let source = match how {
             Place::Rename => from.to_owned(),
@@ -354,58 +357,16 @@ impl Backlog {
                 scratch
             }
         };
-        self.rename_into_place(admitted, key, &source, len, how == Place::Link, on_uploaded)
-    }
-
-    /// Writes `bytes` (a small instance whose ingest journal record carries
-    /// them; not synced, as for `Place::Rename`) as the pending copy of
-    /// `key` and queues its upload, as [`Backlog::enqueue_file`] does.
-    pub fn enqueue_bytes(
-        &self,
-        admitted: Admitted,
-        key: ObjectKey,
-        bytes: &[u8],
-        on_uploaded: OnUploaded,
-    ) -> Result<()> {
-        self.note_arrival();
-        let scratch = self.scratch_path(INCOMING);
-        if let Err(e) = std::fs::write(&scratch, bytes) {
-            let _ = std::fs::remove_file(&scratch);
-            return Err(io("write", &scratch)(e));
-        }
-        let len = bytes.len() as u64;
-        self.rename_into_place(admitted, key, &scratch, len, true, on_uploaded)
-    }
-
-    /// A live arrival: uploads yield to receiving for a while.
-    fn note_arrival(&self) {
-        let now = (self.born.elapsed().as_millis() as u64).max(1);
-        self.last_arrival
-            .store(now, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Renames `source` onto `key`'s pending copy and queues it, under the
-    /// lock; on an error nothing is queued, and `source` is removed when
-    /// `scratch` (it was made here).
-    fn rename_into_place(
-        &self,
-        admitted: Admitted,
-        key: ObjectKey,
-        source: &Path,
-        len: u64,
-        scratch: bool,
-        on_uploaded: OnUploaded,
-    ) -> Result<()> {
         let dest = self.local_path(&key);
         let parent = dest.parent().expect("keys have a parent").to_owned();
         let mut state = self.lock();
         let placed = std::fs::create_dir_all(&parent)
             .map_err(io("create", &parent))
-            .and_then(|()| std::fs::rename(source, &dest).map_err(io("rename into", &dest)));
+            .and_then(|()| std::fs::rename(&source, &dest).map_err(io("rename into", &dest)));
         if let Err(e) = placed {
             drop(state);
-            if scratch {
-                let _ = std::fs::remove_file(source);
+            if how == Place::Link {
+                let _ = std::fs::remove_file(&source);
             }
             return Err(e);
         }

@@ -158,6 +158,16 @@ impl Journal {
         }
     }
 
+    /// Whether a small instance may come without a spool file (its bytes
+    /// alone): with the local store, which writes it under its key. The
+    /// upload backlog takes a spool file: pool files are made in the
+    /// background, and a file made on the acknowledgement's path would pay
+    /// for the copies the uploads delete meanwhile (ext4 without a journal
+    /// scans recently deleted inodes at every creation).
+    pub fn places_from_memory(&self) -> bool {
+        matches!(self.inner.target, Target::Local)
+    }
+
     /// The largest instance carried inline: `wanted`, but at most a
     /// quarter of this journal's segments.
     pub fn inline_max(&self, wanted: u64) -> u64 {
@@ -301,19 +311,20 @@ impl Inner {
             (Target::Backlog { backlog, .. }, Some(admitted)) => {
                 let key = new.object_key().clone();
                 let dest = backlog.local_path(&key);
-                let queued = match source {
-                    Source::Spool(spool) => backlog.enqueue_file(
+                let Source::Spool(spool) = source else {
+                    return Err(Applied::Before(Error::Damaged(
+                        "a pending copy needs its spool file".into(),
+                    )));
+                };
+                backlog
+                    .enqueue_file(
                         admitted,
                         key,
                         spool,
                         crate::store::backlog::Place::Rename,
                         Box::new(|| {}),
-                    ),
-                    Source::Bytes(bytes) => {
-                        backlog.enqueue_bytes(admitted, key, bytes, Box::new(|| {}))
-                    }
-                };
-                queued.map_err(|e| Applied::Before(e.into()))?;
+                    )
+                    .map_err(|e| Applied::Before(e.into()))?;
                 // The pending copy must be durable before the checkpoint
                 // releases its record (it is what the upload reads after a
                 // restart): as for the local store, an inline one's data
