@@ -9,6 +9,7 @@
 pub mod control;
 pub mod entry;
 pub mod format;
+mod placement;
 pub mod recover;
 pub mod runtime;
 pub mod segment;

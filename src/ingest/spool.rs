@@ -160,7 +160,7 @@ impl Spool {
     /// A new writer. Its spool file is taken from the pool only when
     /// bytes must go to a file: at the first write behind, or at the
     /// finish unless the instance is handed over in memory
-    /// ([`Finish::Inline`]); a small instance never has one.
+    /// ([`Finish::Inline`] without `file`).
     pub fn create(&self) -> SpoolWriter {
         SpoolWriter::new(Arc::clone(&self.pool))
     }
@@ -466,5 +466,44 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 0)
             .count();
         assert_eq!(with_data, 0);
+    }
+
+    #[tokio::test]
+    async fn a_small_inline_instance_has_no_spool_file_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let files = |path: &Path| {
+            std::fs::read_dir(path)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 0)
+                .count()
+        };
+        let mut w = spool.create();
+        w.write(b"small").await.unwrap();
+        let memory = Finish::Inline {
+            max: 64,
+            file: false,
+        };
+        let done = w.finish(memory, |s| s).await.unwrap();
+        assert_eq!(done.file(), None);
+        assert_eq!(done.bytes.as_deref(), Some(&b"small"[..]));
+        assert_eq!(files(dir.path()), 0);
+
+        let mut w = spool.create();
+        w.write(b"small").await.unwrap();
+        let with_file = Finish::Inline {
+            max: 64,
+            file: true,
+        };
+        let done = w.finish(with_file, |s| s).await.unwrap();
+        assert_eq!(std::fs::read(done.path()).unwrap(), b"small");
+        assert_eq!(done.bytes.as_deref(), Some(&b"small"[..]));
+
+        // Past the bound: a synced file, its bytes not carried.
+        let mut w = spool.create();
+        w.write(&[7u8; 100]).await.unwrap();
+        let done = w.finish(memory, |s| s).await.unwrap();
+        assert_eq!(std::fs::read(done.path()).unwrap(), [7u8; 100]);
+        assert!(done.bytes.is_none());
     }
 }

@@ -14,7 +14,8 @@ use std::path::Path;
 use super::control::Control;
 use super::entry::{self, Entry, Payload};
 use super::format::{ControlSlot, FLAG_INLINE, Kind};
-use super::runtime::{self, Error, Journal, Target, dirs_to_sync, place, sync_dirs};
+use super::placement::{dirs_to_sync, place, sync_dirs, sync_filesystem, write_replacing};
+use super::runtime::{self, Error, Journal, Target};
 use super::segment::{self, Stop};
 use super::writer::Writer;
 use crate::config::JournalConfig;
@@ -143,7 +144,7 @@ pub fn open(
             // (a page cache that lost a writeback error still shows the
             // bytes the disk does not have), and synced with the
             // filesystem below.
-            runtime::write_replacing(root, &new, bytes, lsn)?;
+            write_replacing(root, &new, bytes, lsn)?;
             inline_written = true;
         } else if !same_file(&spool, &dest) {
             match std::fs::metadata(&spool) {
@@ -225,7 +226,7 @@ pub fn open(
     index.recount_studies(&touched)?;
     fail::fail_point!("recover::replayed", |_| std::process::abort());
     if inline_written {
-        runtime::sync_filesystem(root)?;
+        sync_filesystem(root)?;
     } else {
         sync_dirs(&dirs_to_sync(root, dirs.iter().map(|d| d.as_path())))?;
     }

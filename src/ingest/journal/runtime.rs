@@ -29,8 +29,7 @@
 //! record's instead of an applied marker, and counts the studies it wrote
 //! to again.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -39,6 +38,9 @@ use thiserror::Error;
 use super::control::{self, Control};
 use super::entry::{self, Entry, Payload};
 use super::format::Kind;
+use super::placement::{
+    Source, dirs_to_sync, place, remove_spool, sync_dirs, sync_filesystem, write_new,
+};
 use super::writer::{self, Writer};
 use crate::index::{Index, NewEntry, PutOutcome};
 use crate::ingest::spool::Spooled;
@@ -241,6 +243,12 @@ impl Journal {
         // spool name stays until a checkpoint covers it.
         guard.disarm();
         fail::fail_point!("journal::durable", |_| std::process::abort());
+        // A failure before the placement changed nothing: the record is
+        // aborted (durably, before the sender hears 0xA700) and the journal
+        // goes on. A failure or a panic after it (the object is replaced,
+        // the index entry is not written) cannot be undone here: the record
+        // stays unapplied and the journal stops, so the next start replays
+        // it and the index describes what the store holds.
         let spool = source.spool().to_path_buf();
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             inner.apply(&new, &source, appended.lsn, inline, admitted)
@@ -425,180 +433,4 @@ impl Inner {
         self.writer.recycle_below(c)?;
         Ok(c)
     }
-}
-
-/// Where a journaled instance's bytes are, once its record is durable.
-enum Source {
-    /// Its spool file (synced, or carried inline too).
-    Spool(PathBuf),
-    /// Only in memory and in its inline record: a small instance.
-    Bytes(Vec<u8>),
-}
-
-impl Source {
-    /// The spool file, or an empty path.
-    fn spool(&self) -> &Path {
-        match self {
-            Source::Spool(path) => path,
-            Source::Bytes(_) => Path::new(""),
-        }
-    }
-}
-
-/// Removes a spool file left by a record that was not placed (an empty
-/// path: there was none).
-fn remove_spool(spool: &Path) -> std::io::Result<()> {
-    if spool.as_os_str().is_empty() {
-        return Ok(());
-    }
-    std::fs::remove_file(spool)
-}
-
-/// Writes a small instance's bytes (its record carries them) as the
-/// object of `new`, not synced: straight into a new file under its key,
-/// which no reader sees before the index entry that follows; a key that
-/// exists already (a replacement) gets a complete new file by rename, so
-/// a reader of the old one is not cut short. Nothing is left behind on
-/// an error. Returns the key's directory.
-pub(super) fn write_new(
-    root: &Path,
-    new: &NewEntry,
-    bytes: &[u8],
-    lsn: u64,
-) -> Result<PathBuf, Error> {
-    use std::io::Write;
-    let dest = root.join(new.object_key().as_str());
-    let dir = dest.parent().expect("keys have a parent").to_path_buf();
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
-    let create = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&dest)
-    };
-    let mut file = match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-            create().map_err(err(&dest))?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            write_replacing(root, new, bytes, lsn)?;
-            return Ok(dir);
-        }
-        created => created.map_err(err(&dest))?,
-    };
-    if let Err(e) = file.write_all(bytes) {
-        let _ = std::fs::remove_file(&dest);
-        return Err(err(&dest)(e));
-    }
-    Ok(dir)
-}
-
-/// Writes `bytes` as the object of `new` into a fresh inode: a temporary
-/// file in the key's directory, renamed onto the key (not synced).
-pub(super) fn write_replacing(
-    root: &Path,
-    new: &NewEntry,
-    bytes: &[u8],
-    lsn: u64,
-) -> Result<(), Error> {
-    let dest = root.join(new.object_key().as_str());
-    let dir = dest.parent().expect("keys have a parent");
-    let tmp = dir.join(format!(".journal-{lsn}.tmp"));
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(err(dir))?;
-    let written = std::fs::write(&tmp, bytes)
-        .map_err(err(&tmp))
-        .and_then(|()| std::fs::rename(&tmp, &dest).map_err(err(&dest)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
-/// Renames the spool file onto the entry's key (no sync: the record makes
-/// it durable until a checkpoint does). Returns the key's directory.
-///
-/// Replay copes with either side of the rename: a spool name still there
-/// is placed again; a spool name gone means the object holds its inode.
-pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path) -> Result<PathBuf, Error> {
-    let dest = root.join(new.object_key().as_str());
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
-    let dir = dest.parent().expect("keys have a parent").to_path_buf();
-    // Most instances go to a series directory that exists already: the
-    // rename is tried first, and the directories made only when it says
-    // they are missing.
-    match std::fs::rename(spool, &dest) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && spool.exists() => {
-            std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-            std::fs::rename(spool, &dest).map_err(err(&dest))?;
-        }
-        renamed => renamed.map_err(err(&dest))?,
-    }
-    Ok(dir)
-}
-
-/// Each directory that gained an entry, and its ancestors up to and
-/// including the store root (any of them may have been created for it).
-pub(super) fn dirs_to_sync<'a>(
-    root: &Path,
-    dirs: impl Iterator<Item = &'a Path>,
-) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    for dir in dirs {
-        if dir.as_os_str().is_empty() {
-            continue;
-        }
-        let mut d = Some(dir);
-        while let Some(cur) = d {
-            if !cur.starts_with(root) || !out.insert(cur.to_path_buf()) {
-                break;
-            }
-            d = cur.parent();
-        }
-    }
-    out
-}
-
-pub(super) fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> Result<(), Error> {
-    for dir in dirs {
-        match crate::store::sync_dir(dir) {
-            Ok(()) => {}
-            // Gone since (an upload emptied a pending directory, a moved
-            // instance's series): its parent, synced too, records that.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(Error::SyncDir {
-                    path: dir.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `syncfs(2)` of the filesystem holding `root`: every file's data and
-/// metadata written so far on it, with one flush of the device.
-pub(super) fn sync_filesystem(root: &Path) -> Result<(), Error> {
-    use std::os::fd::AsRawFd;
-    let err = |source| Error::SyncDir {
-        path: root.to_path_buf(),
-        source,
-    };
-    let dir = std::fs::File::open(root).map_err(err)?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
