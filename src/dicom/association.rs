@@ -79,13 +79,12 @@ impl Pending {
     }
 }
 
-/// The slowest a data set may arrive: `min_rate` bytes/s on average once it
-/// has taken longer than `grace`; and the longest one PDU may take to
-/// arrive whole (`read_timeout`).
+/// How slow a peer may be: one PDU must arrive whole within
+/// `read_timeout`, and a data set must average `min_rate` bytes/s once it
+/// has taken longer than that.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     pub min_rate: u64,
-    pub grace: Duration,
     pub read_timeout: Duration,
 }
 
@@ -93,7 +92,7 @@ impl Pace {
     fn too_slow(&self, started: Instant, received: u64) -> bool {
         let elapsed = started.elapsed();
         self.min_rate > 0
-            && elapsed > self.grace
+            && elapsed > self.read_timeout
             && u128::from(received) * 1000 < u128::from(self.min_rate) * elapsed.as_millis()
     }
 }

@@ -90,7 +90,6 @@ impl DicomServer {
             artim: cfg.artim_timeout(),
             pace: Pace {
                 min_rate: cfg.min_data_rate,
-                grace: cfg.read_timeout(),
                 read_timeout: cfg.read_timeout(),
             },
             commitments: None,

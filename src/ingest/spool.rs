@@ -461,48 +461,47 @@ mod tests {
         let (_, swept) = Spool::open(dir.path()).unwrap();
         assert_eq!(swept, 1);
         // (The forgotten pool may still be creating empty files.)
-        let with_data = std::fs::read_dir(dir.path())
+        assert_eq!(files_with_data(dir.path()), 0);
+    }
+
+    /// Spool files in `dir` holding data (not the pool's empty ones).
+    fn files_with_data(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
             .unwrap()
             .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 0)
-            .count();
-        assert_eq!(with_data, 0);
+            .count()
+    }
+
+    /// `bytes` spooled and finished `how`.
+    async fn spooled(spool: &Spool, bytes: &[u8], how: Finish) -> Spooled {
+        let mut w = spool.create();
+        w.write(bytes).await.unwrap();
+        w.finish(how, |s| s).await.unwrap()
     }
 
     #[tokio::test]
     async fn a_small_inline_instance_has_no_spool_file_unless_asked() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path()).unwrap();
-        let files = |path: &Path| {
-            std::fs::read_dir(path)
-                .unwrap()
-                .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 0)
-                .count()
-        };
-        let mut w = spool.create();
-        w.write(b"small").await.unwrap();
         let memory = Finish::Inline {
             max: 64,
             file: false,
         };
-        let done = w.finish(memory, |s| s).await.unwrap();
+        let done = spooled(&spool, b"small", memory).await;
         assert_eq!(done.file(), None);
         assert_eq!(done.bytes.as_deref(), Some(&b"small"[..]));
-        assert_eq!(files(dir.path()), 0);
+        assert_eq!(files_with_data(dir.path()), 0);
 
-        let mut w = spool.create();
-        w.write(b"small").await.unwrap();
         let with_file = Finish::Inline {
             max: 64,
             file: true,
         };
-        let done = w.finish(with_file, |s| s).await.unwrap();
+        let done = spooled(&spool, b"small", with_file).await;
         assert_eq!(std::fs::read(done.path()).unwrap(), b"small");
         assert_eq!(done.bytes.as_deref(), Some(&b"small"[..]));
 
         // Past the bound: a synced file, its bytes not carried.
-        let mut w = spool.create();
-        w.write(&[7u8; 100]).await.unwrap();
-        let done = w.finish(memory, |s| s).await.unwrap();
+        let done = spooled(&spool, &[7u8; 100], memory).await;
         assert_eq!(std::fs::read(done.path()).unwrap(), [7u8; 100]);
         assert!(done.bytes.is_none());
     }

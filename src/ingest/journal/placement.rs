@@ -18,22 +18,13 @@ pub(super) enum Source {
 }
 
 impl Source {
-    /// The spool file, or an empty path.
-    pub(super) fn spool(&self) -> &Path {
+    /// The spool file, if it has one.
+    pub(super) fn spool(&self) -> Option<&Path> {
         match self {
-            Source::Spool(path) => path,
-            Source::Bytes(_) => Path::new(""),
+            Source::Spool(path) => Some(path),
+            Source::Bytes(_) => None,
         }
     }
-}
-
-/// Removes a spool file left by a record that was not placed (an empty
-/// path: there was none).
-pub(super) fn remove_spool(spool: &Path) -> std::io::Result<()> {
-    if spool.as_os_str().is_empty() {
-        return Ok(());
-    }
-    std::fs::remove_file(spool)
 }
 
 /// Writes a small instance's bytes (its record carries them) as the

@@ -29,7 +29,7 @@
 //! record's instead of an applied marker, and counts the studies it wrote
 //! to again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,9 +38,7 @@ use thiserror::Error;
 use super::control::{self, Control};
 use super::entry::{self, Entry, Payload};
 use super::format::Kind;
-use super::placement::{
-    Source, dirs_to_sync, place, remove_spool, sync_dirs, sync_filesystem, write_new,
-};
+use super::placement::{Source, dirs_to_sync, place, sync_dirs, sync_filesystem, write_new};
 use super::writer::{self, Writer};
 use crate::index::{Index, NewEntry, PutOutcome};
 use crate::ingest::spool::Spooled;
@@ -97,10 +95,10 @@ struct Placed {
     /// Its bytes were carried in the record, not synced in the spool file:
     /// the checkpoint must sync the object's data too.
     inline: bool,
-    /// The spool name (empty for an instance that had none): renamed onto
+    /// The spool name (none for an instance that had none): renamed onto
     /// the key when placed; a record whose apply failed may have left it,
     /// and the checkpoint removes it then.
-    spool: PathBuf,
+    spool: Option<PathBuf>,
     /// The key's directory.
     dir: PathBuf,
 }
@@ -206,7 +204,7 @@ impl Journal {
         };
         let name = source
             .spool()
-            .file_name()
+            .and_then(Path::file_name)
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let payload = Payload {
@@ -249,7 +247,7 @@ impl Journal {
         // the index entry is not written) cannot be undone here: the record
         // stays unapplied and the journal stops, so the next start replays
         // it and the index describes what the store holds.
-        let spool = source.spool().to_path_buf();
+        let spool = source.spool().map(Path::to_path_buf);
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             inner.apply(&new, &source, appended.lsn, inline, admitted)
         }))
@@ -268,9 +266,11 @@ impl Journal {
                         inner.writer.applied(a.lsn);
                         // Nothing replays the record now: its spool file
                         // (if it has one) can go at once.
-                        if let Err(e) = remove_spool(&spool) {
-                            if e.kind() != std::io::ErrorKind::NotFound {
-                                inner.remember(appended.lsn, spool, None, inline);
+                        if let Some(path) = &spool {
+                            if let Err(e) = std::fs::remove_file(path) {
+                                if e.kind() != std::io::ErrorKind::NotFound {
+                                    inner.remember(appended.lsn, spool, None, inline);
+                                }
                             }
                         }
                     }
@@ -357,11 +357,12 @@ impl Inner {
             .put_journaled(new, &self.writer.record_id(lsn))
             .map_err(|e| Applied::After(e.into()))?;
         fail::fail_point!("journal::indexed", |_| std::process::abort());
-        self.remember(lsn, source.spool().to_path_buf(), Some(dir), data_unsynced);
+        let spool = source.spool().map(Path::to_path_buf);
+        self.remember(lsn, spool, Some(dir), data_unsynced);
         Ok(outcome)
     }
 
-    fn remember(&self, lsn: u64, spool: PathBuf, dir: Option<PathBuf>, inline: bool) {
+    fn remember(&self, lsn: u64, spool: Option<PathBuf>, dir: Option<PathBuf>, inline: bool) {
         let dir = dir.unwrap_or_default();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed.push(Placed {
@@ -422,10 +423,11 @@ impl Inner {
                 .extend(taken);
             return Err(e);
         }
-        for p in taken.iter().filter(|p| p.dir.as_os_str().is_empty()) {
-            if let Err(e) = remove_spool(&p.spool) {
+        let unplaced = taken.iter().filter(|p| p.dir.as_os_str().is_empty());
+        for spool in unplaced.filter_map(|p| p.spool.as_deref()) {
+            if let Err(e) = std::fs::remove_file(spool) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %p.spool.display(), error = %e, "could not remove a checkpointed spool file");
+                    tracing::warn!(path = %spool.display(), error = %e, "could not remove a checkpointed spool file");
                 }
             }
         }
