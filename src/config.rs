@@ -400,6 +400,9 @@ impl Config {
         if let Some(v) = over.storage_backlog_max {
             st.backlog_max = v;
         }
+        if let Some(v) = over.storage_cache_objects {
+            st.cache_objects = v;
+        }
         if let Some(v) = over.journal {
             cfg.journal.enabled = v;
         }

@@ -313,7 +313,12 @@ impl SpoolWriter {
                 // All of it is still in memory: no file at all.
                 (None, Finish::Inline { max, file: false }) if len <= max => {
                     let bytes = Some(rest);
-                    return Ok(then(Spooled { guard, len, bytes }));
+                    return Ok(then(Spooled {
+                        guard,
+                        len,
+                        bytes,
+                        synced: None,
+                    }));
                 }
                 (Some(file), _) => (file, guard),
                 (None, _) => {
@@ -322,18 +327,17 @@ impl SpoolWriter {
                 }
             };
             file.write_all(&rest)?;
-            let bytes = match how {
-                Finish::Buffered => None,
+            // The bytes, when the journal record carries them (then not
+            // synced), and whether the file was synced (then kept open for
+            // [`drop_cached`]).
+            let (bytes, synced) = match how {
+                Finish::Buffered => (None, false),
                 Finish::Durable => {
                     file.sync_data()?;
-                    None
+                    (None, true)
                 }
-                Finish::Inline { max, .. } if len <= max && written == 0 => {
-                    // Not synced: the journal record carries the bytes.
-                    Some(rest)
-                }
+                Finish::Inline { max, .. } if len <= max && written == 0 => (Some(rest), false),
                 Finish::Inline { max, .. } if len <= max => {
-                    // Not synced: the journal record carries the bytes.
                     // Its start was written behind (`max` is above the
                     // write-behind buffer): read it all back, from the
                     // page cache. `len` is at most `max`.
@@ -347,15 +351,19 @@ impl SpoolWriter {
                             bytes.len()
                         )));
                     }
-                    Some(bytes)
+                    (Some(bytes), false)
                 }
                 Finish::Inline { .. } => {
                     file.sync_data()?;
-                    None
+                    (None, true)
                 }
             };
-            drop(file);
-            Ok(then(Spooled { guard, len, bytes }))
+            Ok(then(Spooled {
+                guard,
+                len,
+                bytes,
+                synced: synced.then_some(file),
+            }))
         })
         .await
     }
@@ -393,6 +401,20 @@ pub enum Finish {
     Inline { max: u64, file: bool },
 }
 
+/// Tells the kernel that `file`'s cached pages will not be read again
+/// soon (`posix_fadvise(DONTNEED)`, as PostgreSQL does with WAL segments
+/// it is done with). Only synced, clean pages leave at once; the memory
+/// they free is what the next instance's writes use. Purely advice:
+/// nothing depends on it, and an error changes nothing.
+pub fn drop_cached(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open file descriptor and plain integer arguments
+    // (offset 0 and length 0: the whole file).
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 /// Asks the kernel to start writing a range back to disk, without waiting.
 /// Purely an optimisation: errors surface at the final fsync.
 fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
@@ -419,6 +441,9 @@ pub struct Spooled {
     /// The whole instance, when it was finished [`Finish::Inline`] and not
     /// synced: whoever makes it durable must write these bytes durably.
     pub bytes: Option<Vec<u8>>,
+    /// The spool file, still open, when it was synced: once nothing reads
+    /// it any more its pages can leave the page cache ([`drop_cached`]).
+    pub synced: Option<std::fs::File>,
 }
 
 impl Spooled {

@@ -412,3 +412,52 @@ fn a_start_with_the_journal_off_replays_what_it_holds_first() {
     assert_eq!(verify(&gw, study, &sent, &acked, "once more"), 30);
     assert!(gw.stop().success());
 }
+
+/// Pages of `file` in the page cache, and its pages (`fincore`, which asks
+/// the kernel with mincore).
+fn cached_pages(file: &Path) -> (u64, u64) {
+    let out = std::process::Command::new(common::require("/usr/bin/fincore"))
+        .args(["--noheadings", "--output", "PAGES,SIZE", "--bytes"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let [resident, size] = fields[..] else {
+        panic!("fincore printed {text:?}");
+    };
+    (resident, size.div_ceil(4096))
+}
+
+/// An instance synced in its spool file (above `journal.inline_max_kib`)
+/// leaves the page cache once acknowledged, by default, so that ingest
+/// does not push the machine's cache out; `storage.cache_objects = true`
+/// keeps it.
+#[test]
+fn an_acknowledged_large_instance_leaves_the_page_cache_unless_kept() {
+    for keep in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let big = work.path().join("big.dcm");
+        common::generate_big(&big, 4);
+        let config = format!("[storage]\ncache_objects = {keep}\n");
+        let gw = Gateway::start_with(opts_with(work.path(), &config));
+        gw.wait_for_log("ingest journal open");
+        let out = common::storescu(&gw, &[], &[&big]);
+        assert!(out.status.success(), "{out:?}");
+        let objects = gw.object_files();
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        let (resident, pages) = cached_pages(&objects[0]);
+        assert!(pages > 1000, "{pages} pages");
+        if keep {
+            assert_eq!(resident, pages, "cache_objects = true");
+        } else {
+            // (The drop is advice: a page the kernel could not let go of
+            // at that moment may stay.)
+            assert!(resident * 100 < pages, "{resident} of {pages} pages cached");
+        }
+    }
+}

@@ -207,7 +207,7 @@ pub fn open(
             PutOutcome::Replaced {
                 previous_key: Some(old),
             },
-            Target::Local,
+            Target::Local { .. },
         ) = (outcome, &target)
         {
             let old = root.join(old.as_str());

@@ -81,7 +81,11 @@ enum Applied {
 /// from which it is uploaded after the acknowledgement.
 #[derive(Clone)]
 pub enum Target {
-    Local,
+    Local {
+        /// Whether a synced spool file's pages leave the page cache once
+        /// its record is durable (`storage.cache_objects = false`).
+        drop_cached: bool,
+    },
     Backlog {
         backlog: Arc<crate::store::backlog::Backlog>,
         /// How long an instance waits for room in the backlog.
@@ -165,7 +169,7 @@ impl Journal {
     /// for the copies the uploads delete meanwhile (ext4 without a journal
     /// scans recently deleted inodes at every creation).
     pub fn places_from_memory(&self) -> bool {
-        matches!(self.inner.target, Target::Local)
+        matches!(self.inner.target, Target::Local { .. })
     }
 
     /// The largest instance carried inline: `wanted`, but at most a
@@ -190,7 +194,12 @@ impl Journal {
     /// unless it carries its bytes for an inline record.)
     pub fn commit(&self, spooled: Spooled, new: NewEntry) -> Result<PutOutcome, Error> {
         let inner = &*self.inner;
-        let Spooled { guard, len, bytes } = spooled;
+        let Spooled {
+            guard,
+            len,
+            bytes,
+            synced,
+        } = spooled;
         // A small instance has no spool file (its bytes are in the record):
         // an empty name.
         let (source, carried) = match (guard.path(), bytes) {
@@ -225,7 +234,7 @@ impl Journal {
         // Room in the upload backlog is taken before the record exists: a
         // refusal must not leave a durable record behind.
         let admitted = match &inner.target {
-            Target::Local => None,
+            Target::Local { .. } => None,
             Target::Backlog { backlog, patience } => Some(backlog.admit_blocking(len, *patience)?),
         };
         let appended = match inline_bytes {
@@ -237,6 +246,13 @@ impl Journal {
             None => inner.writer.append(kind, 0, &payload.encode())?,
         };
         drop(carried);
+        // Nothing reads the synced spool file again on this path (it was
+        // described before, and is renamed onto its key next): in a local
+        // store its pages may go.
+        if let (Some(file), Target::Local { drop_cached: true }) = (&synced, &inner.target) {
+            crate::ingest::spool::drop_cached(file);
+        }
+        drop(synced);
         // From here on the record is durable: a restart replays it, so the
         // spool name stays until a checkpoint covers it.
         guard.disarm();

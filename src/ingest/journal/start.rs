@@ -25,7 +25,12 @@ pub fn start(
     backlog: Option<&Arc<Backlog>>,
 ) -> std::io::Result<Option<Arc<Journal>>> {
     let target = match (store.local_root(), backlog) {
-        (Some(root), _) => Some((root.to_path_buf(), Target::Local)),
+        (Some(root), _) => Some((
+            root.to_path_buf(),
+            Target::Local {
+                drop_cached: !cfg.storage.cache_objects,
+            },
+        )),
         (None, Some(backlog)) => Some((
             backlog.dir().to_path_buf(),
             Target::Backlog {
