@@ -1430,6 +1430,24 @@ def uses_gateway(receivers: list[str]) -> bool:
     return any(r.startswith("gateway") for r in receivers)
 
 
+def free_page_reporting() -> str:
+    """The guest kernel's free page reporting settings, if it has them: with
+    them on, memory that stays free goes back to the hypervisor and the next
+    write into it waits for the host to fault it in again, which makes
+    every receiver that fills the page cache slower (BENCHMARKS.md, issue
+    11 fourth pass)."""
+    params = Path("/sys/module/page_reporting/parameters")
+    if not params.is_dir():
+        return ""
+    values = []
+    for name in ("page_reporting_order", "min_free_ms", "reported_kib"):
+        try:
+            values.append(f"{name}={(params / name).read_text().strip()}")
+        except OSError:
+            pass
+    return ", ".join(values)
+
+
 def machine_info(receivers: list[str]) -> dict[str, str]:
     df = subprocess.run(["df", "-T", "/work"], capture_output=True, text=True).stdout.splitlines()
     cpu = next(
@@ -1452,6 +1470,9 @@ def machine_info(receivers: list[str]) -> dict[str, str]:
         "gateway commit": command_output("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
         + (" (src/Cargo.* modified)" if dirty else ""),
     }
+    reporting = free_page_reporting()
+    if reporting:
+        info["free page reporting (VM memory handed back to the host)"] = reporting
     if uses_gateway(receivers):
         binary = GatewayReceiver.binary
         digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:12]
