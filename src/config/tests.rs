@@ -293,6 +293,31 @@ fn storage_ack_and_backlog_bounds_come_from_file_env_or_flag() {
 }
 
 #[test]
+fn storage_cache_objects_is_off_by_default_and_comes_from_file_or_flag() {
+    let cfg = Config::load(&Overrides::default(), &SecretEnv::default()).unwrap();
+    assert!(
+        !cfg.storage.cache_objects,
+        "dropped from the page cache by default"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(&file, "[storage]\ncache_objects = true\n").unwrap();
+    let from_file = Overrides {
+        config: Some(file),
+        ..Overrides::default()
+    };
+    let cfg = Config::load(&from_file, &SecretEnv::default()).unwrap();
+    assert!(cfg.storage.cache_objects);
+    assert!(cfg.to_redacted_toml().contains("cache_objects = true"));
+    let flag = Overrides {
+        storage_cache_objects: Some(false),
+        ..from_file
+    };
+    let cfg = Config::load(&flag, &SecretEnv::default()).unwrap();
+    assert!(!cfg.storage.cache_objects, "the flag wins over the file");
+}
+
+#[test]
 fn bad_backlog_bounds_are_refused_naming_the_setting_for_s3_only() {
     let load = |url: &str, wait: u64, max: u64| {
         let over = Overrides {
