@@ -107,14 +107,28 @@ impl S3Server {
             log: Arc::new(Log::default()),
         };
         // The ports were free when picked, but another process may take one
-        // before SeaweedFS binds it: then it exits at once, and it gets new
+        // before SeaweedFS binds it: then it exits at once ("Port allocation
+        // failed" from its own check, or a bind error from a component that
+        // binds later, as CI saw of the filer's gRPC port), and it gets new
         // ones (a few times).
         for _ in 0..3 {
             match server.spawn() {
                 Ok(()) => return server,
-                Err(log) if log.contains("Port allocation failed") => {
+                Err(log)
+                    if log.contains("Port allocation failed")
+                        || log.contains("address already in use") =>
+                {
                     server.ports = Ports::free();
                     server.addr = SocketAddr::from(([127, 0, 0, 1], server.ports.s3));
+                    // What the first attempt wrote (its master's state names
+                    // the old ports) goes: the store starts empty again.
+                    std::fs::remove_dir_all(&server.root).unwrap();
+                    std::fs::create_dir_all(&server.root).unwrap();
+                    write_identities(
+                        &server.root.join("identities.json"),
+                        &server.access_key,
+                        &server.secret_key,
+                    );
                 }
                 Err(log) => panic!("SeaweedFS exited:\n{log}"),
             }
