@@ -299,21 +299,15 @@ fn storage_cache_objects_is_off_by_default_and_comes_from_file_or_flag() {
         !cfg.storage.cache_objects,
         "dropped from the page cache by default"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gw.toml");
-    std::fs::write(&file, "[storage]\ncache_objects = true\n").unwrap();
-    let from_file = Overrides {
-        config: Some(file),
-        ..Overrides::default()
-    };
-    let cfg = Config::load(&from_file, &SecretEnv::default()).unwrap();
+    let file = "[storage]\ncache_objects = true\n";
+    let cfg = load_toml(file).unwrap();
     assert!(cfg.storage.cache_objects);
     assert!(cfg.to_redacted_toml().contains("cache_objects = true"));
     let flag = Overrides {
         storage_cache_objects: Some(false),
-        ..from_file
+        ..Overrides::default()
     };
-    let cfg = Config::load(&flag, &SecretEnv::default()).unwrap();
+    let cfg = load_toml_with(file, flag).unwrap();
     assert!(!cfg.storage.cache_objects, "the flag wins over the file");
 }
 
@@ -418,12 +412,17 @@ fn bad_journal_settings_are_refused_naming_the_setting() {
 
 /// The configuration a file with `text` gives, nothing else set.
 pub(super) fn load_toml(text: &str) -> Result<Config> {
+    load_toml_with(text, Overrides::default())
+}
+
+/// The configuration a file with `text` gives under the flags `over`.
+pub(super) fn load_toml_with(text: &str, over: Overrides) -> Result<Config> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
     std::fs::write(&file, text).unwrap();
     let over = Overrides {
         config: Some(file),
-        ..Overrides::default()
+        ..over
     };
     Config::load(&over, &SecretEnv::default())
 }

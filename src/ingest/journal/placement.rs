@@ -42,10 +42,6 @@ pub(super) fn write_new(
     use std::io::Write;
     let dest = root.join(new.object_key().as_str());
     let dir = dest.parent().expect("keys have a parent").to_path_buf();
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
     let create = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -54,18 +50,18 @@ pub(super) fn write_new(
     };
     let mut file = match create() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-            create().map_err(err(&dest))?
+            std::fs::create_dir_all(&dir).map_err(at(&dir))?;
+            create().map_err(at(&dest))?
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             write_replacing(root, new, bytes, lsn)?;
             return Ok(dir);
         }
-        created => created.map_err(err(&dest))?,
+        created => created.map_err(at(&dest))?,
     };
     if let Err(e) = file.write_all(bytes) {
         let _ = std::fs::remove_file(&dest);
-        return Err(err(&dest)(e));
+        return Err(at(&dest)(e));
     }
     Ok(dir)
 }
@@ -81,18 +77,20 @@ pub(super) fn write_replacing(
     let dest = root.join(new.object_key().as_str());
     let dir = dest.parent().expect("keys have a parent");
     let tmp = dir.join(format!(".journal-{lsn}.tmp"));
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
     let written = std::fs::write(&tmp, bytes)
-        .map_err(err(&tmp))
-        .and_then(|()| std::fs::rename(&tmp, &dest).map_err(err(&dest)));
+        .map_err(at(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, &dest).map_err(at(&dest)));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// A placement error naming `path`.
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_path_buf();
+    move |source| Error::Place { path, source }
 }
 
 /// Renames the spool file onto the entry's key (no sync: the record makes
@@ -102,20 +100,16 @@ pub(super) fn write_replacing(
 /// is placed again; a spool name gone means the object holds its inode.
 pub(super) fn place(root: &Path, new: &NewEntry, spool: &Path) -> Result<PathBuf, Error> {
     let dest = root.join(new.object_key().as_str());
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Place { path, source }
-    };
     let dir = dest.parent().expect("keys have a parent").to_path_buf();
     // Most instances go to a series directory that exists already: the
     // rename is tried first, and the directories made only when it says
     // they are missing.
     match std::fs::rename(spool, &dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && spool.exists() => {
-            std::fs::create_dir_all(&dir).map_err(err(&dir))?;
-            std::fs::rename(spool, &dest).map_err(err(&dest))?;
+            std::fs::create_dir_all(&dir).map_err(at(&dir))?;
+            std::fs::rename(spool, &dest).map_err(at(&dest))?;
         }
-        renamed => renamed.map_err(err(&dest))?,
+        renamed => renamed.map_err(at(&dest))?,
     }
     Ok(dir)
 }
@@ -128,9 +122,6 @@ pub(super) fn dirs_to_sync<'a>(
 ) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     for dir in dirs {
-        if dir.as_os_str().is_empty() {
-            continue;
-        }
         let mut d = Some(dir);
         while let Some(cur) = d {
             if !cur.starts_with(root) || !out.insert(cur.to_path_buf()) {

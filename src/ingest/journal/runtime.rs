@@ -103,8 +103,8 @@ struct Placed {
     /// the key when placed; a record whose apply failed may have left it,
     /// and the checkpoint removes it then.
     spool: Option<PathBuf>,
-    /// The key's directory.
-    dir: PathBuf,
+    /// The key's directory; none for a record that was not placed.
+    dir: Option<PathBuf>,
 }
 
 pub struct Journal {
@@ -379,7 +379,6 @@ impl Inner {
     }
 
     fn remember(&self, lsn: u64, spool: Option<PathBuf>, dir: Option<PathBuf>, inline: bool) {
-        let dir = dir.unwrap_or_default();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed.push(Placed {
             lsn,
@@ -413,7 +412,7 @@ impl Inner {
                 // (one device flush instead of one per object).
                 sync_filesystem(&self.root)
             } else {
-                let dirs = dirs_to_sync(&self.root, taken.iter().map(|p| p.dir.as_path()));
+                let dirs = dirs_to_sync(&self.root, taken.iter().filter_map(|p| p.dir.as_deref()));
                 sync_dirs(&dirs)
             };
             if let Err(e) = synced {
@@ -439,7 +438,7 @@ impl Inner {
                 .extend(taken);
             return Err(e);
         }
-        let unplaced = taken.iter().filter(|p| p.dir.as_os_str().is_empty());
+        let unplaced = taken.iter().filter(|p| p.dir.is_none());
         for spool in unplaced.filter_map(|p| p.spool.as_deref()) {
             if let Err(e) = std::fs::remove_file(spool) {
                 if e.kind() != std::io::ErrorKind::NotFound {
