@@ -309,6 +309,8 @@ fn storage_cache_objects_is_off_by_default_and_comes_from_file_or_flag() {
     };
     let cfg = load_toml_with(file, flag).unwrap();
     assert!(!cfg.storage.cache_objects, "the flag wins over the file");
+    let err = load_toml("[storage]\ncache_objects = \"yes\"\n").unwrap_err();
+    assert!(err.to_string().contains("cache_objects"), "{err}");
 }
 
 #[test]
