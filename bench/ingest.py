@@ -31,9 +31,11 @@ Method
   gateway and the senders and is counted as the benchmark's own, not as
   interference.  Peak RSS is the gateway's alone.  An S3 run deletes files
   (each pending copy once uploaded, the store's directories after the run),
-  and ext4 without a journal makes every file creation in the next minute
+  and ext4 without a journal makes every file creation in the next minutes
   skip those inodes; so the run after an S3 run (gateway-s3 or
-  gateway-garage) waits INODE_REUSE_PAUSE, as the first run of a set does.
+  gateway-garage) waits RUN_PAUSE (65 s).  That is a partial remedy (the
+  window is up to 360 s, see "Deleting outputs"; waiting that after each of
+  the 24 S3 runs would add 2.4 h), so runs after an S3 run still pay some.
 * S3 on Garage (--receivers gateway,gateway-garage): "gateway-garage" is
   gateway-s3 with Garage 2.5.0 (~/.cargo/bin/garage, installed by
   scripts/test.sh) as the store instead of SeaweedFS: one node
@@ -134,16 +136,27 @@ Method
   in the reference figures; default options otherwise, e.g. its 16 KiB max PDU)
   and `dicom-gateway serve` (fsyncs each instance before acknowledging; DCMTK
   does not fsync), run from a copy of target/release/dicom-gateway taken at
-  start, so a rebuild during the benchmark cannot mix two builds.  Each run gets a fresh, empty output directory under WORK
-  (same filesystem as the repo) and ends with sync(2), so that writeback of
-  one run does not leak into the next.
+  start, so a rebuild during the benchmark cannot mix two builds.  Each run
+  gets a fresh, empty output directory under WORK (same filesystem as the
+  repo) and ends with sync(2), so that writeback of one run does not leak
+  into the next.  A receiver is timed from when it is ready: storescp and
+  the floors once their port listens, Orthanc once both its ports do, the
+  gateway once GET /healthz answers 200 (it binds its ports before it opens
+  its journal, whose first start writes 512 MiB of preallocated segments in
+  1.1-1.6 s here; until 2026-11-30's fifth pass the timed window held that,
+  and storescu's associations waited for it in the listen backlog).
 * Deleting outputs: the outputs of a set are deleted only after all its runs,
-  and no set starts within 65 s of such a deletion (also across invocations:
-  WORK/.outputs-deleted records when).  Reason: on ext4 without a
-  journal (as /work here) the inode allocator skips every inode deleted less
-  than 60 s ago (300 s while its inode table block is dirty), checking each
-  one, so creating thousands of files right after deleting thousands costs
-  ~0.7 ms of CPU per file and would distort whichever run comes next.
+  and no set starts within SET_PAUSE (365 s) of such a deletion (also across
+  invocations: WORK/.outputs-deleted records when).  Reason: on ext4 without
+  a journal (as /work here) the inode allocator skips every inode deleted
+  less than 60 s ago, and 360 s ago while its inode table block is dirty,
+  checking each one from the start of the group at every creation; so
+  creating thousands of files after deleting thousands costs up to ~0.7 ms
+  of CPU per file and distorts whichever runs come next.  A sync after the
+  deletion does not shorten it to 60 s: the next run's own creations dirty
+  those blocks again (measured: 61 s after deleting 90,000 files and a sync,
+  recently_deleted took 21 % of the gateway's CPU on the 512 KiB set, 0 %
+  at 358 s).
 * Page cache: the files of a set are re-read right before every run (untimed),
   so every run sends from memory even if the host's memory reclaim dropped
   them (page cache untouched for 60 s is paged out on this VM).
@@ -256,9 +269,14 @@ BACKLOG_POLL = 0.05  # seconds between /healthz polls for the upload backlog
 BACKLOG_TIMEOUT = 600.0  # a bound against hangs while the backlog drains
 FLOOR_SECONDS = 1.0  # per fsync-floor measurement (two per set)
 DISK_MARGIN = 2_000_000_000  # bytes kept free besides sets and one set's outputs
-# ext4 without a journal avoids reusing inodes deleted in the last 60 s
-# (fs/ext4/ialloc.c: recently_deleted, RECENTCY_MIN); wait that out.
-INODE_REUSE_PAUSE = 65.0
+# ext4 without a journal avoids reusing inodes deleted in the last 60 s,
+# 360 s while their inode table block is dirty (fs/ext4/ialloc.c:
+# recently_deleted, RECENTCY_MIN + RECENTCY_DIRTY), and the next run's own
+# creations dirty those blocks: before a set, wait out the long window.
+SET_PAUSE = 365.0
+# After a run that deleted files (an S3 run's uploaded pending copies):
+# the short window only, a partial remedy (see the docstring).
+RUN_PAUSE = 65.0
 NETNS_MARKER = "INGEST_BENCH_IN_NETNS"
 
 
@@ -361,6 +379,16 @@ class CpuSnapshot:
             usage = resource.getrusage(who)
             ours += usage.ru_utime + usage.ru_stime
         return cls(busy, steal, ours)
+
+
+def healthz_ok() -> bool:
+    """Whether the gateway's GET /healthz answers 200 (within 0.5 s)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/healthz", timeout=0.5) as response:
+            return response.status == 200
+    except OSError:  # includes urllib's URLError and HTTPError, and timeouts
+        return False
 
 
 def listening(port: int) -> bool:
@@ -503,14 +531,14 @@ def remove_outputs(work_dir: Path) -> None:
         (work_dir / ".outputs-deleted").touch()
 
 
-def wait_for_inode_reuse(work_dir: Path) -> None:
-    """Sleep until INODE_REUSE_PAUSE has passed since outputs were deleted
-    (by this or an earlier invocation)."""
+def wait_for_inode_reuse(work_dir: Path, pause: float) -> None:
+    """Sleep until `pause` has passed since outputs were deleted (by this
+    or an earlier invocation)."""
     try:
         deleted = (work_dir / ".outputs-deleted").stat().st_mtime
     except FileNotFoundError:
         return
-    remaining = INODE_REUSE_PAUSE - (time.time() - deleted)
+    remaining = pause - (time.time() - deleted)
     if remaining > 0:
         log(f"outputs deleted recently; waiting {remaining:.0f} s before creating files again")
         time.sleep(remaining)
@@ -549,7 +577,7 @@ class Receiver:
     port = 0
     called_ae = ""
     # Whether a run deletes files (uploaded pending copies, the S3 store's
-    # directories): the next run then waits INODE_REUSE_PAUSE, so that it
+    # directories): the next run then waits RUN_PAUSE, so that it
     # does not pay for them (see wait_for_inode_reuse).
     deletes_files = False
 
@@ -673,7 +701,12 @@ class GatewayReceiver(Receiver):
         return gateway_env()
 
     def ready(self) -> bool:
-        return super().ready() and listening(GATEWAY_HTTP_PORT)
+        # The gateway binds its listeners first and then opens its journal
+        # (a first start writes the preallocated segments: 512 MiB, 1.1-1.6 s
+        # here); a sender connecting meanwhile waits in the listen backlog.
+        # Ready once /healthz answers, as a probe would see it, so that the
+        # timed window holds no start-up.
+        return super().ready() and listening(GATEWAY_HTTP_PORT) and healthz_ok()
 
     def stored_count(self) -> int:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -1679,11 +1712,9 @@ def run_set(bench_set: BenchSet, runs: int, work_dir: Path, receivers: list[str]
     for mode in MODES:
         for run in range(1, runs + 1):
             for receiver in receivers if run % 2 else receivers[::-1]:
-                wait_for_inode_reuse(work_dir)
+                wait_for_inode_reuse(work_dir, RUN_PAUSE)
                 r = run_once(receiver, bench_set, mode, run, work_dir)
                 if RECEIVER_CLASSES[receiver].deletes_files:
-                    # run_once synced: the deleted inodes' table blocks are
-                    # clean, so the 60 s window applies, not the dirty 360 s.
                     (work_dir / ".outputs-deleted").touch()
                 status = "ok" if r.ok else "FAILED: " + "; ".join(r.problems)[:300]
                 log(
@@ -1728,7 +1759,7 @@ def main() -> None:
     summaries: dict[tuple[str, str], dict] = {}
     floors: dict[str, dict] = {}
     for bench_set in bench_sets:
-        wait_for_inode_reuse(args.work_dir)
+        wait_for_inode_reuse(args.work_dir, SET_PAUSE)
         floors[bench_set.name] = set_floor(bench_set, args.work_dir)
         try:
             results += run_set(bench_set, args.runs, args.work_dir, args.receivers)
