@@ -381,11 +381,15 @@ class CpuSnapshot:
         return cls(busy, steal, ours)
 
 
+# Requests to the receivers on loopback, never through a proxy from the
+# environment.
+LOCAL_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def healthz_ok() -> bool:
     """Whether the gateway's GET /healthz answers 200 (within 0.5 s)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/healthz", timeout=0.5) as response:
+        with LOCAL_HTTP.open(f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/healthz", timeout=0.5) as response:
             return response.status == 200
     except OSError:  # includes urllib's URLError and HTTPError, and timeouts
         return False
@@ -709,9 +713,8 @@ class GatewayReceiver(Receiver):
         return super().ready() and listening(GATEWAY_HTTP_PORT) and healthz_ok()
 
     def stored_count(self) -> int:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         url = f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/api/studies"
-        with opener.open(url, timeout=10) as response:
+        with LOCAL_HTTP.open(url, timeout=10) as response:
             return sum(study["instanceCount"] for study in json.load(response))
 
     def peak_rss(self, sampled: int) -> int:
@@ -900,11 +903,10 @@ class GatewayS3Receiver(GatewayReceiver):
         (instances acknowledged, not yet uploaded) reads 0: (seconds, True);
         (0.0, False) when the answer has no such integer (a gateway that
         acknowledges only after the upload)."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         url = f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/healthz"
         start = time.monotonic()
         while True:
-            with opener.open(url, timeout=10) as response:
+            with LOCAL_HTTP.open(url, timeout=10) as response:
                 body = json.load(response)
             backlog = body.get("upload_backlog") if isinstance(body, dict) else None
             instances = backlog.get("instances") if isinstance(backlog, dict) else None
@@ -975,13 +977,12 @@ class HookHandler(BaseHTTPRequestHandler):
 
 def api(method: str, path: str, body: dict | None = None):
     """One operator API call to the gateway under test; its JSON answer."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{GATEWAY_HTTP_PORT}{path}", data=data, method=method,
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    with opener.open(request, timeout=10) as response:
+    with LOCAL_HTTP.open(request, timeout=10) as response:
         return json.load(response)
 
 
@@ -1092,9 +1093,8 @@ class OrthancReceiver(Receiver):
         return super().ready() and listening(ORTHANC_HTTP_PORT)
 
     def stored_count(self) -> int:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         url = f"http://127.0.0.1:{ORTHANC_HTTP_PORT}/statistics"
-        with opener.open(url, timeout=10) as response:
+        with LOCAL_HTTP.open(url, timeout=10) as response:
             return int(json.load(response)["CountInstances"])
 
     def check_exit(self, code: int) -> list[str]:
