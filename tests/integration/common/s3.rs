@@ -90,11 +90,10 @@ impl S3Server {
     pub fn start() -> S3Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path().join("s3");
-        std::fs::create_dir_all(&root).unwrap();
         let ports = Ports::free();
         let access_key = format!("AK{}", random_hex(8).to_uppercase());
         let secret_key = random_hex(20);
-        write_identities(&root.join("identities.json"), &access_key, &secret_key);
+        empty_root(&root, &access_key, &secret_key);
         let mut server = S3Server {
             _tmp: tmp,
             root,
@@ -123,12 +122,7 @@ impl S3Server {
                     // What the first attempt wrote (its master's state names
                     // the old ports) goes: the store starts empty again.
                     std::fs::remove_dir_all(&server.root).unwrap();
-                    std::fs::create_dir_all(&server.root).unwrap();
-                    write_identities(
-                        &server.root.join("identities.json"),
-                        &server.access_key,
-                        &server.secret_key,
-                    );
+                    empty_root(&server.root, &server.access_key, &server.secret_key);
                 }
                 Err(log) => panic!("SeaweedFS exited:\n{log}"),
             }
@@ -322,6 +316,12 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "no {what} within {READY_WAIT:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A store directory holding nothing but the identities of `access_key`.
+fn empty_root(root: &Path, access_key: &str, secret_key: &str) {
+    std::fs::create_dir_all(root).unwrap();
+    write_identities(&root.join("identities.json"), access_key, secret_key);
 }
 
 /// The S3 identities file: one identity with the given keys, allowed
