@@ -164,7 +164,10 @@ Method
   namespace (`unshare -n`, loopback up), because storescp cannot bind to
   127.0.0.1 only.  Receivers and senders therefore share one isolated
   loopback.  TCP_NODELAY=1 is exported for every DCMTK program (Debian's DCMTK
-  leaves Nagle on otherwise).
+  leaves Nagle on otherwise); --sender-nagle leaves it out of storescu's
+  environment only (Nagle on at the sender, as many modalities have it;
+  results `...-nagle...`): a receiver then sees each C-STORE's data set
+  only once it acknowledged the command.
 * Timing: wall time from starting the first storescu to the exit of the last
   one.  storescu exits only after every C-STORE response (and the release), so
   this is the time until all instances were acknowledged.  inst/s = N / wall;
@@ -300,6 +303,17 @@ def command_output(*argv: str) -> str:
 
 def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+SENDER_NAGLE = False  # --sender-nagle (main)
+
+
+def sender_env() -> dict[str, str]:
+    """storescu's environment: TCP_NODELAY=1, unless --sender-nagle leaves
+    Nagle's algorithm on, as Debian's DCMTK (and many modalities) do."""
+    if SENDER_NAGLE:
+        return {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    return dcmtk_env()
 
 
 def gateway_env() -> dict[str, str]:
@@ -1246,7 +1260,7 @@ def send(receiver: Receiver, dirs: list[Path], log_dir: Path, result: RunResult)
                  "127.0.0.1", str(receiver.port), str(d)],  # fmt: skip
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=dcmtk_env(),
+                env=sender_env(),
             )
             for d, log_file in zip(dirs, logs)
         ]
@@ -1583,6 +1597,8 @@ def write_report(results, summaries, floors, info, command, elapsed, args, resul
         suffix = "-" + "-".join(args.receivers) + suffix
     if {"null", "floor", "floor-files"} & set(args.receivers) and args.floor_max_pdu != FloorScpReceiver.max_pdu_default:
         suffix = f"-pdu{args.floor_max_pdu}" + suffix
+    if args.sender_nagle:
+        suffix = "-nagle" + suffix
     md_path = results_dir / f"ingest-{date}{suffix}.md"
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     method = __doc__.split("Method\n------\n", 1)[1].strip()
@@ -1659,6 +1675,11 @@ def parse_args() -> argparse.Namespace:
         help="max PDU that null and floor announce (default %(default)s, the gateway's default; "
         "DCMTK storescp announces 16384, and storescu sends at most 131072)",
     )
+    parser.add_argument(
+        "--sender-nagle",
+        action="store_true",
+        help="storescu without TCP_NODELAY=1 (Nagle's algorithm on, Debian's default); receivers unchanged",
+    )
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out", help="data and scratch")
     parser.add_argument(
         "--gateway-binary", type=Path, default=GATEWAY_BUILD, help="release build to run (default %(default)s)"
@@ -1730,8 +1751,9 @@ def run_set(bench_set: BenchSet, runs: int, work_dir: Path, receivers: list[str]
 def main() -> None:
     command = shlex.join([sys.executable, *sys.argv])
     args = parse_args()
-    global GATEWAY_BUILD, TLS_DIR, FLOOR_SCP
+    global GATEWAY_BUILD, TLS_DIR, FLOOR_SCP, SENDER_NAGLE
     GATEWAY_BUILD = args.gateway_binary.resolve()
+    SENDER_NAGLE = args.sender_nagle
     enter_private_netns()
     check_tools(args.receivers)
     check_disk(args.work_dir, args.sets, args.runs)

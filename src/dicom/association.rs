@@ -118,7 +118,7 @@ pub struct Association<'a, S = TcpStream> {
 
 impl<'a, S> Association<'a, S>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::dicom::wire::OverTcp + Unpin + Send,
 {
     pub fn new(
         assoc: AsyncServerAssociation<S>,

@@ -281,7 +281,11 @@ impl DicomServer {
         hard_stop: CancellationToken,
         tls_peer: Option<crate::tls::Names>,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+        S: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + crate::dicom::wire::OverTcp
+            + Unpin
+            + Send,
     {
         use dicom_ul::association::Association as _;
         let calling_ae = assoc.peer_ae_title().trim().to_owned();

@@ -17,6 +17,7 @@ use dicom_ul::association::server::AsyncServerAssociation;
 use dicom_ul::pdu::Pdu;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// A PDU's type and length fields.
 const PDU_HEADER: usize = 6;
@@ -65,7 +66,7 @@ pub async fn receive<S>(
     timeout: Duration,
 ) -> Result<Incoming, Error>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + OverTcp + Unpin + Send,
 {
     tokio::time::timeout(timeout, read(assoc, max_pdu))
         .await
@@ -74,10 +75,11 @@ where
 
 async fn read<S>(assoc: &mut AsyncServerAssociation<S>, max_pdu: u32) -> Result<Incoming, Error>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + OverTcp + Unpin + Send,
 {
     let (socket, buf) = AsyncAssociation::get_mut(assoc);
     loop {
+        quick_ack(socket.tcp());
         if let Some(len) = buf.get(2..PDU_HEADER) {
             let len = u32::from_be_bytes(len.try_into().expect("four bytes"));
             if len > max_pdu {
@@ -94,6 +96,55 @@ where
             return Err(Error::Closed);
         }
     }
+}
+
+/// The TCP connection under an association's stream (plain or TLS).
+pub trait OverTcp {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl OverTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Has the kernel acknowledge what arrives at once (Linux `TCP_QUICKACK`),
+/// before each read. A sender that leaves Nagle's algorithm on (Debian's
+/// DCMTK without `TCP_NODELAY=1`, many modalities' stacks) writes a
+/// command and holds the data set that follows until the command is
+/// acknowledged; a receiver that has just answered is in the kernel's
+/// interactive mode and delays that acknowledgement up to 40 ms, hoping
+/// to carry it on an answer it has none to give yet. Every C-STORE then
+/// waited 40 ms (5000 small instances: 23 instead of 1,500 per second;
+/// BENCHMARKS.md, "Senders with Nagle's algorithm on"). The mode is not
+/// sticky (the next answer re-enters it), hence before every read. A
+/// failure is harmless: only slower.
+fn quick_ack(tcp: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor (borrowed from the open
+        // stream) and a pointer to a c_int of the length given.
+        unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tcp;
 }
 
 /// A whole PDU, header included.
@@ -186,6 +237,55 @@ mod tests {
             let e = parse(pdu(P_DATA_TF, &body), 16384).unwrap_err();
             assert!(e.to_string().contains(why), "{body:?}: {e}");
         }
+    }
+
+    /// Linux reports `TCP_QUICKACK` as "not in interactive (delayed ACK)
+    /// mode".
+    #[cfg(target_os = "linux")]
+    fn acks_at_once(tcp: &TcpStream) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, a c_int and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                std::ptr::from_mut(&mut value).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        value != 0
+    }
+
+    /// A connection in delayed-ACK mode (as after an answer) leaves it
+    /// before a read, so a sender holding its data set behind Nagle's
+    /// algorithm is not kept waiting.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_read_acknowledges_at_once() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (server, _) = accepted.unwrap();
+        let off: libc::c_int = 0;
+        // SAFETY: a valid socket, a c_int and its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                server.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                std::ptr::from_ref(&off).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert!(!acks_at_once(&server), "delayed-ACK mode to begin with");
+        quick_ack(server.tcp());
+        assert!(acks_at_once(&server));
     }
 
     #[test]
