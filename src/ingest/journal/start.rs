@@ -62,6 +62,14 @@ pub fn start(
         }
         return Ok(None);
     };
+    // The ports are bound already: a sender that connects now waits in the
+    // listen backlog until this is done (a first start writes every
+    // segment; a start after a crash replays).
+    tracing::info!(
+        dir = %cfg.journal_dir().display(),
+        preallocated_mib = cfg.journal.segments.saturating_mul(cfg.journal.segment_size_mib),
+        "opening the ingest journal; associations and requests wait until it is open"
+    );
     let (journal, done) = super::open(
         &cfg.journal_dir(),
         &cfg.journal,
