@@ -75,13 +75,16 @@ async fn attempt(record: &Record, node: &DicomNode, s: &Settings) -> Result<(), 
         .write_timeout(s.timeout)
         .connection_timeout(s.timeout);
     if !node.tls {
-        let assoc = options
+        let mut assoc = options
             .establish_async(address.as_str())
             .await
             .map_err(|e| Error::Associate {
                 address: address.clone(),
                 reason: e.to_string(),
             })?;
+        // Else the report's data set waits behind its command for the
+        // peer's delayed ACK (up to 40 ms), as for forwarding.
+        let _ = assoc.inner_stream().set_nodelay(true);
         return talk(assoc, record, node, s).await;
     }
     let Some(tls) = &s.tls else {
@@ -90,13 +93,14 @@ async fn attempt(record: &Record, node: &DicomNode, s: &Settings) -> Result<(), 
             reason: "the node has tls = true and dicom_tls_ca is not set".into(),
         });
     };
-    let assoc = tls
+    let mut assoc = tls
         .associate(options, node)
         .await
         .map_err(|e| Error::Associate {
             address,
             reason: e.to_string(),
         })?;
+    let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
     talk(assoc, record, node, s).await
 }
 
