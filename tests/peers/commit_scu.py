@@ -136,14 +136,27 @@ def make_ae(args, transfer_syntaxes=TRANSFER_SYNTAXES) -> AE:
 
 def cmd_request(args) -> None:
     reports: list[dict] = []
+    reported = threading.Event()
     got = threading.Event()
 
     def on_report(event):
         reports.append(describe(event))
-        got.set()
+        reported.set()
         return 0x0000, None
 
-    handlers = [(evt.EVT_N_EVENT_REPORT, on_report)] if args.then == "wait" else []
+    def on_pdu_sent(event):
+        # The N-EVENT-REPORT-RSP is sent after on_report returns: release
+        # only once it is on the wire (the first P-DATA-TF after the
+        # report), or the A-RELEASE-RQ may overtake it and the gateway,
+        # rightly, counts the report as not delivered.
+        if reported.is_set() and type(event.pdu).__name__ == "P_DATA_TF":
+            got.set()
+
+    handlers = (
+        [(evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_PDU_SENT, on_pdu_sent)]
+        if args.then == "wait"
+        else []
+    )
     ae = make_ae(args)
     assoc = ae.associate(
         args.host, args.port, ae_title=args.called, evt_handlers=handlers, tls_args=tls_args(args)
