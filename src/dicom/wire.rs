@@ -127,24 +127,33 @@ impl OverTcp for tokio_rustls::server::TlsStream<TcpStream> {
 /// sticky (the next answer re-enters it), hence before every read. A
 /// failure is harmless: only slower.
 fn quick_ack(tcp: &TcpStream) {
+    let _ = set_quick_ack(tcp, true);
+}
+
+/// Sets `TCP_QUICKACK` (Linux; elsewhere nothing).
+fn set_quick_ack(tcp: &TcpStream, on: bool) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let on: libc::c_int = 1;
+        let value = libc::c_int::from(on);
         // SAFETY: a valid socket descriptor (borrowed from the open
         // stream) and a pointer to a c_int of the length given.
-        unsafe {
+        let rc = unsafe {
             libc::setsockopt(
                 tcp.as_raw_fd(),
                 libc::IPPROTO_TCP,
                 libc::TCP_QUICKACK,
-                std::ptr::from_ref(&on).cast(),
+                std::ptr::from_ref(&value).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = tcp;
+    let _ = (tcp, on);
+    Ok(())
 }
 
 /// A whole PDU, header included.
@@ -266,23 +275,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_read_acknowledges_at_once() {
-        use std::os::fd::AsRawFd;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (server, _) = accepted.unwrap();
-        let off: libc::c_int = 0;
-        // SAFETY: a valid socket, a c_int and its length.
-        let rc = unsafe {
-            libc::setsockopt(
-                server.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                std::ptr::from_ref(&off).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_quick_ack(&server, false).unwrap();
         assert!(!acks_at_once(&server), "delayed-ACK mode to begin with");
         quick_ack(server.tcp());
         assert!(acks_at_once(&server));
