@@ -65,9 +65,13 @@ pub fn start(
     // The ports are bound already: a sender that connects now waits in the
     // listen backlog until this is done (a first start writes every
     // segment; a start after a crash replays).
+    let preallocated_mib = cfg
+        .journal
+        .segments
+        .saturating_mul(cfg.journal.segment_size_mib);
     tracing::info!(
         dir = %cfg.journal_dir().display(),
-        preallocated_mib = cfg.journal.segments.saturating_mul(cfg.journal.segment_size_mib),
+        preallocated_mib,
         "opening the ingest journal; associations and requests wait until it is open"
     );
     let (journal, done) = super::open(
@@ -79,11 +83,9 @@ pub fn start(
         index,
     )
     .map_err(|e| {
-        let j = &cfg.journal;
         std::io::Error::other(format!(
-            "ingest journal (journal.segments × journal.segment_size_mib = {} MiB \
+            "ingest journal (journal.segments × journal.segment_size_mib = {preallocated_mib} MiB \
              preallocated in {}): {e}",
-            j.segments.saturating_mul(j.segment_size_mib),
             cfg.journal_dir().display()
         ))
     })?;
