@@ -111,6 +111,10 @@ impl Ingest {
         // refer to, which opening the spool sweeps.
         let journal = journal::start(cfg, &store, &index, backlog.as_ref())?;
         let (spool, swept) = Spool::open(&cfg.spool_dir())?;
+        if let Some(backlog) = &backlog {
+            // Uploaded pending copies become spool files (same filesystem).
+            backlog.set_recycler(spool.recycler());
+        }
         if let Some(root) = store.local_root() {
             // Received instances are renamed into the store: prove it works
             // here (one filesystem, and one mount of it) rather than refuse

@@ -483,12 +483,10 @@ async fn open_object(src: &Sources, key: &ObjectKey) -> std::io::Result<Source> 
     if let Some(path) = src.store.local_path(key) {
         return Ok(Box::new(tokio::fs::File::open(path).await?));
     }
-    if let Some(path) = src.backlog.as_ref().and_then(|b| b.pending(key)) {
-        match tokio::fs::File::open(&path).await {
-            Ok(f) => return Ok(Box::new(f)),
-            // Uploaded (and removed) since it was looked up.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    if let Some(backlog) = &src.backlog {
+        // None: uploaded (and gone) since it was acknowledged.
+        if let Some(f) = backlog.open_pending(key).await? {
+            return Ok(Box::new(f));
         }
     }
     let got = src

@@ -51,23 +51,20 @@ pub async fn get_file(
     let disposition = key.content_disposition();
     // The gateway serves its own files: a local store's objects, and (S3)
     // the copies of acknowledged instances not yet uploaded.
-    let local = match app.store.local_path(&key) {
-        Some(path) => Some((path, false)),
-        None => app
-            .backlog
-            .as_ref()
-            .and_then(|b| b.pending(&key))
-            .map(|path| (path, true)),
-    };
-    if let Some((path, pending)) = local {
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => return serve(file, &content_type, &disposition, &method, &headers).await,
-            // Uploaded (and removed) since it was looked up: the store has it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && pending => {}
+    if let Some(path) = app.store.local_path(&key) {
+        return match tokio::fs::File::open(&path).await {
+            Ok(file) => serve(file, &content_type, &disposition, &method, &headers).await,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ApiError::NotFound("object".into()));
+                Err(ApiError::NotFound("object".into()))
             }
-            Err(e) => return Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::internal(e)),
+        };
+    }
+    if let Some(backlog) = &app.backlog {
+        // None: uploaded (and gone) since it was acknowledged: the store has it.
+        let pending = backlog.open_pending(&key).await;
+        if let Some(file) = pending.map_err(ApiError::internal)? {
+            return serve(file, &content_type, &disposition, &method, &headers).await;
         }
     }
     // The store serves its own objects: send the viewer there.

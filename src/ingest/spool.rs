@@ -6,8 +6,10 @@
 //! leftovers from a crash are swept when the spool is opened.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+mod pool;
+use pool::Pool;
 
 /// Bytes buffered before they are handed to the filesystem (two such buffers
 /// per instance being received).
@@ -19,113 +21,9 @@ pub(super) const WRITE_BUFFER: usize = 256 * 1024;
 /// instance.
 const FIRST_BUFFER: usize = 64 * 1024;
 
-/// Empty spool files kept ready. Creating a file costs a journal entry that
-/// the next fsync must commit; creating them ahead, in batches, keeps that off
-/// each instance's path to its acknowledgement.
-const POOL_TARGET: usize = 64;
-/// Refill the pool, in one batch, once it is down to this many.
-const POOL_LOW: usize = 16;
-
 #[derive(Debug)]
 pub struct Spool {
     pool: Arc<Pool>,
-}
-
-#[derive(Debug)]
-struct Pool {
-    dir: PathBuf,
-    next: AtomicU64,
-    ready: Mutex<Vec<(PathBuf, std::fs::File)>>,
-    refilling: AtomicBool,
-}
-
-impl Pool {
-    fn create_file(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{}-{n}.part", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok((path, file))
-    }
-
-    /// Creates a batch of files and syncs the spool directory once before
-    /// handing any out: the ingest journal refers to a spool file by name,
-    /// so the name must be durable before the record is (a power cut could
-    /// otherwise lose it, and with it an acknowledged instance's bytes).
-    fn refill(&self) {
-        let want = POOL_TARGET.saturating_sub(self.ready.lock().expect("pool lock").len());
-        let mut fresh = Vec::with_capacity(want);
-        for _ in 0..want {
-            match self.create_file() {
-                Ok(file) => fresh.push(file),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot pre-create spool files");
-                    break;
-                }
-            }
-        }
-        match crate::store::sync_dir(&self.dir) {
-            Ok(()) => self.ready.lock().expect("pool lock").extend(fresh),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot sync the spool directory");
-                for (path, _) in fresh {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
-        self.refilling.store(false, Ordering::Release);
-    }
-
-    /// One file on the spot (the pool ran dry), its name synced.
-    fn create_synced(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
-        let created = self.create_file()?;
-        crate::store::sync_dir(&self.dir)?;
-        Ok(created)
-    }
-
-    /// A ready file, if there is one; starts a refill when few are left.
-    fn pop(self: &Arc<Pool>) -> Option<(PathBuf, std::fs::File)> {
-        let (ready, left) = {
-            let mut ready = self.ready.lock().expect("pool lock");
-            (ready.pop(), ready.len())
-        };
-        if left < POOL_LOW && !self.refilling.swap(true, Ordering::AcqRel) {
-            let pool = Arc::clone(self);
-            tokio::task::spawn_blocking(move || pool.refill());
-        }
-        ready
-    }
-
-    /// A file for a writer, from a blocking thread.
-    fn take_blocking(self: &Arc<Pool>) -> std::io::Result<(PathBuf, std::fs::File)> {
-        match self.pop() {
-            Some(fresh) => Ok(fresh),
-            None => self.create_synced(),
-        }
-    }
-
-    /// A file for a writer, from the runtime.
-    async fn take(self: &Arc<Pool>) -> std::io::Result<(PathBuf, std::fs::File)> {
-        match self.pop() {
-            Some(fresh) => Ok(fresh),
-            None => {
-                let pool = Arc::clone(self);
-                tokio::task::spawn_blocking(move || pool.create_synced())
-                    .await
-                    .map_err(std::io::Error::other)?
-            }
-        }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        for (path, _) in self.ready.get_mut().expect("pool lock").drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 impl Spool {
@@ -144,17 +42,19 @@ impl Spool {
                 swept += usize::from(meta.len() > 0);
             }
         }
-        let pool = Arc::new(Pool {
-            dir: dir.to_owned(),
-            next: AtomicU64::new(0),
-            ready: Mutex::new(Vec::with_capacity(POOL_TARGET)),
-            refilling: AtomicBool::new(false),
-        });
+        let pool = Arc::new(Pool::new(dir));
         Ok((Spool { pool }, swept))
     }
 
     pub fn dir(&self) -> &Path {
-        &self.pool.dir
+        self.pool.dir()
+    }
+
+    /// What the upload backlog calls with an uploaded pending copy, to
+    /// reuse it as a spool file ([`Pool::adopt`]).
+    pub fn recycler(&self) -> crate::store::backlog::Recycler {
+        let pool = Arc::clone(&self.pool);
+        Box::new(move |path: &Path| pool.adopt(path))
     }
 
     /// A new writer. Its spool file is taken from the pool only when

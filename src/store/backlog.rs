@@ -183,8 +183,15 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// Takes an uploaded pending copy for reuse (the spool's, see
+/// `ingest::spool::Spool::recycler`); `false` when it did not, and the
+/// copy is deleted.
+pub type Recycler = Box<dyn Fn(&Path) -> bool + Send + Sync>;
+
 pub struct Backlog {
     dir: PathBuf,
+    /// Where uploaded copies go instead of being deleted, once set.
+    recycler: std::sync::OnceLock<Recycler>,
     target: Arc<dyn UploadTarget>,
     settings: Settings,
     state: Mutex<State>,
@@ -272,6 +279,7 @@ impl Backlog {
         }
         let backlog = Arc::new(Backlog {
             dir,
+            recycler: std::sync::OnceLock::new(),
             target,
             settings: Settings {
                 uploads: settings.uploads.max(1),
@@ -292,6 +300,42 @@ impl Backlog {
     /// The pending directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Uploaded copies are offered to `recycler` before they are deleted.
+    pub fn set_recycler(&self, recycler: Recycler) {
+        let _ = self.recycler.set(recycler);
+    }
+
+    /// Opens the pending copy of `key`, if it has one. An uploaded copy's
+    /// file may be reused for another instance once nobody has it open
+    /// (see `ingest::spool`): the name is looked up again after the open,
+    /// and a file it no longer leads to is not used. `None`: no pending
+    /// copy (any more): the store has the object.
+    pub async fn open_pending(&self, key: &ObjectKey) -> std::io::Result<Option<tokio::fs::File>> {
+        use std::os::unix::fs::MetadataExt;
+        // A newer version may replace the copy between the lookup and the
+        // open: a few tries.
+        for _ in 0..3 {
+            let Some(path) = self.pending(key) else {
+                return Ok(None);
+            };
+            let file = match tokio::fs::File::open(&path).await {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let opened = file.metadata().await?;
+            match tokio::fs::metadata(&path).await {
+                Ok(now) if (now.dev(), now.ino()) == (opened.dev(), opened.ino()) => {
+                    return Ok(Some(file));
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// Where the pending copy of `key` is kept.

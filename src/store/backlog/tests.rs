@@ -552,3 +552,66 @@ async fn a_forgotten_copy_is_never_uploaded() {
     backlog.spawn(stop).await.unwrap();
     assert_eq!(store.attempts.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn an_uploaded_copy_becomes_a_spool_file_unless_a_reader_still_has_it() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let gated = Arc::new(Gated {
+        inner: LocalStore::new(&tmp.path().join("store")),
+        entered: Notify::new(),
+        gate: Semaphore::new(0),
+    });
+    let target: Arc<dyn UploadTarget> = gated.clone();
+    let backlog =
+        Backlog::open_with(&tmp.path().join("pending"), target, fast(1 << 20, 2 << 20)).unwrap();
+    let spool_dir = tmp.path().join("spool");
+    let (spool, _) = crate::ingest::spool::Spool::open(&spool_dir).unwrap();
+    backlog.set_recycler(spool.recycler());
+    let spool_files = || -> Vec<(u64, u64)> {
+        std::fs::read_dir(&spool_dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap())
+            .map(|m| (m.ino(), m.len()))
+            .collect()
+    };
+    let enqueue = |n: u32, bytes: &[u8]| {
+        let path = spooled(tmp.path(), &format!("in-{n}"), bytes);
+        let admitted = backlog
+            .admit_blocking(bytes.len() as u64, Duration::ZERO)
+            .unwrap();
+        backlog
+            .enqueue_file(admitted, key(n), &path, Place::Rename, Box::new(|| {}))
+            .unwrap();
+        std::fs::metadata(backlog.local_path(&key(n)))
+            .unwrap()
+            .ino()
+    };
+    let stop = CancellationToken::new();
+    let uploaders = backlog.spawn(stop.clone());
+
+    // Read while pending: the reader keeps the bytes it opened, and the
+    // file is deleted, not reused.
+    enqueue(1, b"the first instance");
+    let mut reader = backlog.open_pending(&key(1)).await.unwrap().unwrap();
+    gated.gate.add_permits(1);
+    until("the first upload", || backlog.pending(&key(1)).is_none()).await;
+    let mut read = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut read)
+        .await
+        .unwrap();
+    assert_eq!(read, b"the first instance");
+    assert_eq!(spool_files(), vec![], "a copy someone reads is not reused");
+    assert!(backlog.open_pending(&key(1)).await.unwrap().is_none());
+
+    // Nobody reads it: the same file, emptied, waits in the spool.
+    let inode = enqueue(2, b"the second instance");
+    gated.gate.add_permits(1);
+    until("the second upload", || backlog.pending(&key(2)).is_none()).await;
+    assert_eq!(spool_files(), vec![(inode, 0)]);
+    assert!(backlog.open_pending(&key(2)).await.unwrap().is_none());
+    assert_eq!(gated.inner.get(&key(2)).unwrap(), b"the second instance");
+    assert!(!backlog.local_path(&key(2)).exists());
+    stop.cancel();
+    uploaders.await.unwrap();
+}

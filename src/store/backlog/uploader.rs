@@ -152,6 +152,23 @@ impl Backlog {
         unreachable!("the attempts never run out")
     }
 
+    /// Removes an uploaded pending copy, or hands it to the recycler.
+    fn discard(&self, local: &std::path::Path) {
+        let recycled = self.recycler.get().is_some_and(|recycle| recycle(local));
+        if !recycled {
+            match std::fs::remove_file(local) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                // The store has it; a leftover is removed at the next start.
+                Err(e) => {
+                    tracing::warn!(path = %local.display(), error = %e, "could not remove an uploaded pending copy");
+                    return;
+                }
+            }
+        }
+        self.remove_empty_parents(local);
+    }
+
     /// Links the key's current pending copy under a scratch name (under the
     /// lock, so the generation is the one of the bytes linked).
     fn snapshot(&self, key: &ObjectKey) -> Result<Snapshot, String> {
@@ -216,15 +233,7 @@ impl Backlog {
             self.work.notify_one();
             return;
         }
-        let local = self.local_path(key);
-        match std::fs::remove_file(&local) {
-            Ok(()) => self.remove_empty_parents(&local),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            // The store has it; a leftover is removed at the next start.
-            Err(e) => {
-                tracing::warn!(path = %local.display(), error = %e, "could not remove an uploaded pending copy")
-            }
-        }
+        self.discard(&self.local_path(key));
         let len = entry.len;
         state.entries.remove(key);
         state.queued_bytes = state.queued_bytes.saturating_sub(len);

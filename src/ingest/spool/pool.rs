@@ -1,0 +1,250 @@
+//! The pool of empty spool files: created ahead in batches (and, with an
+//! S3 store, uploaded pending copies reused), each batch's names synced
+//! before any is handed out.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Empty spool files kept ready. Creating a file costs a journal entry that
+/// the next fsync must commit; creating them ahead, in batches, keeps that off
+/// each instance's path to its acknowledgement.
+const POOL_TARGET: usize = 64;
+/// Refill the pool, in one batch, once it is down to this many.
+const POOL_LOW: usize = 16;
+/// Most spare files kept (ready and recycled): a file offered beyond
+/// that is deleted instead.
+const POOL_MAX: usize = 2 * POOL_TARGET;
+
+#[derive(Debug)]
+pub(super) struct Pool {
+    dir: PathBuf,
+    next: AtomicU64,
+    ready: Mutex<Vec<(PathBuf, std::fs::File)>>,
+    /// Files taken over ([`Pool::adopt`]), emptied and renamed into the
+    /// spool, whose names the next refill syncs before handing them out.
+    recycled: Mutex<Vec<(PathBuf, std::fs::File)>>,
+    refilling: AtomicBool,
+}
+
+impl Pool {
+    pub(super) fn new(dir: &Path) -> Pool {
+        Pool {
+            dir: dir.to_owned(),
+            next: AtomicU64::new(0),
+            ready: Mutex::new(Vec::with_capacity(POOL_TARGET)),
+            recycled: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A spool name no other file of this process has.
+    fn new_name(&self) -> PathBuf {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{}-{n}.part", std::process::id()))
+    }
+
+    fn create_file(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
+        let path = self.new_name();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((path, file))
+    }
+
+    /// Creates a batch of files and syncs the spool directory once before
+    /// handing any out: the ingest journal refers to a spool file by name,
+    /// so the name must be durable before the record is (a power cut could
+    /// otherwise lose it, and with it an acknowledged instance's bytes).
+    /// Recycled files go in the same batch, and spare the creation of as
+    /// many new ones.
+    fn refill(&self) {
+        let mut fresh = std::mem::take(&mut *self.recycled.lock().expect("pool lock"));
+        let want = POOL_TARGET
+            .saturating_sub(self.ready.lock().expect("pool lock").len())
+            .saturating_sub(fresh.len());
+        fresh.reserve(want);
+        for _ in 0..want {
+            match self.create_file() {
+                Ok(file) => fresh.push(file),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pre-create spool files");
+                    break;
+                }
+            }
+        }
+        match crate::store::sync_dir(&self.dir) {
+            Ok(()) => self.ready.lock().expect("pool lock").extend(fresh),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sync the spool directory");
+                for (path, _) in fresh {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        self.refilling.store(false, Ordering::Release);
+    }
+
+    /// One file on the spot (the pool ran dry), its name synced.
+    fn create_synced(&self) -> std::io::Result<(PathBuf, std::fs::File)> {
+        let created = self.create_file()?;
+        crate::store::sync_dir(&self.dir)?;
+        Ok(created)
+    }
+
+    /// Takes over `path`, a file nothing needs any more (an uploaded
+    /// pending copy, on this filesystem), as a future spool file instead of
+    /// it being deleted; returns `false` when it did not (the caller then
+    /// deletes it). Blocking.
+    ///
+    /// On ext4 without a journal every file created after many were
+    /// deleted pays for the deleted ones (the inode allocator checks each
+    /// recently deleted inode at every creation, see bench/ingest.py);
+    /// with an S3 store each instance is a spool file created and a pending
+    /// copy deleted, and reusing the one as the other removes both.
+    ///
+    /// The file must be nobody's any more, since it is emptied and refilled
+    /// with another instance's bytes. It is first renamed into the spool
+    /// (so nobody can open it by its old name), then a write lease is taken
+    /// on it, which the kernel grants only when no other descriptor of it
+    /// is open anywhere: whoever opened the old name before the rename
+    /// keeps the file to itself, and it is deleted instead. A reader that
+    /// opened it by the old name checks afterwards that the name still
+    /// leads to what it opened ([`crate::store::backlog::Backlog::open_pending`]).
+    pub(super) fn adopt(&self, path: &Path) -> bool {
+        let spare = self.ready.lock().expect("pool lock").len()
+            + self.recycled.lock().expect("pool lock").len();
+        if spare >= POOL_MAX {
+            return false;
+        }
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        else {
+            return false;
+        };
+        let name = self.new_name();
+        if std::fs::rename(path, &name).is_err() {
+            return false;
+        }
+        match empty_if_unshared(&file) {
+            Ok(()) => self.recycled.lock().expect("pool lock").push((name, file)),
+            Err(e) => {
+                tracing::debug!(error = %e, "not recycling a pending copy; deleted");
+                let _ = std::fs::remove_file(&name);
+            }
+        }
+        true
+    }
+
+    /// A ready file, if there is one; starts a refill when few are left.
+    fn pop(self: &Arc<Pool>) -> Option<(PathBuf, std::fs::File)> {
+        let (ready, left) = {
+            let mut ready = self.ready.lock().expect("pool lock");
+            (ready.pop(), ready.len())
+        };
+        if left < POOL_LOW && !self.refilling.swap(true, Ordering::AcqRel) {
+            let pool = Arc::clone(self);
+            tokio::task::spawn_blocking(move || pool.refill());
+        }
+        ready
+    }
+
+    /// A file for a writer, from a blocking thread.
+    pub(super) fn take_blocking(self: &Arc<Pool>) -> std::io::Result<(PathBuf, std::fs::File)> {
+        match self.pop() {
+            Some(fresh) => Ok(fresh),
+            None => self.create_synced(),
+        }
+    }
+
+    /// A file for a writer, from the runtime.
+    pub(super) async fn take(self: &Arc<Pool>) -> std::io::Result<(PathBuf, std::fs::File)> {
+        match self.pop() {
+            Some(fresh) => Ok(fresh),
+            None => {
+                let pool = Arc::clone(self);
+                tokio::task::spawn_blocking(move || pool.create_synced())
+                    .await
+                    .map_err(std::io::Error::other)?
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let ready = self.ready.get_mut().expect("pool lock").drain(..);
+        let recycled = self.recycled.get_mut().expect("pool lock").drain(..);
+        for (path, _) in ready.chain(recycled) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Empties `file` if no other descriptor of it is open and it has one
+/// name: under a write lease (`F_SETLEASE`), which the kernel refuses
+/// (`EAGAIN`) while anyone else has the file open, and which makes a later
+/// open wait until it is released.
+fn empty_if_unshared(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    if file.metadata()?.nlink() != 1 {
+        return Err(std::io::Error::other("the file has another name"));
+    }
+    let lease = |kind: libc::c_int| {
+        // SAFETY: a valid open file descriptor and an integer argument.
+        match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, kind) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    lease(libc::F_WRLCK)?;
+    let emptied = file.set_len(0);
+    lease(libc::F_UNLCK)?;
+    emptied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recycled_files_are_handed_out_empty_once_their_names_are_synced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = super::super::Spool::open(&dir.path().join("spool")).unwrap();
+        let recycle = spool.recycler();
+        let copy = dir.path().join("uploaded");
+        std::fs::write(&copy, b"an uploaded instance").unwrap();
+        let inode = std::fs::metadata(&copy).unwrap().ino();
+        assert!(recycle(&copy));
+        assert!(!copy.exists());
+        // Not handed out before a refill synced its new name.
+        assert!(spool.pool.ready.lock().unwrap().is_empty());
+        spool.pool.refill();
+        let ready = spool.pool.ready.lock().unwrap();
+        let (path, file) = ready
+            .iter()
+            .find(|(_, f)| f.metadata().unwrap().ino() == inode)
+            .expect("the recycled file is ready");
+        assert!(path.starts_with(spool.dir()));
+        assert_eq!(file.metadata().unwrap().len(), 0);
+        assert_eq!(ready.len(), POOL_TARGET, "it spares one creation");
+        drop(ready);
+
+        // One with a second name is not emptied: deleted instead.
+        std::fs::write(&copy, b"linked").unwrap();
+        let link = dir.path().join("link");
+        std::fs::hard_link(&copy, &link).unwrap();
+        assert!(recycle(&copy));
+        assert_eq!(std::fs::read(&link).unwrap(), b"linked");
+        assert!(spool.pool.recycled.lock().unwrap().is_empty());
+    }
+}
