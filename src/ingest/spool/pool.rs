@@ -12,18 +12,20 @@ use std::sync::{Arc, Mutex};
 const POOL_TARGET: usize = 64;
 /// Refill the pool, in one batch, once it is down to this many.
 const POOL_LOW: usize = 16;
-/// Most spare files kept (ready and recycled): a file offered beyond
-/// that is deleted instead.
-const POOL_MAX: usize = 2 * POOL_TARGET;
+/// Most recycled files kept (by name, not open): one offered beyond that
+/// is deleted instead. Enough for the copies an upload backlog of small
+/// instances drains after a burst; each is an empty file.
+const RECYCLED_MAX: usize = 4096;
 
 #[derive(Debug)]
 pub(super) struct Pool {
     dir: PathBuf,
     next: AtomicU64,
     ready: Mutex<Vec<(PathBuf, std::fs::File)>>,
-    /// Files taken over ([`Pool::adopt`]), emptied and renamed into the
-    /// spool, whose names the next refill syncs before handing them out.
-    recycled: Mutex<Vec<(PathBuf, std::fs::File)>>,
+    /// Files taken over ([`Pool::adopt`]), emptied, renamed into the spool
+    /// and closed: a refill opens them instead of creating files, and
+    /// syncs their names before handing them out.
+    recycled: Mutex<Vec<PathBuf>>,
     refilling: AtomicBool,
 }
 
@@ -61,15 +63,24 @@ impl Pool {
     /// handing any out: the ingest journal refers to a spool file by name,
     /// so the name must be durable before the record is (a power cut could
     /// otherwise lose it, and with it an acknowledged instance's bytes).
-    /// Recycled files go in the same batch, and spare the creation of as
-    /// many new ones.
+    /// Recycled files go first, each sparing a creation.
     fn refill(&self) {
-        let mut fresh = std::mem::take(&mut *self.recycled.lock().expect("pool lock"));
-        let want = POOL_TARGET
-            .saturating_sub(self.ready.lock().expect("pool lock").len())
-            .saturating_sub(fresh.len());
-        fresh.reserve(want);
-        for _ in 0..want {
+        let want = POOL_TARGET.saturating_sub(self.ready.lock().expect("pool lock").len());
+        let reused: Vec<PathBuf> = {
+            let mut recycled = self.recycled.lock().expect("pool lock");
+            let from = recycled.len().saturating_sub(want);
+            recycled.drain(from..).collect()
+        };
+        let mut fresh = Vec::with_capacity(want);
+        for path in reused {
+            match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => fresh.push((path, file)),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        for _ in fresh.len()..want {
             match self.create_file() {
                 Ok(file) => fresh.push(file),
                 Err(e) => {
@@ -117,9 +128,7 @@ impl Pool {
     /// opened it by the old name checks afterwards that the name still
     /// leads to what it opened ([`crate::store::backlog::Backlog::open_pending`]).
     pub(super) fn adopt(&self, path: &Path) -> bool {
-        let spare = self.ready.lock().expect("pool lock").len()
-            + self.recycled.lock().expect("pool lock").len();
-        if spare >= POOL_MAX {
+        if self.recycled.lock().expect("pool lock").len() >= RECYCLED_MAX {
             return false;
         }
         let Ok(file) = std::fs::OpenOptions::new()
@@ -129,12 +138,14 @@ impl Pool {
         else {
             return false;
         };
+        // Never onto another file (a leftover of an earlier process with
+        // the same pid, as in a container).
         let name = self.new_name();
-        if std::fs::rename(path, &name).is_err() {
+        if rename_noreplace(path, &name).is_err() {
             return false;
         }
         match empty_if_unshared(&file) {
-            Ok(()) => self.recycled.lock().expect("pool lock").push((name, file)),
+            Ok(()) => self.recycled.lock().expect("pool lock").push(name),
             Err(e) => {
                 tracing::debug!(error = %e, "not recycling a pending copy; deleted");
                 let _ = std::fs::remove_file(&name);
@@ -178,13 +189,37 @@ impl Pool {
     }
 }
 
+/// The ready files go when the pool does. Recycled ones stay, empty, for
+/// the next start's sweep: up to `RECYCLED_MAX` deletions are better not
+/// made while a restarted gateway already receives.
 impl Drop for Pool {
     fn drop(&mut self) {
-        let ready = self.ready.get_mut().expect("pool lock").drain(..);
-        let recycled = self.recycled.get_mut().expect("pool lock").drain(..);
-        for (path, _) in ready.chain(recycled) {
+        for (path, _) in self.ready.get_mut().expect("pool lock").drain(..) {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// `rename(2)` that fails rather than replace an existing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working
+    // directory only if relative.
+    let done = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    match done {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -229,6 +264,7 @@ mod tests {
         // Not handed out before a refill synced its new name.
         assert!(spool.pool.ready.lock().unwrap().is_empty());
         spool.pool.refill();
+        assert!(spool.pool.recycled.lock().unwrap().is_empty());
         let ready = spool.pool.ready.lock().unwrap();
         let (path, file) = ready
             .iter()
@@ -236,8 +272,18 @@ mod tests {
             .expect("the recycled file is ready");
         assert!(path.starts_with(spool.dir()));
         assert_eq!(file.metadata().unwrap().len(), 0);
-        assert_eq!(ready.len(), POOL_TARGET, "it spares one creation");
         drop(ready);
+        let in_spool = std::fs::read_dir(spool.dir()).unwrap().count();
+        assert_eq!(in_spool, POOL_TARGET, "it spares one creation");
+
+        // Never onto a file of the same name (an earlier process's).
+        std::fs::write(&copy, b"offered").unwrap();
+        let n = spool.pool.next.load(Ordering::Relaxed);
+        let taken = spool.dir().join(format!("{}-{n}.part", std::process::id()));
+        std::fs::write(&taken, b"left by an earlier run").unwrap();
+        assert!(!recycle(&copy), "not taken: the caller deletes it");
+        assert_eq!(std::fs::read(&copy).unwrap(), b"offered");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"left by an earlier run");
 
         // One with a second name is not emptied: deleted instead.
         std::fs::write(&copy, b"linked").unwrap();
