@@ -233,6 +233,7 @@ fn empty_if_unshared(file: &std::fs::File) -> std::io::Result<()> {
     if file.metadata()?.nlink() != 1 {
         return Err(std::io::Error::other("the file has another name"));
     }
+    ignore_lease_breaks();
     let lease = |kind: libc::c_int| {
         // SAFETY: a valid open file descriptor and an integer argument.
         match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, kind) } {
@@ -244,6 +245,21 @@ fn empty_if_unshared(file: &std::fs::File) -> std::io::Result<()> {
     let emptied = file.set_len(0);
     lease(libc::F_UNLCK)?;
     emptied
+}
+
+/// The kernel tells a lease holder that someone opens its file (an open
+/// that began before the rename) with `SIGIO`, whose default action ends
+/// the process. The gateway uses no signal-driven I/O: the signal is
+/// ignored, once, and the opener simply waits the microseconds until the
+/// lease is released.
+fn ignore_lease_breaks() {
+    static IGNORED: std::sync::Once = std::sync::Once::new();
+    IGNORED.call_once(|| {
+        // SAFETY: setting a standard signal's disposition to SIG_IGN.
+        unsafe {
+            libc::signal(libc::SIGIO, libc::SIG_IGN);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -292,5 +308,49 @@ mod tests {
         assert!(recycle(&copy));
         assert_eq!(std::fs::read(&link).unwrap(), b"linked");
         assert!(spool.pool.recycled.lock().unwrap().is_empty());
+    }
+
+    /// An open of the file while the lease is held (one that looked the
+    /// name up before the rename) waits for the lease and does not end
+    /// the process with SIGIO.
+    #[test]
+    fn an_open_during_the_lease_waits_and_the_gateway_lives() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held");
+        std::fs::write(&path, b"x").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        ignore_lease_breaks();
+        let fd = file.as_raw_fd();
+        // SAFETY: a valid descriptor and integer arguments.
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) },
+            0
+        );
+        let opener = std::thread::spawn({
+            let path = path.clone();
+            move || std::fs::read(&path).unwrap()
+        });
+        // A lease being broken reports the type it is broken to.
+        let breaking = (0..2000).any(|_| {
+            // SAFETY: as above.
+            let now = unsafe { libc::fcntl(fd, libc::F_GETLEASE) };
+            now == libc::F_RDLCK || {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                false
+            }
+        });
+        assert!(breaking, "the open did not wait for the lease");
+        assert!(!opener.is_finished());
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) },
+            0
+        );
+        assert_eq!(opener.join().unwrap(), b"x");
     }
 }
