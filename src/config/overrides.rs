@@ -187,7 +187,7 @@ pub struct Overrides {
     /// S3, ack=journal: backlog bytes beyond which new instances are refused [default: 8 GiB].
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_BACKLOG_MAX", value_name = "BYTES")]
     pub storage_backlog_max: Option<u64>,
-    /// Local store: keep an acknowledged instance's pages in the page cache [default: false].
+    /// Keep an acknowledged instance's pages (local object or S3 pending copy) in the page cache [default: false].
     #[arg(long, env = "DICOM_GATEWAY_STORAGE_CACHE_OBJECTS")]
     pub storage_cache_objects: Option<bool>,
     /// Acknowledge local-store instances from the ingest journal [default: true].

@@ -49,11 +49,12 @@ pub struct StorageConfig {
     /// Bytes acknowledged but not yet uploaded beyond which a new instance
     /// is refused (0xA700) (`ack = "journal"`, S3 only).
     pub backlog_max: u64,
-    /// Local store, with the journal: whether an instance synced in its
-    /// spool file (above `journal.inline_max_kib`) keeps its pages in the
-    /// page cache once it is acknowledged. By default they are dropped: an
-    /// ingest does not push the rest of the machine's cache out, and the
-    /// next instances write into the memory they free.
+    /// With the journal: whether an instance synced in its spool file
+    /// (above `journal.inline_max_kib`) keeps its pages in the page cache
+    /// once it is acknowledged, as a local object or as an S3 pending copy.
+    /// By default they are dropped: an ingest does not push the rest of the
+    /// machine's cache out, and the next instances write into the memory
+    /// they free (an upload reads the pending copy back from the disk).
     pub cache_objects: bool,
     #[serde(skip)]
     pub credentials: S3Credentials,

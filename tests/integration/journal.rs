@@ -415,7 +415,7 @@ fn a_start_with_the_journal_off_replays_what_it_holds_first() {
 
 /// Pages of `file` in the page cache, and its pages (`fincore`, which asks
 /// the kernel with mincore).
-fn cached_pages(file: &Path) -> (u64, u64) {
+pub(crate) fn cached_pages(file: &Path) -> (u64, u64) {
     let out = std::process::Command::new(common::require("/usr/bin/fincore"))
         .args(["--noheadings", "--output", "PAGES,SIZE", "--bytes"])
         .arg(file)

@@ -125,3 +125,42 @@ fn acknowledged_while_the_store_is_down_served_locally_then_uploaded() {
     assert_eq!(served, datasets_of_files(&files));
     assert!(gw.stop().success());
 }
+
+/// As on a local store, an instance synced in its spool file leaves the
+/// page cache once acknowledged, by default, also as a pending copy (its
+/// upload reads it back from the disk); `storage.cache_objects = true`
+/// keeps it. The store is down, so the copy stays pending to be looked at.
+#[test]
+fn a_pending_copy_leaves_the_page_cache_unless_kept() {
+    for keep in [false, true] {
+        let mut s3 = S3Server::start();
+        let keep_arg = keep.to_string();
+        let more = Opts::default().args(&[
+            "--storage-ack",
+            "journal",
+            "--storage-cache-objects",
+            &keep_arg,
+        ]);
+        let mut gw = s3_gateway(&s3, more);
+        gw.wait_for_log("ingest journal open");
+        s3.stop();
+        let work = tempfile::tempdir().unwrap();
+        let big = work.path().join("big.dcm");
+        common::generate_big(&big, 4);
+        common::assert_ok(&common::storescu(&gw, &[], &[&big]), "storescu");
+        let pending: Vec<PathBuf> = common::files_under(&gw.data_view().join("pending"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .collect();
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        let (resident, pages) = crate::journal::cached_pages(&pending[0]);
+        assert!(pages > 1000, "{pages} pages");
+        if keep {
+            assert_eq!(resident, pages, "cache_objects = true");
+        } else {
+            // (Advice: a page the kernel could not let go of may stay.)
+            assert!(resident * 100 < pages, "{resident} of {pages} pages cached");
+        }
+        assert!(gw.stop().success());
+    }
+}

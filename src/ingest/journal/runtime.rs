@@ -90,6 +90,9 @@ pub enum Target {
         backlog: Arc<crate::store::backlog::Backlog>,
         /// How long an instance waits for room in the backlog.
         patience: Duration,
+        /// As for the local store: the upload reads the pending copy back
+        /// from the disk, later, rather than the copy holding its pages.
+        drop_cached: bool,
     },
 }
 
@@ -235,7 +238,9 @@ impl Journal {
         // refusal must not leave a durable record behind.
         let admitted = match &inner.target {
             Target::Local { .. } => None,
-            Target::Backlog { backlog, patience } => Some(backlog.admit_blocking(len, *patience)?),
+            Target::Backlog {
+                backlog, patience, ..
+            } => Some(backlog.admit_blocking(len, *patience)?),
         };
         let appended = match inline_bytes {
             Some(bytes) => inner.writer.append(
@@ -247,9 +252,12 @@ impl Journal {
         };
         drop(carried);
         // Nothing reads the synced spool file again on this path (it was
-        // described before, and is renamed onto its key next): in a local
-        // store its pages may go.
-        if let (Some(file), Target::Local { drop_cached: true }) = (&synced, &inner.target) {
+        // described before, and is renamed onto its key next; an upload
+        // reads a pending copy back from the disk later): its pages may go.
+        let uncache = match &inner.target {
+            Target::Local { drop_cached } | Target::Backlog { drop_cached, .. } => *drop_cached,
+        };
+        if let (Some(file), true) = (&synced, uncache) {
             crate::ingest::spool::drop_cached(file);
         }
         drop(synced);

@@ -36,6 +36,7 @@ pub fn start(
             Target::Backlog {
                 backlog: Arc::clone(backlog),
                 patience: Duration::from_secs(cfg.storage.timeout),
+                drop_cached: !cfg.storage.cache_objects,
             },
         )),
         (None, None) => None,
